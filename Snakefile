@@ -1,0 +1,21 @@
+# llm-almanac: benchmark open LLMs on inference engines, one reproducible cell at a time.
+# Setup only: config, validation, rule files, and the default target. See README.md.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "rules/common.smk"
+include: "rules/install.smk"
+include: "rules/models.smk"
+include: "rules/bench.smk"
+include: "rules/aggregate.smk"
+
+
+rule all:
+    input:
+        DB,
+    default_target: True

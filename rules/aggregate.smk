@@ -1,0 +1,18 @@
+# Stage 4: every cell (ok or failed) into one DuckDB file, rebuilt from the cell files.
+
+
+localrules:
+    aggregate,
+
+
+rule aggregate:
+    input:
+        cells=expand(f"{CELL_DIR}/cell.json", cell=list(CELLS)),
+        requests=expand(f"{CELL_DIR}/requests.parquet", cell=list(CELLS)),
+        phases=expand(f"{CELL_DIR}/phases.parquet", cell=list(CELLS)),
+    output:
+        db=DB,
+    log:
+        "results/logs/aggregate.log",
+    script:
+        "../scripts/aggregate.py"

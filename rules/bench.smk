@@ -1,0 +1,23 @@
+# Stage 3: one job per cell: start the server, warm up, sequential, burst, sweep, stop.
+
+
+rule bench_cell:
+    input:
+        unpack(get_cell_inputs),
+    output:
+        cell=f"{CELL_DIR}/cell.json",
+        requests=f"{CELL_DIR}/requests.parquet",
+        phases=f"{CELL_DIR}/phases.parquet",
+    params:
+        cell=lambda wc: CELLS[wc.cell].to_dict(),
+        engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
+        model_cfg=lambda wc: config["models"][CELLS[wc.cell].model],
+        bench=config.get("bench", {}),
+        reproduce=lambda wc: reproduce_command(wc.cell),
+    threads: cell_threads
+    resources:
+        gpu=lambda wc: CELLS[wc.cell].n_gpus,
+    log:
+        "results/logs/bench_cell/{cell}.log",
+    script:
+        "../scripts/bench_cell.py"

@@ -1,0 +1,84 @@
+# Config validation and grid expansion (llm_almanac.grid), plus input functions for the rules.
+import json
+import re
+import shlex
+import sys
+
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+from llm_almanac.config import validate as validate_config
+from llm_almanac.engines import get_engine
+from llm_almanac.grid import ConfigError, expand_grid
+from llm_almanac.install import env_id
+
+SCHEMA = workflow.source_path("../config/schema.yaml")
+
+try:
+    validate_config(config, SCHEMA)  # one precise message naming the bad key
+    validate(config, SCHEMA, set_default=True)  # fills the schema's defaults
+    CELLS = {c.cell_id: c for c in expand_grid(config)}
+except ConfigError as exc:
+    raise WorkflowError(f"invalid config: {exc}") from None
+
+ENGINES_DIR = config.get("engines_dir", "results/engines")
+ENVS = {}  # environment id -> first engine that uses it
+for _name, _ecfg in config["engines"].items():
+    ENVS.setdefault(env_id(_name, _ecfg), _name)
+DB = "results/almanac.duckdb"
+CELL_DIR = "results/cells/{cell}"
+
+
+wildcard_constraints:
+    cell="|".join(re.escape(c) for c in CELLS),
+    env="|".join(re.escape(e) for e in ENVS),
+    model="|".join(re.escape(m) for m in config["models"]),
+
+
+def engine_cfg(engine):
+    return config["engines"][engine]
+
+
+def adapter(engine):
+    return get_engine(engine_cfg(engine).get("module", engine))
+
+
+def installed_json(engine):
+    return f"{ENGINES_DIR}/{env_id(engine, engine_cfg(engine))}/installed.json"
+
+
+def model_needs(model):
+    """Formats the model must be prepared in, from the engines its cells use."""
+    return sorted({adapter(c.engine).model_format for c in CELLS.values() if c.model == model})
+
+
+def converter_engine(model):
+    """An engine whose environment can convert a bundled GGUF into transformers format."""
+    if config["models"][model]["source"] != "bundled" or "hf" not in model_needs(model):
+        return None
+    return next(c.engine for c in CELLS.values() if c.model == model and adapter(c.engine).model_format == "hf")
+
+
+def get_prepare_inputs(wildcards):
+    eng = converter_engine(wildcards.model)
+    return {"converter": installed_json(eng)} if eng else {}
+
+
+def get_cell_inputs(wildcards):
+    c = CELLS[wildcards.cell]
+    return {"installed": installed_json(c.engine), "model": f"results/models/{c.model}/ready.json"}
+
+
+def reproduce_command(cell_id):
+    """One command that reruns exactly this cell (and refreshes the database)."""
+    cmd = ["snakemake", "--cores", "all"]
+    if workflow.overwrite_configfiles:
+        cmd += ["--configfile", *map(str, workflow.overwrite_configfiles)]
+    cmd += ["--forcerun", f"results/cells/{cell_id}/cell.json"]
+    return shlex.join(cmd)
+
+
+def cell_threads(wildcards):
+    """A CPU engine uses every core: one CPU cell at a time, whatever --cores says."""
+    c = CELLS[wildcards.cell]
+    return workflow.cores if engine_cfg(c.engine).get("device") == "cpu" else 1

@@ -1,0 +1,19 @@
+# Stage 2: the model on local disk, in every format its engines load.
+
+
+localrules:
+    prepare_model,
+
+
+rule prepare_model:
+    input:
+        unpack(get_prepare_inputs),
+    output:
+        ready="results/models/{model}/ready.json",
+    params:
+        model_cfg=lambda wc: config["models"][wc.model],
+        needs=lambda wc: model_needs(wc.model),
+    log:
+        "results/logs/prepare_model/{model}.log",
+    script:
+        "../scripts/prepare_model.py"

@@ -1,0 +1,34 @@
+"""Config validation with one readable message per problem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import yaml
+
+from .grid import ConfigError, Cell, expand_grid
+
+SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+
+
+def _where(err: jsonschema.ValidationError) -> str:
+    return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
+
+
+def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> None:
+    """Raise ConfigError naming the first offending key (the most specific schema error)."""
+    schema = yaml.safe_load(Path(schema_path).read_text())
+    validator = jsonschema.Draft202012Validator(schema)
+    err = jsonschema.exceptions.best_match(validator.iter_errors(config))
+    if err is not None:
+        msg = err.message
+        if err.validator == "additionalProperties":
+            msg = f"{msg}; allowed keys: {sorted(err.schema.get('properties', {}))}"
+        raise ConfigError(f"{_where(err)}: {msg}")
+
+
+def load_cells(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> list[Cell]:
+    validate(config, schema_path)
+    return expand_grid(config)

@@ -1,0 +1,24 @@
+"""Engine registry: config `module:` names map to adapter classes, one module per engine."""
+
+from __future__ import annotations
+
+from .base import Engine, ServerSpec, UnsupportedQuantization
+from .vllm import VLLM
+
+_REGISTRY: dict[str, type[Engine]] = {"vllm": VLLM}
+
+
+def get_engine(module: str) -> Engine:
+    try:
+        return _REGISTRY[module]()
+    except KeyError:
+        raise ValueError(
+            f"unknown engine module {module!r}; known: {sorted(_REGISTRY)}"
+        ) from None
+
+
+def known_engines() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+__all__ = ["Engine", "ServerSpec", "UnsupportedQuantization", "get_engine", "known_engines"]

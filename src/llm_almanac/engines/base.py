@@ -1,0 +1,55 @@
+"""What every engine adapter provides. One module per engine implements this."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class UnsupportedQuantization(ValueError):
+    """An (engine, quantization) pair the engine cannot serve."""
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """Everything needed to start one engine server for one cell."""
+
+    python: str  # interpreter of the engine's own virtual environment
+    model_path: str  # local directory or file the server loads
+    served_name: str  # the name clients put in "model"
+    quantization: str
+    port: int
+    host: str = "127.0.0.1"
+    tensor_parallel: int = 1
+    max_model_len: int | None = None
+    device: str = "cuda"
+    extra_args: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Engine:
+    """Base adapter. Subclasses set the class attributes and implement `server_command`."""
+
+    name: str = ""
+    #: PyPI distribution installed for this engine (overridable per config entry).
+    default_package: str = ""
+    #: Model format the server loads: "hf" (a transformers directory) or "gguf" (one file).
+    model_format: str = "hf"
+    health_path: str = "/health"
+    tokenize_path: str | None = None
+    version_path: str | None = None
+    startup_timeout_s: float = 900.0
+
+    def quant_flags(self, quantization: str, device: str) -> list[str]:
+        """Flags for a quantization; raises UnsupportedQuantization for an impossible pair."""
+        raise NotImplementedError
+
+    def server_command(self, spec: ServerSpec) -> list[str]:
+        raise NotImplementedError
+
+    def request_extras(self, osl: int) -> dict[str, Any]:
+        """Fields added to every completion request so that exactly `osl` tokens come back."""
+        return {"ignore_eos": True}
+
+    def server_env(self, spec: ServerSpec) -> dict[str, str]:
+        """Environment variables the engine needs beyond the user's own."""
+        return {}

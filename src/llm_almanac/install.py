@@ -1,0 +1,110 @@
+"""Install one engine (pinned) into its own virtual environment and record what was installed.
+
+pip runs as the user configured it (index, find-links, constraints, cache): this project never
+hard-codes a package location, so the same rule works on a workstation, behind a mirror, and on
+machines that carry wheels on disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .engines import get_engine
+from .io import write_json
+
+log = logging.getLogger(__name__)
+
+
+class InstallError(RuntimeError):
+    pass
+
+
+_PROGRESS = ("Collecting", "Downloading", "Building", "Installing", "Successfully", "ERROR")
+
+
+def _run(cmd: list[str], logf) -> int:
+    """Run a command, keeping its full output in logf and echoing pip's milestones as progress."""
+    log.info("$ %s", " ".join(cmd))
+    logf.flush()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        logf.write(line)
+        if line.startswith(_PROGRESS):
+            log.info("  %s", line.rstrip()[:160])
+    return proc.wait()
+
+
+def requirements(name: str, ecfg: dict[str, Any]) -> tuple[str, list[str]]:
+    adapter = get_engine(ecfg.get("module", name))
+    package = ecfg.get("package") or adapter.default_package
+    return package, [f"{package}=={ecfg['version']}", *ecfg.get("pip_extra", [])]
+
+
+def env_id(name: str, ecfg: dict[str, Any]) -> str:
+    """Directory name of an engine's environment: package, version and a hash of what is
+    installed and removed, so a changed requirement gets a fresh environment."""
+    package, reqs = requirements(name, ecfg)
+    what = json.dumps([reqs, sorted(ecfg.get("pip_remove", []))])
+    return f"{package}-{ecfg['version']}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
+
+
+def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Path, log_path: Path) -> dict:
+    package, reqs = requirements(name, ecfg)
+    t0 = time.monotonic()
+    if venv_dir.exists():
+        shutil.rmtree(venv_dir)  # a half-built venv from an interrupted install
+    python = venv_dir / "bin" / "python"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as logf:
+        if _run([sys.executable, "-m", "venv", str(venv_dir)], logf):
+            raise InstallError(f"could not create a virtual environment at {venv_dir}")
+        pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
+        log.info("installing %s for engine %r (log: %s)", " ".join(reqs), name, log_path)
+        if _run([*pip, "install", *reqs], logf):
+            raise InstallError(
+                f"pip could not install {' '.join(reqs)} for engine {name!r}; check the version "
+                f"(`pip index versions {package}`) and the last lines of {log_path}"
+            )
+        remove = list(ecfg.get("pip_remove", []))
+        if remove and _run([*pip, "uninstall", "-y", *remove], logf):
+            raise InstallError(f"pip could not remove {remove} for engine {name!r}; see {log_path}")
+        version = subprocess.run(
+            [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        check = ecfg.get("import_check")
+        if check and _run([str(python), "-c", f"import {check}"], logf):
+            raise InstallError(
+                f"engine {name!r} installed but `import {check}` fails in {venv_dir}; "
+                f"see the last lines of {log_path}"
+            )
+        freeze = subprocess.run(
+            [*pip, "freeze", "--all"], capture_output=True, text=True, check=True
+        ).stdout.splitlines()
+    info = {
+        "engine": name,
+        "module": ecfg.get("module", name),
+        "package": package,
+        "version": version,
+        "requirements": reqs,
+        "removed": ecfg.get("pip_remove", []),
+        "python": str(python.absolute()),
+        "venv": str(venv_dir.absolute()),
+        "install_s": round(time.monotonic() - t0, 1),
+        "installed_at": datetime.now(timezone.utc).isoformat(),
+        "pip_freeze": freeze,
+    }
+    write_json(out_json, info)
+    log.info("engine %r %s installed in %.0f s", name, version, info["install_s"])
+    return info

@@ -1,0 +1,321 @@
+"""The load generator: streaming OpenAI-compatible requests, timed on byte arrival.
+
+Hot path discipline: while a response streams, the only work per network read is one
+`perf_counter_ns()` call and one list append. SSE decoding and JSON parsing happen after the
+stream has ended, over the recorded (timestamp, bytes) pairs, so parsing can never delay a
+timestamp. An SSE event is stamped with the arrival time of the read that completed it.
+
+Request bodies are serialized before the phase starts, so the send timestamp is taken just
+before the bytes go to the connection pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import orjson
+import sseclient
+
+from .metrics import request_timing
+
+log = logging.getLogger(__name__)
+
+ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+
+
+@dataclass(slots=True)
+class Req:
+    request_id: int
+    phase: str
+    step: int
+    body: bytes
+    target_rps: float | None = None
+    scheduled_ns: int = 0
+    sent_ns: int = 0
+    end_ns: int = 0
+    raw: list[tuple[int, bytes]] = field(default_factory=list)
+    http_status: int | None = None
+    error: str | None = None
+
+
+def _stamped(raw: list[tuple[int, bytes]], now: list[int]):
+    for ts, chunk in raw:
+        now[0] = ts
+        yield chunk
+
+
+def _token_text(obj: dict[str, Any], endpoint: str) -> str:
+    choices = obj.get("choices") or []
+    if not choices:
+        return ""
+    ch = choices[0]
+    if endpoint == "chat":
+        delta = ch.get("delta") or {}
+        return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
+    return ch.get("text") or ""
+
+
+def parse_stream(
+    raw: list[tuple[int, bytes]], endpoint: str = "completions"
+) -> tuple[list[int], dict[str, Any] | None, bool, str | None]:
+    """Decode a recorded SSE stream.
+
+    Returns (timestamps of token-bearing events, the last `usage` object, whether `[DONE]`
+    arrived, an error message from the stream if any). Role-only, empty and usage-only events
+    are not token-bearing.
+    """
+    now = [0]
+    token_ns: list[int] = []
+    usage = None
+    done = False
+    error = None
+    for ev in sseclient.SSEClient(_stamped(raw, now)).events():
+        data = ev.data.strip()
+        if not data:
+            continue
+        if data == "[DONE]":
+            done = True
+            continue
+        try:
+            obj = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            error = f"malformed SSE data: {data[:200]!r}"
+            continue
+        if "error" in obj and not obj.get("choices"):
+            err = obj["error"]
+            error = f"server error in stream: {err.get('message', err) if isinstance(err, dict) else err}"
+            continue
+        if obj.get("usage"):
+            usage = obj["usage"]
+        if _token_text(obj, endpoint):
+            token_ns.append(now[0])
+    return token_ns, usage, done, error
+
+
+def request_row(req: Req, t0_ns: int, isl: int, osl: int, endpoint: str) -> dict[str, Any]:
+    """Turn a finished request into a row of the `requests` table (times relative to t0_ns)."""
+    token_ns, usage, done, stream_err = parse_stream(req.raw, endpoint) if req.raw else ([], None, False, None)
+    prompt_tokens = usage.get("prompt_tokens") if usage else None
+    completion_tokens = usage.get("completion_tokens") if usage else None
+    error = req.error or stream_err
+    if error is None:
+        if not token_ns:
+            error = "no token-bearing event in the stream"
+        elif usage is None:
+            error = "server reported no usage; completion tokens unknown"
+        elif not done:
+            error = "stream ended without [DONE]"
+    timing = request_timing(req.sent_ns, token_ns, completion_tokens)
+    mismatch = prompt_tokens != isl or completion_tokens != osl
+    return {
+        "request_id": req.request_id,
+        "phase": req.phase,
+        "step": req.step,
+        "target_rps": req.target_rps,
+        "scheduled_s": (req.scheduled_ns - t0_ns) / 1e9,
+        "sent_s": (req.sent_ns - t0_ns) / 1e9,
+        "end_s": (req.end_ns - t0_ns) / 1e9,
+        "send_lag_ms": (req.sent_ns - req.scheduled_ns) / 1e6,
+        **timing,
+        "n_token_events": len(token_ns),
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "requested_isl": isl,
+        "requested_osl": osl,
+        "token_mismatch": mismatch,
+        "status": "ok" if error is None else "failed",
+        "error": error,
+    }
+
+
+class Progress:
+    """Log 'done/total' for a phase at most every `every_s` seconds and at the end."""
+
+    def __init__(self, label: str, total: int | None, every_s: float = 5.0) -> None:
+        self.label, self.total, self.every_s = label, total, every_s
+        self.done = self.failed = 0
+        self.t0 = self.last = time.monotonic()
+
+    def tick(self, ok: bool) -> None:
+        self.done += 1
+        self.failed += not ok
+        now = time.monotonic()
+        if now - self.last >= self.every_s or (self.total and self.done == self.total):
+            self.last = now
+            total = f"/{self.total}" if self.total else ""
+            log.info(
+                "%s: %d%s done (%d failed), %.1f s elapsed",
+                self.label, self.done, total, self.failed, now - self.t0,
+            )
+
+
+class LoadGenerator:
+    """Runs phases against one endpoint. Prompts come from `make_prompt(request_id)`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        model: str,
+        isl: int,
+        osl: int,
+        make_prompt: Callable[[int], str],
+        endpoint: str = "completions",
+        extras: dict[str, Any] | None = None,
+        request_timeout_s: float = 300.0,
+        max_connections: int | None = None,
+    ) -> None:
+        if endpoint not in ENDPOINTS:
+            raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, not {endpoint!r}")
+        self.base_url = base_url.rstrip("/")
+        self.model, self.isl, self.osl = model, isl, osl
+        self.make_prompt = make_prompt
+        self.endpoint = endpoint
+        self.path = ENDPOINTS[endpoint]
+        self.extras = extras or {}
+        self.request_timeout_s = request_timeout_s
+        self.max_connections = max_connections
+        self._ids = itertools.count()
+        self.t0_ns = time.perf_counter_ns()
+
+    # -- request construction -------------------------------------------------------------
+    def body(self, request_id: int) -> bytes:
+        payload: dict[str, Any] = {
+            "model": self.model,
+            "max_tokens": self.osl,
+            "temperature": 0,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            **self.extras,
+        }
+        prompt = self.make_prompt(request_id)
+        if self.endpoint == "chat":
+            payload["messages"] = [{"role": "user", "content": prompt}]
+        else:
+            payload["prompt"] = prompt
+        return orjson.dumps(payload)
+
+    def new_reqs(self, n: int, phase: str, step: int = 0, target_rps: float | None = None) -> list[Req]:
+        return [
+            Req(rid, phase, step, self.body(rid), target_rps)
+            for rid in itertools.islice(self._ids, n)
+        ]
+
+    def client(self) -> httpx.AsyncClient:
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=None)
+        timeout = httpx.Timeout(self.request_timeout_s, connect=30.0)
+        return httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout)
+
+    # -- one request ------------------------------------------------------------------------
+    async def send(self, client: httpx.AsyncClient, req: Req) -> Req:
+        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        req.sent_ns = time.perf_counter_ns()
+        if not req.scheduled_ns:
+            req.scheduled_ns = req.sent_ns
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                async with client.stream("POST", self.path, content=req.body, headers=headers) as resp:
+                    req.http_status = resp.status_code
+                    if resp.status_code != 200:
+                        text = (await resp.aread()).decode(errors="replace")
+                        req.error = f"HTTP {resp.status_code}: {text[:300]}"
+                    else:
+                        raw = req.raw
+                        async for chunk in resp.aiter_bytes():
+                            raw.append((time.perf_counter_ns(), chunk))
+        except TimeoutError:
+            req.error = f"timeout: no complete response within {self.request_timeout_s:g} s"
+        except httpx.TimeoutException as exc:
+            req.error = f"timeout: {type(exc).__name__} after {self.request_timeout_s:g} s"
+        except httpx.HTTPError as exc:
+            req.error = f"{type(exc).__name__}: {exc}"
+        req.end_ns = time.perf_counter_ns()
+        return req
+
+    def rows(self, reqs: list[Req]) -> list[dict[str, Any]]:
+        return [request_row(r, self.t0_ns, self.isl, self.osl, self.endpoint) for r in reqs]
+
+    # -- phases -----------------------------------------------------------------------------
+    async def warmup(self, n: int) -> list[dict[str, Any]]:
+        """Requests whose results are thrown away (they still must succeed)."""
+        reqs = self.new_reqs(n, "warmup")
+        async with self.client() as client:
+            for r in reqs:
+                await self.send(client, r)
+        return self.rows(reqs)
+
+    async def sequential(self, n: int) -> list[dict[str, Any]]:
+        reqs = self.new_reqs(n, "sequential")
+        prog = Progress("sequential", n)
+        async with self.client() as client:
+            for r in reqs:
+                await self.send(client, r)
+                prog.tick(r.error is None)
+        return self.rows(reqs)
+
+    async def burst(self, n: int, max_concurrency: int | None = None) -> list[dict[str, Any]]:
+        """All n requests submitted at t0 (at most max_concurrency in flight if set)."""
+        reqs = self.new_reqs(n, "burst")
+        prog = Progress("burst", n)
+        sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+        t0 = time.perf_counter_ns()
+
+        async def one(r: Req) -> None:
+            r.scheduled_ns = t0
+            if sem:
+                async with sem:
+                    await self.send(client, r)
+            else:
+                await self.send(client, r)
+            prog.tick(r.error is None)
+
+        async with self.client() as client:
+            await asyncio.gather(*(one(r) for r in reqs))
+        return self.rows(reqs)
+
+    async def rate(
+        self,
+        rps: float,
+        duration_s: float,
+        step: int,
+        arrival: str = "constant",
+        seed: int = 0,
+        max_concurrency: int | None = None,
+    ) -> list[dict[str, Any]]:
+        """Open-loop arrivals at `rps` for `duration_s` (constant gaps or Poisson)."""
+        if rps <= 0:
+            raise ValueError(f"rate must be positive, got {rps}")
+        rng = random.Random(seed)
+        offsets: list[float] = []
+        t = 0.0
+        while t < duration_s:
+            offsets.append(t)
+            t += rng.expovariate(rps) if arrival == "poisson" else 1.0 / rps
+        reqs = self.new_reqs(len(offsets), "sweep", step, target_rps=rps)
+        prog = Progress(f"sweep step {step} @ {rps:.3f} rps", len(reqs))
+        sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
+
+        async def one(r: Req) -> None:
+            delay = (r.scheduled_ns - time.perf_counter_ns()) / 1e9
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if sem:
+                async with sem:
+                    await self.send(client, r)
+            else:
+                await self.send(client, r)
+            prog.tick(r.error is None)
+
+        async with self.client() as client:
+            t0 = time.perf_counter_ns()
+            for r, off in zip(reqs, offsets):
+                r.scheduled_ns = t0 + int(off * 1e9)
+            await asyncio.gather(*(one(r) for r in reqs))
+        return self.rows(reqs)

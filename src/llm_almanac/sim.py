@@ -1,0 +1,193 @@
+"""A test instrument: an OpenAI-compatible streaming server with known, logged behaviour.
+
+It is never an engine and never appears in results; it exists so that the client's timing and
+token accounting can be checked against what actually happened. Each request's real timeline
+(when the request arrived, when each token event was written) is appended to a JSONL log, so
+tests compare measurements with the server's own clock rather than with its configuration.
+
+    python -m llm_almanac.sim --port 8123 --ttft-ms 50 --tpot-ms 10 --tokens-per-chunk 1
+
+Plain asyncio streams and HTTP/1.1 keep-alive with chunked transfer encoding; the request body
+is JSON as the OpenAI API takes it (`prompt` or `messages`, `max_tokens`, `stream`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import orjson
+
+
+@dataclass
+class SimConfig:
+    ttft_ms: float = 0.0
+    tpot_ms: float = 0.0
+    tokens_per_chunk: int = 1
+    max_concurrency: int = 0  # 0 = unlimited; excess requests queue (as an engine's scheduler)
+    role_chunk: bool = False  # send an empty role-only/first chunk as some servers do
+    prompt_tokens: int | None = None  # reported prompt tokens (default: words in the prompt)
+    completion_tokens_delta: int = 0  # report usage off by this much (fault mode)
+    fault: str | None = None  # None | "http500" | "truncate" | "stall" | "malformed" | "no_usage"
+    log_path: str | None = None
+
+
+class SimServer:
+    def __init__(self, cfg: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.cfg = cfg
+        self.host, self.port = host, port
+        self._server: asyncio.base_events.Server | None = None
+        self._sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
+        self._log = open(cfg.log_path, "a") if cfg.log_path else None  # noqa: SIM115
+        self.records: list[dict] = []
+        self._tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> int:
+        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def close(self) -> None:
+        if self._server:
+            self._server.close()
+        for t in list(self._tasks):  # stalled or streaming handlers (fault modes)
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._server:
+            await self._server.wait_closed()
+        if self._log:
+            self._log.close()
+
+    def _record(self, rec: dict) -> None:
+        self.records.append(rec)
+        if self._log:
+            self._log.write(json.dumps(rec) + "\n")
+            self._log.flush()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        self._tasks.add(task)
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                arrived = time.perf_counter_ns()
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
+                body = await reader.readexactly(int(headers.get("content-length", "0")))
+                if method == "GET" and path in ("/health", "/v1/models"):
+                    await self._respond(writer, 200, b'{"status":"ok"}')
+                elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
+                    await self._complete(writer, orjson.loads(body), path, arrived)
+                else:
+                    await self._respond(writer, 404, b'{"error":"not found"}')
+        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
+            pass
+        finally:
+            self._tasks.discard(task)
+            writer.close()
+
+    async def _respond(self, writer: asyncio.StreamWriter, code: int, body: bytes) -> None:
+        writer.write(
+            f"HTTP/1.1 {code} X\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n".encode() + body
+        )
+        await writer.drain()
+
+    async def _complete(self, writer, req: dict, path: str, arrived: int) -> None:
+        cfg = self.cfg
+        if cfg.fault == "http500":
+            await self._respond(writer, 500, b'{"error":{"message":"simulated failure"}}')
+            return
+        chat = path.endswith("chat/completions")
+        prompt = req["messages"][-1]["content"] if chat else req["prompt"]
+        n_prompt = cfg.prompt_tokens if cfg.prompt_tokens is not None else len(prompt.split())
+        n_out = int(req.get("max_tokens") or 16)
+        if self._sem:
+            await self._sem.acquire()
+        started = time.perf_counter_ns()
+        events: list[int] = []
+        try:
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+
+            def send(obj: bytes) -> None:
+                data = b"data: " + obj + b"\n\n"
+                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+            if cfg.role_chunk:
+                send(self._chunk("", chat, role=True))
+            t_next = started + int(cfg.ttft_ms * 1e6)
+            sent = 0
+            while sent < n_out:
+                k = min(cfg.tokens_per_chunk, n_out - sent)
+                delay = (t_next - time.perf_counter_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                if cfg.fault == "truncate" and sent >= n_out // 2:
+                    break
+                if cfg.fault == "stall" and sent >= n_out // 2:
+                    await asyncio.sleep(3600)
+                send(self._chunk(" tok" * k, chat))
+                await writer.drain()
+                events.append(time.perf_counter_ns())
+                sent += k
+                t_next += int(cfg.tpot_ms * 1e6 * k)
+            if cfg.fault == "malformed":
+                writer.write(b"d\r\ndata: {oops\n\n\r\n")
+            usage = {"prompt_tokens": n_prompt, "completion_tokens": sent + cfg.completion_tokens_delta,
+                     "total_tokens": n_prompt + sent + cfg.completion_tokens_delta}
+            if cfg.fault != "no_usage":
+                send(orjson.dumps({"choices": [], "usage": usage}))
+            send(b"[DONE]")
+            writer.write(b"0\r\n\r\n")
+            await writer.drain()
+        finally:
+            if self._sem:
+                self._sem.release()
+        self._record({"arrived_ns": arrived, "started_ns": started, "event_ns": events,
+                      "tokens": sent, "prompt_tokens": n_prompt})
+
+    @staticmethod
+    def _chunk(text: str, chat: bool, role: bool = False) -> bytes:
+        if chat:
+            delta = {"role": "assistant"} if role else {"content": text}
+            return orjson.dumps({"choices": [{"index": 0, "delta": delta}]})
+        return orjson.dumps({"choices": [{"index": 0, "text": text}]})
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--host", default="127.0.0.1")
+    ap.add_argument("--port", type=int, default=8123)
+    ap.add_argument("--ttft-ms", type=float, default=0.0)
+    ap.add_argument("--tpot-ms", type=float, default=0.0)
+    ap.add_argument("--tokens-per-chunk", type=int, default=1)
+    ap.add_argument("--max-concurrency", type=int, default=0)
+    ap.add_argument("--fault", choices=["http500", "truncate", "stall", "malformed", "no_usage"])
+    ap.add_argument("--log", help="JSONL file of what the server actually did")
+    a = ap.parse_args(argv)
+    cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
+                    fault=a.fault, log_path=a.log)
+
+    async def run() -> None:
+        srv = SimServer(cfg, a.host, a.port)
+        port = await srv.start()
+        print(f"simulator listening on http://{a.host}:{port}", flush=True)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await srv.close()
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,136 @@
+import asyncio
+import threading
+
+import pytest
+
+from llm_almanac import metrics
+from llm_almanac.loadgen import LoadGenerator, Req, parse_stream, request_row
+from llm_almanac.sim import SimConfig, SimServer
+
+MS = 1_000_000
+
+
+def _ev(text=None, usage=None):
+    import orjson
+    obj = {"choices": [] if text is None else [{"index": 0, "text": text}]}
+    if usage:
+        obj["usage"] = usage
+    return b"data: " + orjson.dumps(obj) + b"\n\n"
+
+
+def test_parse_stream_counts_only_token_bearing_events_and_stamps_completing_read():
+    usage = {"prompt_tokens": 8, "completion_tokens": 3}
+    first = _ev("")  # role/empty chunk: not a token
+    second = _ev(" a")
+    split = _ev(" b")
+    raw = [
+        (10, first + second),           # two events in one read: the token one stamped 10
+        (20, split[:7]),                # an event cut across reads...
+        (30, split[7:] + _ev(" c d")),  # ...is stamped when its last byte arrives (30)
+        (40, _ev(usage=usage) + b"data: [DONE]\n\n"),
+    ]
+    token_ns, got_usage, done, err = parse_stream(raw)
+    assert token_ns == [10, 30, 30]
+    assert got_usage == usage and done and err is None
+
+
+def test_parse_stream_chat_and_malformed():
+    import orjson
+    role = b"data: " + orjson.dumps({"choices": [{"delta": {"role": "assistant"}}]}) + b"\n\n"
+    tok = b"data: " + orjson.dumps({"choices": [{"delta": {"content": "hi"}}]}) + b"\n\n"
+    token_ns, _, done, err = parse_stream([(1, role), (2, tok), (3, b"data: {bad\n\n")], "chat")
+    assert token_ns == [2] and not done and err.startswith("malformed SSE data")
+
+
+def _req(raw, error=None):
+    r = Req(7, "burst", 0, b"")
+    r.scheduled_ns, r.sent_ns, r.end_ns, r.raw, r.error = 0, 1 * MS, 50 * MS, raw, error
+    return r
+
+
+def test_request_row_flags_token_mismatch_and_missing_usage():
+    raw = [(11 * MS, _ev(" a")), (21 * MS, _ev(" b")),
+           (22 * MS, _ev(usage={"prompt_tokens": 8, "completion_tokens": 2}) + b"data: [DONE]\n\n")]
+    row = request_row(_req(raw), 0, isl=8, osl=3, endpoint="completions")
+    assert row["status"] == "ok" and row["token_mismatch"] is True
+    assert row["ttft_ms"] == pytest.approx(10.0) and row["tpot_ms"] == pytest.approx(10.0)
+    row = request_row(_req(raw[:2] + [(22 * MS, b"data: [DONE]\n\n")]), 0, 8, 2, "completions")
+    assert row["status"] == "failed" and "no usage" in row["error"]
+    row = request_row(_req([], error="HTTP 500: x"), 0, 8, 2, "completions")
+    assert row["status"] == "failed" and row["error"] == "HTTP 500: x" and row["ttft_ms"] is None
+
+
+class SimThread:
+    """The simulator on its own event loop in a thread, so client and server timing are apart."""
+
+    def __init__(self, cfg):
+        self.loop = asyncio.new_event_loop()
+        self.srv = SimServer(cfg)
+        self.t = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.t.start()
+        self.port = asyncio.run_coroutine_threadsafe(self.srv.start(), self.loop).result(5)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self):
+        asyncio.run_coroutine_threadsafe(self.srv.close(), self.loop).result(5)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.t.join(5)
+
+
+@pytest.fixture
+def sim(request):
+    s = SimThread(request.param)
+    yield s
+    s.close()
+
+
+def _gen(url, osl=16, timeout=10.0, isl=5):
+    return LoadGenerator(url, "sim", isl=isl, osl=osl, make_prompt=lambda i: f"p{i} a b c d",
+                         request_timeout_s=timeout)
+
+
+@pytest.mark.parametrize("sim", [SimConfig(ttft_ms=30, tpot_ms=5, tokens_per_chunk=3, role_chunk=True)], indirect=True)
+def test_timing_matches_simulator_log(sim):
+    gen = _gen(sim.url)
+    rows = asyncio.run(gen.sequential(4))
+    assert [r["status"] for r in rows] == ["ok"] * 4
+    for row, rec in zip(rows, sim.srv.records):
+        assert row["completion_tokens"] == 16 and row["prompt_tokens"] == 5
+        assert row["n_token_events"] == len(rec["event_ns"]) == 6  # ceil(16/3) chunks
+        assert not row["token_mismatch"]
+        # measured TTFT vs the server's own first-event time (client adds only loopback latency)
+        true_ttft = (rec["event_ns"][0] - rec["arrived_ns"]) / MS
+        assert 0 <= row["ttft_ms"] - true_ttft < 15
+        true_span = (rec["event_ns"][-1] - rec["event_ns"][0]) / MS
+        assert row["tpot_ms"] == pytest.approx(true_span / 15, abs=1.0)
+
+
+@pytest.mark.parametrize("sim", [SimConfig(ttft_ms=0, tpot_ms=20, max_concurrency=2)], indirect=True)
+def test_burst_faster_than_sequential_and_sweep_between(sim):
+    gen = _gen(sim.url, osl=10)
+    seq = metrics.summarize(metrics.requests_frame(
+        [{**r, "cell_id": "c", "repeat": 0} for r in asyncio.run(gen.sequential(3))]))
+    burst = metrics.summarize(metrics.requests_frame(
+        [{**r, "cell_id": "c", "repeat": 0} for r in asyncio.run(gen.burst(8))]))
+    s, b = seq["rps"][0], burst["rps"][0]
+    # 2 server slots: the burst is ~2x the sequential rate.
+    assert 1.5 * s < b < 2.5 * s
+    rate = metrics.sweep_rates(s, b, 1)[0]
+    rows = asyncio.run(gen.rate(rate, 1.0, step=0))
+    assert len(rows) == max(1, int(-(-1.0 * rate // 1)))  # ceil(duration * rate) arrivals
+    assert all(r["target_rps"] == rate and r["status"] == "ok" for r in rows)
+    sent = sorted(r["sent_s"] for r in rows)
+    gaps = [b - a for a, b in zip(sent, sent[1:])]
+    assert all(abs(g - 1 / rate) < 0.02 for g in gaps)
+
+
+@pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1, fault="stall")], indirect=True)
+def test_stalled_stream_times_out_as_failure(sim):
+    rows = asyncio.run(_gen(sim.url, osl=8, timeout=0.5).sequential(1))
+    assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("timeout")
+
+
+@pytest.mark.parametrize("sim", [SimConfig(fault="http500")], indirect=True)
+def test_http_error_is_failure_with_status(sim):
+    rows = asyncio.run(_gen(sim.url).sequential(1))
+    assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("HTTP 500")

@@ -1,0 +1,43 @@
+import random
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from llm_almanac.prompts import PromptError, PromptFactory
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    """A small byte-level BPE with a BOS post-processor, like the real models' tokenizers."""
+    rng = random.Random(1)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 8))) for _ in range(400)]
+    corpus = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(300)]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=900, special_tokens=["<s>"]))
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
+    return tok
+
+
+@pytest.mark.parametrize("isl", [4, 5, 17, 128, 1000])
+def test_exact_length_including_special_tokens(tokenizer, isl):
+    pf = PromptFactory(tokenizer, isl, seed=3)
+    assert pf.n_special == 1
+    for rid in range(20):
+        assert pf.count(pf.make(rid)) == isl
+
+
+def test_unique_deterministic_and_distinct_starts(tokenizer):
+    pf = PromptFactory(tokenizer, 64)
+    prompts = [pf.make(i) for i in range(200)]
+    assert len(set(prompts)) == 200
+    assert len({p[:8] for p in prompts[:10]}) == 10  # differ from the first characters on
+    assert pf.make(5) == PromptFactory(tokenizer, 64).make(5)
+    assert pf.make(5) != PromptFactory(tokenizer, 64, seed=1).make(5)
+
+
+def test_too_short_isl_is_rejected(tokenizer):
+    with pytest.raises(PromptError, match="isl=3"):
+        PromptFactory(tokenizer, 3)
