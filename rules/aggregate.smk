@@ -12,6 +12,10 @@ rule aggregate:
         phases=expand(f"{CELL_DIR}/phases.parquet", cell=list(CELLS)),
     output:
         db=DB,
+    params:
+        # How to rerun each cell *from this invocation*; kept out of bench_cell's params so that
+        # running under another config file name does not re-measure unchanged cells.
+        reproduce={c: reproduce_command(c) for c in CELLS},
     log:
         "results/logs/aggregate.log",
     script:

@@ -13,7 +13,6 @@ rule bench_cell:
         engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
         model_cfg=lambda wc: config["models"][CELLS[wc.cell].model],
         bench=config.get("bench", {}),
-        reproduce=lambda wc: reproduce_command(wc.cell),
     threads: cell_threads
     resources:
         gpu=lambda wc: CELLS[wc.cell].n_gpus,

@@ -14,5 +14,4 @@ run_cell(
     installed_json=Path(sm.input.installed),
     model_json=Path(sm.input.model),
     out_dir=Path(sm.output.cell).parent,
-    reproduce=sm.params.reproduce,
 )

@@ -8,7 +8,7 @@ code path.
 
 import copy
 import json
-import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +144,8 @@ def test_rerun_does_nothing_and_new_shape_runs_only_new_cell(run):
     cfg2["grid"][0]["shapes"].append({"isl": 32, "osl": 8})
     cfgfile2 = work / "config2.yaml"
     cfgfile2.write_text(yaml.safe_dump(cfg2))
-    out = _snakemake(work, cfgfile2, "-n", "--quiet", "rules").stdout
-    jobs = dict(line.split()[:2] for line in out.splitlines()
-                if line.split() and line.split()[0] in {"bench_cell", "aggregate", "install_engine", "prepare_model", "all"})
+    p = _snakemake(work, cfgfile2, "-n", "--quiet", "rules")
+    out = p.stdout + p.stderr
+    jobs = dict(re.findall(r"^(install_engine|prepare_model|bench_cell|aggregate|all)\s+(\d+)$", out, re.M))
     assert jobs == {"bench_cell": "1", "aggregate": "1", "all": "1"}, out
+    assert "smollm2-135m__vllm-cpu__bf16__32-8" in out

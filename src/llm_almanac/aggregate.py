@@ -56,8 +56,10 @@ def _cell_row(info: dict) -> dict:
     return row
 
 
-def aggregate(cell_dirs: list[Path], db_path: Path) -> dict[str, int]:
+def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None) -> dict[str, int]:
     infos = [json.loads((d / "cell.json").read_text()) for d in cell_dirs]
+    for info in infos:
+        info["reproduce"] = (reproduce or {}).get(info["cell_id"], info.get("reproduce"))
     cells = pl.DataFrame([_cell_row(i) for i in infos], schema=CELLS_SCHEMA)
     phases = pl.concat(
         [pl.read_parquet(d / "phases.parquet") for d in cell_dirs] or [metrics.empty_phases()],

@@ -126,7 +126,6 @@ def run_cell(
     installed_json: Path,
     model_json: Path,
     out_dir: Path,
-    reproduce: str,
 ) -> dict[str, Any]:
     bench = {**BENCH_DEFAULTS, **(bench or {})}
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -151,7 +150,6 @@ def run_cell(
         "startup_s": None,
         "started_at": datetime.now(timezone.utc).isoformat(),
         "finished_at": None,
-        "reproduce": reproduce,
         "server_command": None,
         "server_env": cell.get("extra_env", {}),
         "server_log": str(server_log),

