@@ -239,6 +239,17 @@ class LoadGenerator:
         req.end_ns = time.perf_counter_ns()
         return req
 
+    async def _send_counted(
+        self, client: httpx.AsyncClient, r: Req, sem: asyncio.Semaphore | None, prog: Progress
+    ) -> None:
+        """Send within the client-side concurrency limit (if any) and count the result."""
+        if sem:
+            async with sem:
+                await self.send(client, r)
+        else:
+            await self.send(client, r)
+        prog.tick(r.error is None)
+
     def rows(self, reqs: list[Req]) -> list[dict[str, Any]]:
         return [request_row(r, self.t0_ns, self.isl, self.osl, self.endpoint) for r in reqs]
 
@@ -269,12 +280,7 @@ class LoadGenerator:
 
         async def one(r: Req) -> None:
             r.scheduled_ns = t0
-            if sem:
-                async with sem:
-                    await self.send(client, r)
-            else:
-                await self.send(client, r)
-            prog.tick(r.error is None)
+            await self._send_counted(client, r, sem, prog)
 
         async with self.client() as client:
             await asyncio.gather(*(one(r) for r in reqs))
@@ -306,12 +312,7 @@ class LoadGenerator:
             delay = (r.scheduled_ns - time.perf_counter_ns()) / 1e9
             if delay > 0:
                 await asyncio.sleep(delay)
-            if sem:
-                async with sem:
-                    await self.send(client, r)
-            else:
-                await self.send(client, r)
-            prog.tick(r.error is None)
+            await self._send_counted(client, r, sem, prog)
 
         async with self.client() as client:
             t0 = time.perf_counter_ns()
