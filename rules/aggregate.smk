@@ -1,4 +1,4 @@
-# Stage 4: every cell (ok or failed) into one DuckDB file, rebuilt from the cell files.
+# Stage 5: every cell (ok or failed) into one DuckDB file, rebuilt from the cell files.
 
 
 localrules:
@@ -10,6 +10,7 @@ rule aggregate:
         cells=expand(f"{CELL_DIR}/cell.json", cell=list(CELLS)),
         requests=expand(f"{CELL_DIR}/requests.parquet", cell=list(CELLS)),
         phases=expand(f"{CELL_DIR}/phases.parquet", cell=list(CELLS)),
+        slo=expand(f"{CELL_DIR}/slo.parquet", cell=list(CELLS)),
     output:
         db=DB,
     params:

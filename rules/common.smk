@@ -26,6 +26,7 @@ ENVS = {}  # environment id -> first engine that uses it
 for _name, _ecfg in config["engines"].items():
     ENVS.setdefault(env_id(_name, _ecfg), _name)
 DB = "results/almanac.duckdb"
+REPORT = "results/report.html"
 CELL_DIR = "results/cells/{cell}"
 
 

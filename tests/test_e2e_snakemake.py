@@ -8,6 +8,7 @@ code path.
 
 import copy
 import json
+import os
 import re
 import subprocess
 import sys
@@ -149,3 +150,22 @@ def test_rerun_does_nothing_and_new_shape_runs_only_new_cell(run):
     jobs = dict(re.findall(r"^(install_engine|prepare_model|bench_cell|aggregate|all)\s+(\d+)$", out, re.M))
     assert jobs == {"bench_cell": "1", "aggregate": "1", "all": "1"}, out
     assert "output: results/cells/smollm2-135m__vllm-cpu__bf16__32-8/cell.json" in out
+
+
+def test_slo_rows_report_and_cli_after_real_run(run, db, tmp_path):
+    from test_report_cli import render
+
+    work = run[0]
+    slo = db.execute("SELECT cell_id, slo, max_rps, basis FROM slo ORDER BY slo").fetchall()
+    assert len(slo) == 4  # one ok cell x 4 default SLOs; the failed cell has none
+    assert {r[0] for r in slo} == {"smollm2-135m__vllm-cpu__bf16__64-16"}
+    assert all(r[3] in {"interpolated", "measured", "below-range", "above-range"} for r in slo)
+    assert all((r[2] is None) == (r[3] == "below-range") for r in slo)
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "slo", "--ttft-ms", "1000", "--db",
+                        str(work / "results" / "almanac.duckdb")], capture_output=True, text=True,
+                       env={**os.environ, "COLUMNS": "200"})
+    assert p.returncode == 0, p.stderr
+    assert sum("vllm-cpu" in ln for ln in p.stdout.splitlines()) == 1
+    dom, png = render(work / "results" / "report.html", tmp_path)
+    assert dom.count('class="main-svg"') >= 2 and 'id="f-engine"' in dom
+    assert "smollm2-135m" in dom and "ServerStartupError" in dom

@@ -134,3 +134,29 @@ def test_stalled_stream_times_out_as_failure(sim):
 def test_http_error_is_failure_with_status(sim):
     rows = asyncio.run(_gen(sim.url).sequential(1))
     assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("HTTP 500")
+
+
+@pytest.mark.parametrize("sim", [SimConfig(tpot_ms=2, max_concurrency=2)], indirect=True)
+def test_run_phases_sweep_between_anchors_and_fixed_rates_for_repeats(sim):
+    from llm_almanac.cell import BENCH_DEFAULTS, run_phases
+
+    bench = {**BENCH_DEFAULTS, "warmup_requests": 2, "sequential_requests": 3, "burst_requests": 8,
+             "sweep_rates": 2, "sweep_duration_s": 0.5}
+    gen = _gen(sim.url, osl=8)
+    df, rates = asyncio.run(run_phases(gen, bench, []))
+    assert set(df["phase"]) == {"sequential", "burst", "sweep"} and "warmup" not in set(df["phase"])
+    ph = metrics.summarize(df.with_columns(cell_id=pl_lit("c"), repeat=pl_lit(0)))
+    rps = dict(zip(ph["phase"], ph["rps"]))
+    assert len(rates) == 2 and all(rps["sequential"] < r < rps["burst"] for r in rates)
+    n_before = len(sim.srv.records)
+    df2, rates2 = asyncio.run(run_phases(gen, bench, [], rates=rates, warmup=False))
+    assert rates2 == rates
+    assert len(sim.srv.records) - n_before == len(df2)  # no warm-up on a later repeat
+    assert sorted(set(df2.filter(df2["phase"] == "sweep")["target_rps"])) == sorted(rates)
+    assert set(df["request_id"]).isdisjoint(set(df2["request_id"]))  # prompts stay unique
+
+
+def pl_lit(v):
+    import polars as pl
+
+    return pl.lit(v)

@@ -16,6 +16,7 @@ import duckdb
 import polars as pl
 
 from . import metrics
+from .analyse import SLO_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ DDL = {
     "cells": "PRIMARY KEY (cell_id)",
     "phases": "PRIMARY KEY (cell_id, repeat, phase, step)",
     "requests": "PRIMARY KEY (cell_id, repeat, phase, request_id)",
+    "slo": "PRIMARY KEY (cell_id, slo)",
 }
 
 
@@ -70,12 +72,18 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
         or [metrics.requests_frame([])],
         how="vertical_relaxed",
     )
+    slo = pl.concat(
+        [pl.read_parquet(d / "slo.parquet") for d in cell_dirs if (d / "slo.parquet").exists()]
+        or [pl.DataFrame(schema=SLO_SCHEMA)],
+        how="vertical_relaxed",
+    ).cast(SLO_SCHEMA)
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_name(f".{db_path.name}.tmp")
     tmp.unlink(missing_ok=True)
     con = duckdb.connect(str(tmp))
     try:
-        for name, df in (("cells", cells), ("phases", phases), ("requests", requests)):
+        tables = (("cells", cells), ("phases", phases), ("requests", requests), ("slo", slo))
+        for name, df in tables:
             con.register(f"{name}_df", df.to_arrow())
             # Create with the key constraint, then insert: a duplicate row fails loudly.
             con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_df LIMIT 0")
@@ -87,7 +95,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             con.execute(f"INSERT INTO {name} SELECT * FROM {name}_df")
             con.unregister(f"{name}_df")
         counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0]
-                  for n in ("cells", "phases", "requests")}
+                  for n, _ in tables}
     finally:
         con.close()
     os.replace(tmp, db_path)

@@ -41,6 +41,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "request_timeout_s": 300.0,
     "endpoint": "completions",
     "seed": 0,
+    "repeats": 1,
 }
 
 
@@ -82,15 +83,24 @@ PHASES = ("sequential", "burst", "sweep")
 
 
 async def run_phases(
-    gen: LoadGenerator, bench: dict[str, Any], notes: list[str], phases: tuple[str, ...] = PHASES
-) -> pl.DataFrame:
-    """warm-up (discarded) -> sequential -> burst -> sweep between the two measured rates."""
+    gen: LoadGenerator,
+    bench: dict[str, Any],
+    notes: list[str],
+    phases: tuple[str, ...] = PHASES,
+    rates: list[float] | None = None,
+    warmup: bool = True,
+) -> tuple[pl.DataFrame, list[float]]:
+    """warm-up (discarded) -> sequential -> burst -> sweep between the two measured rates.
+
+    `rates` fixes the sweep's target rates (later repeats reuse the first repeat's, so that
+    sweep step k means the same offered load in every repeat). Returns the requests and the
+    sweep rates used."""
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise ValueError(f"unknown phases {sorted(unknown)}; choose from {list(PHASES)}")
     if "sweep" in phases and not {"sequential", "burst"} <= set(phases):
         raise ValueError("the sweep needs both anchors: run it with the sequential and burst phases")
-    warm = await gen.warmup(int(bench["warmup_requests"]))
+    warm = await gen.warmup(int(bench["warmup_requests"])) if warmup else []
     bad = [r for r in warm if r["status"] != "ok"]
     if bad:
         raise CellFailure(f"warm-up failed: {bad[0]['error']}")
@@ -101,12 +111,13 @@ async def run_phases(
     if "burst" in phases:
         rows += await gen.burst(int(bench["burst_requests"]), conc)
     if "sweep" not in phases:
-        return metrics.requests_frame(rows)
+        return metrics.requests_frame(rows), []
     summary = metrics.summarize(metrics.requests_frame([{**r, "cell_id": "", "repeat": 0} for r in rows]))
     by_phase = dict(zip(summary["phase"], summary["rps"]))
     seq, burst = by_phase.get("sequential"), by_phase.get("burst")
     log.info("sequential %.3f rps, burst %.3f rps", seq or 0, burst or 0)
-    rates = metrics.sweep_rates(seq or 0.0, burst or 0.0, int(bench["sweep_rates"])) if seq and burst else []
+    if rates is None:
+        rates = metrics.sweep_rates(seq or 0.0, burst or 0.0, int(bench["sweep_rates"])) if seq and burst else []
     if int(bench["sweep_rates"]) and not rates:
         notes.append(f"sweep skipped: burst rate {burst} is not above sequential rate {seq}")
         log.warning(notes[-1])
@@ -115,7 +126,7 @@ async def run_phases(
             rate, float(bench["sweep_duration_s"]), step, bench["arrival"],
             seed=int(bench["seed"]) + step, max_concurrency=conc,
         )
-    return metrics.requests_frame(rows)
+    return metrics.requests_frame(rows), rates
 
 
 def run_cell(
@@ -200,7 +211,13 @@ def run_cell(
                 endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
                 request_timeout_s=float(bench["request_timeout_s"]),
             )
-            requests = asyncio.run(run_phases(gen, bench, info["notes"]))
+            frames, rates = [], None
+            for rep in range(int(bench.get("repeats", 1))):
+                if rep:
+                    log.info("cell %s: repeat %d of %d", cid, rep + 1, bench["repeats"])
+                df, rates = asyncio.run(run_phases(gen, bench, info["notes"], rates=rates, warmup=rep == 0))
+                frames.append(df.with_columns(pl.lit(rep, pl.Int32).alias("repeat")))
+            requests = pl.concat(frames)
         info["status"] = "ok"
     except KeyboardInterrupt:
         log.error("cell %s interrupted; server stopped, no results kept", cid)
@@ -211,7 +228,9 @@ def run_cell(
         log.error("cell %s failed: %s", cid, info["error"])
         log.debug("%s", traceback.format_exc())
     info["finished_at"] = datetime.now(timezone.utc).isoformat()
-    requests = requests.with_columns(pl.lit(cid).alias("cell_id"), pl.lit(0, pl.Int32).alias("repeat"))
+    requests = requests.with_columns(pl.lit(cid).alias("cell_id"))
+    if "repeat" not in requests.columns or requests["repeat"].null_count():
+        requests = requests.with_columns(pl.lit(0, pl.Int32).alias("repeat"))
     phases = metrics.summarize(requests)
     if info["status"] == "ok":
         n_bad = int(phases["n_failed"].sum()) if len(phases) else 0

@@ -1,5 +1,11 @@
 """`almanac`: the command-line entry point.
 
+  almanac slo --ttft-ms 300 [--tpot-ms 100] [--model M --engine E --isl N --osl N]
+                 max requests/s under an SLO, per cell (from results/almanac.duckdb)
+  almanac show CELL     a cell's status and phases
+  almanac query "SQL"   any SQL on the database
+  almanac export --format parquet|csv|jsonl --out DIR   every table, for analysis elsewhere
+
   almanac bench  --base-url http://127.0.0.1:8000 --model NAME --tokenizer PATH --isl N --osl N ...
                  the phases of a cell against an already running OpenAI-compatible server
   almanac sim    a simulated streaming server (a test instrument, never an engine)
@@ -10,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from pathlib import Path
 
@@ -19,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from . import logs, metrics
+from .db import frame
 from .cell import BENCH_DEFAULTS, PHASES, CellFailure, check_prompt_tokens, run_phases
 from .io import write_parquet
 from .loadgen import ENDPOINTS, LoadGenerator
@@ -71,7 +79,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         extras=extras, request_timeout_s=a.request_timeout)
     notes: list[str] = []
     try:
-        requests = asyncio.run(run_phases(gen, bench, notes, phases))
+        requests, _ = asyncio.run(run_phases(gen, bench, notes, phases))
     except (CellFailure, ValueError) as exc:
         print(f"almanac bench: {exc}", file=sys.stderr)
         return 2
@@ -108,6 +116,121 @@ def cmd_cells(a: argparse.Namespace) -> int:
     return 0
 
 
+DB_DEFAULT = "results/almanac.duckdb"
+
+
+def _connect(path: str):
+    import duckdb
+
+    if not Path(path).exists():
+        raise SystemExit(f"almanac: no database at {path}; run `snakemake --cores N` first (or pass --db)")
+    return duckdb.connect(path, read_only=True)
+
+
+def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) -> None:
+    t = Table(title=title)
+    for c in df.columns:
+        t.add_column(c, justify="right" if df[c].dtype.is_numeric() else "left")
+    for row in df.iter_rows():
+        t.add_row(*["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
+    Console(width=max(120, Console().width)).print(t)
+
+
+def _filters(a: argparse.Namespace) -> tuple[str, list]:
+    where, args = [], []
+    for col in ("model", "engine", "quantization", "isl", "osl"):
+        v = getattr(a, col, None)
+        if v is not None:
+            where.append(f"c.{col} = ?")
+            args.append(v)
+    return (" AND " + " AND ".join(where)) if where else "", args
+
+
+def cmd_slo(a: argparse.Namespace) -> int:
+    from .analyse import SLO_SCHEMA, analyse  # noqa: F401 - same definitions as the pipeline
+
+    if a.ttft_ms is None and a.tpot_ms is None:
+        raise SystemExit("almanac slo: give --ttft-ms and/or --tpot-ms")
+    conds = []
+    if a.ttft_ms is not None:
+        conds.append({"metric": f"ttft_{a.percentile}_ms", "threshold_ms": a.ttft_ms})
+    if a.tpot_ms is not None:
+        conds.append({"metric": f"tpot_{a.percentile}_ms", "threshold_ms": a.tpot_ms})
+    con = _connect(a.db)
+    where, args = _filters(a)
+    cells = con.execute(f"SELECT c.cell_id, c.model, c.engine, c.quantization, c.isl, c.osl FROM cells c "
+                        f"WHERE c.status = 'ok'{where} ORDER BY c.model, c.isl, c.osl, c.engine", args).fetchall()
+    rows = []
+    for cid, model, engine, quant, isl, osl in cells:
+        req = frame(con, "SELECT * FROM requests WHERE cell_id = ?", [cid])
+        ph = frame(con, "SELECT * FROM phases WHERE cell_id = ?", [cid])
+        r = analyse(req, ph, [{"name": "slo", "conditions": conds}], bootstrap=a.bootstrap).row(0, named=True)
+        rows.append({"model": model, "engine": engine, "quantization": quant, "shape": f"{isl}/{osl}",
+                     "max_rps": r["max_rps"], "ci_low": r["ci_low_rps"], "ci_high": r["ci_high_rps"],
+                     "basis": r["basis"]})
+    con.close()
+    title = " and ".join(f"{c['metric']} <= {c['threshold_ms']:g} ms" for c in conds)
+    _print_frame(pl.DataFrame(rows, schema={"model": pl.String, "engine": pl.String, "quantization": pl.String,
+                                            "shape": pl.String, "max_rps": pl.Float64, "ci_low": pl.Float64,
+                                            "ci_high": pl.Float64, "basis": pl.String}),
+                 f"max requests/s with {title}")
+    return 0
+
+
+def cmd_show(a: argparse.Namespace) -> int:
+    con = _connect(a.db)
+    cell = frame(con, "SELECT * FROM cells WHERE cell_id = ?", [a.cell])
+    if cell.is_empty():
+        ids = [r[0] for r in con.execute("SELECT cell_id FROM cells ORDER BY 1").fetchall()]
+        raise SystemExit(f"almanac show: no cell {a.cell!r}; cells: {', '.join(ids)}")
+    c = cell.row(0, named=True)
+    Console().print(f"[bold]{c['cell_id']}[/]  status={c['status']}  engine {c['engine']} {c['engine_version']}"
+                    f"  hardware: {c['hardware']}  startup {c['startup_s']} s")
+    if c["error"]:
+        Console().print(f"[red]error:[/] {c['error']}")
+    Console().print(f"server: {c['server_command']}\nreproduce: {c['reproduce']}")
+    ph = frame(con, "SELECT * FROM phases WHERE cell_id = ? ORDER BY rps", [a.cell])
+    print_phases(ph)
+    slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis FROM slo WHERE cell_id = ?", [a.cell])
+    if not slo.is_empty():
+        _print_frame(slo, "SLOs")
+    con.close()
+    return 0
+
+
+def cmd_query(a: argparse.Namespace) -> int:
+    import duckdb
+
+    con = _connect(a.db)
+    try:
+        df = frame(con, a.sql)
+    except duckdb.Error as exc:
+        raise SystemExit(f"almanac query: {exc}") from None
+    _print_frame(df, digits=a.digits)
+    return 0
+
+
+def cmd_export(a: argparse.Namespace) -> int:
+    con = _connect(a.db)
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
+        df = frame(con, f'SELECT * FROM "{table}"')
+        path = out / f"{table}.{a.format}"
+        if a.format == "parquet":
+            write_parquet(path, df)
+        elif a.format == "csv":
+            # CSV has no list type: ITL gap lists become JSON arrays in one text column.
+            lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
+            df.with_columns(pl.col(c).map_elements(lambda v: json.dumps(list(v)), return_dtype=pl.String)
+                            for c in lists).write_csv(path)
+        else:
+            df.write_ndjson(path)
+        print(f"{path}: {len(df)} rows")
+    con.close()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="almanac", description="LLM engine benchmarks, the Almanac way.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -139,6 +262,33 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("sim", help="run the simulated server (a test instrument)", add_help=False)
     s.add_argument("sim_args", nargs=argparse.REMAINDER)
     s.set_defaults(func=cmd_sim)
+
+    sl = sub.add_parser("slo", help="max requests/s per cell under a latency SLO")
+    sl.add_argument("--ttft-ms", type=float)
+    sl.add_argument("--tpot-ms", type=float)
+    sl.add_argument("--percentile", default="p95", choices=["p50", "p90", "p95", "p99", "mean"])
+    sl.add_argument("--bootstrap", type=int, default=200)
+    for col, typ in (("model", str), ("engine", str), ("quantization", str), ("isl", int), ("osl", int)):
+        sl.add_argument(f"--{col}", type=typ)
+    sl.add_argument("--db", default=DB_DEFAULT)
+    sl.set_defaults(func=cmd_slo)
+
+    sh = sub.add_parser("show", help="a cell's status, phases and SLOs")
+    sh.add_argument("cell")
+    sh.add_argument("--db", default=DB_DEFAULT)
+    sh.set_defaults(func=cmd_show)
+
+    q = sub.add_parser("query", help="run SQL on the database")
+    q.add_argument("sql")
+    q.add_argument("--digits", type=int, default=3)
+    q.add_argument("--db", default=DB_DEFAULT)
+    q.set_defaults(func=cmd_query)
+
+    ex = sub.add_parser("export", help="write every table as parquet, csv or jsonl")
+    ex.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet")
+    ex.add_argument("--out", default="results/export")
+    ex.add_argument("--db", default=DB_DEFAULT)
+    ex.set_defaults(func=cmd_export)
 
     c = sub.add_parser("cells", help="list the cells a config expands to")
     c.add_argument("--configfile", default="config/config.yaml")

@@ -1,0 +1,20 @@
+# Stage 4: per-cell analysis: SLO-bounded throughput (interpolated) with confidence intervals.
+
+
+localrules:
+    analyse_cell,
+
+
+rule analyse_cell:
+    input:
+        cell=f"{CELL_DIR}/cell.json",
+        requests=f"{CELL_DIR}/requests.parquet",
+        phases=f"{CELL_DIR}/phases.parquet",
+    output:
+        slo=f"{CELL_DIR}/slo.parquet",
+    params:
+        analysis=config.get("analysis", {}),
+    log:
+        "results/logs/analyse_cell/{cell}.log",
+    script:
+        "../scripts/analyse_cell.py"

@@ -1,0 +1,126 @@
+"""The report in a real headless browser, and the CLI on a constructed database."""
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from llm_almanac.aggregate import aggregate
+from llm_almanac.analyse import analyse
+from llm_almanac.report import build_report
+
+from test_slo import _frames
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _cell(root, cid, engine, points, status="ok"):
+    d = root / cid
+    d.mkdir(parents=True)
+    req, ph = _frames(points) if status == "ok" else _frames([])
+    req = req.with_columns(req["cell_id"].str.replace("c", cid, literal=True))
+    ph = ph.with_columns(ph["cell_id"].str.replace("c", cid, literal=True))
+    req.write_parquet(d / "requests.parquet")
+    ph.write_parquet(d / "phases.parquet")
+    analyse(req, ph, bootstrap=50).write_parquet(d / "slo.parquet")
+    (d / "cell.json").write_text(json.dumps({
+        "cell_id": cid, "model": "m", "engine": engine, "engine_version": "1.0", "quantization": "bf16",
+        "isl": 128, "osl": 32, "status": status,
+        "error": None if status == "ok" else "ServerStartupError: bad flag", "hardware": "CPU: test",
+        "n_gpus": 0, "startup_s": 3.0, "server_command": f"{engine} serve m", "notes": []}))
+    return d
+
+
+@pytest.fixture(scope="module")
+def fixture_db(tmp_path_factory):
+    root = tmp_path_factory.mktemp("db")
+    curve_a = [("sequential", 0, 1.0, 200.0), ("sweep", 0, 2.0, 600.0), ("sweep", 1, 3.0, 1400.0), ("burst", 0, 4.0, 5000.0)]
+    curve_b = [("sequential", 0, 1.5, 100.0), ("sweep", 0, 3.0, 250.0), ("burst", 0, 6.0, 800.0)]
+    dirs = [_cell(root / "cells", "m__eng-a__bf16__128-32", "eng-a", curve_a),
+            _cell(root / "cells", "m__eng-b__bf16__128-32", "eng-b", curve_b),
+            _cell(root / "cells", "m__eng-c__bf16__128-32", "eng-c", [], status="failed")]
+    db = root / "almanac.duckdb"
+    aggregate(dirs, db, {d.name: f"snakemake --cores all --forcerun results/cells/{d.name}/cell.json" for d in dirs})
+    return db
+
+
+def _almanac(*args):
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", *args], capture_output=True, text=True,
+                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr
+    return p.stdout
+
+
+def test_slo_table_in_db(fixture_db):
+    con = duckdb.connect(str(fixture_db), read_only=True)
+    rows = con.execute("SELECT cell_id, max_rps, basis FROM slo WHERE slo = 'ttft_p95<=1000ms' ORDER BY 1").fetchall()
+    assert [r[0] for r in rows] == ["m__eng-a__bf16__128-32", "m__eng-b__bf16__128-32"]
+    assert rows[0][2] == "interpolated" and 2.0 < rows[0][1] < 3.0
+    assert rows[1][2] == "above-range" and rows[1][1] == pytest.approx(6.0, rel=0.05)
+
+
+def test_cli_slo_one_row_per_ok_cell(fixture_db):
+    out = _almanac("slo", "--ttft-ms", "1000", "--db", str(fixture_db), "--bootstrap", "20")
+    lines = [ln for ln in out.splitlines() if "eng-" in ln]
+    assert len(lines) == 2 and "eng-c" not in out
+    assert "interpolated" in lines[0] and "above-range" in lines[1]
+    out = _almanac("slo", "--ttft-ms", "150", "--engine", "eng-a", "--db", str(fixture_db))
+    assert "below-range" in out and "eng-b" not in out
+
+
+def test_cli_show_query_export(fixture_db, tmp_path):
+    out = _almanac("show", "m__eng-c__bf16__128-32", "--db", str(fixture_db))
+    assert "status=failed" in out and "ServerStartupError: bad flag" in out
+    out = _almanac("show", "m__eng-a__bf16__128-32", "--db", str(fixture_db))
+    assert "sequential" in out and "burst" in out and "ttft_p95<=1000ms" in out
+    out = _almanac("query", "SELECT count(*) AS n FROM requests", "--db", str(fixture_db))
+    assert "│ 560 │" in out.replace(" 560 ", " 560 ").replace("┃", "│") or " 560 " in out
+    _almanac("export", "--format", "csv", "--out", str(tmp_path / "x"), "--db", str(fixture_db))
+    header, first = (tmp_path / "x" / "requests.csv").read_text().splitlines()[:2]
+    assert "itl_ms" in header and "[10.0,10.0,10.0]" in first.replace(", ", ",")
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["cells.csv", "phases.csv", "requests.csv", "slo.csv"]
+
+
+def chromium():
+    exe = shutil.which("chromium") or shutil.which("chromium-browser")
+    assert exe, "chromium is not installed: `make test` installs it (Debian package chromium)"
+    return exe
+
+
+CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--virtual-time-budget=5000"]
+
+
+def render(html_path: Path, tmp_path: Path) -> tuple[str, Path]:
+    """The DOM after scripts ran, and a screenshot, from a real headless Chromium."""
+    exe = chromium()
+    prof = tmp_path / "profile"
+    dom = subprocess.run([exe, *CHROME_FLAGS, f"--user-data-dir={prof}", "--dump-dom", html_path.as_uri()],
+                         capture_output=True, text=True, timeout=120).stdout
+    png = tmp_path / "report.png"
+    subprocess.run([exe, *CHROME_FLAGS, f"--user-data-dir={prof}", "--window-size=1400,2400",
+                    f"--screenshot={png}", html_path.as_uri()], capture_output=True, timeout=120)
+    return dom, png
+
+
+def test_report_renders_plots_and_filters_in_chromium(fixture_db, tmp_path):
+    out = build_report(fixture_db, tmp_path / "report.html")
+    text = out.read_text()
+    # self-contained: plotly.js inline, no script or stylesheet fetched from the network
+    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=", text) and "Plotly.newPlot" in text
+    dom, png = render(out, tmp_path)
+    # plotly drew its SVGs: one curve figure (one model/shape) + 4 SLO bar charts, 2 svg layers each
+    assert dom.count('class="main-svg"') >= 2 * (1 + 3)
+    assert dom.count('class="scatterlayer') >= 1 and 'class="barlayer' in dom
+    for col in ("model", "engine", "quantization", "shape", "slo"):
+        assert f'id="f-{col}"' in dom
+    assert '<option value="eng-b">eng-b</option>' in dom
+    assert dom.count("<tr data-model=") == 8  # 2 ok cells x 4 default SLOs
+    assert "ServerStartupError: bad flag" in dom
+    assert png.stat().st_size > 30_000  # a page with plots, not a blank one
