@@ -12,10 +12,13 @@ rule bench_cell:
         cell=lambda wc: CELLS[wc.cell].to_dict(),
         engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
         model_cfg=lambda wc: config["models"][CELLS[wc.cell].model],
-        bench=config.get("bench", {}),
+        # the retry policy is not a measurement setting: changing it re-measures nothing
+        bench={k: v for k, v in config.get("bench", {}).items() if k != "retries"},
     threads: cell_threads
+    retries: config.get("bench", {}).get("retries", 0)
     resources:
         gpu=lambda wc: CELLS[wc.cell].n_gpus,
+        attempt=lambda wc, attempt: attempt,
     log:
         "results/logs/bench_cell/{cell}.log",
     script:

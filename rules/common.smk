@@ -7,7 +7,7 @@ import sys
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from llm_almanac.config import validate as validate_config
+from llm_almanac.config import check_local_paths, validate as validate_config
 from llm_almanac.engines import get_engine
 from llm_almanac.grid import ConfigError, expand_grid
 from llm_almanac.install import env_id
@@ -17,6 +17,7 @@ SCHEMA = workflow.source_path("../config/schema.yaml")
 try:
     validate_config(config, SCHEMA)  # one precise message naming the bad key
     validate(config, SCHEMA, set_default=True)  # fills the schema's defaults
+    check_local_paths(config)
     CELLS = {c.cell_id: c for c in expand_grid(config)}
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None

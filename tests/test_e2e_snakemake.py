@@ -30,6 +30,8 @@ def _config(default):
     cfg["engines_dir"] = str(ROOT / "results" / "engines")
     # A tuned variant of the same install, with a flag vLLM rejects: its cell must fail cleanly
     # (a row with the reason) while the other cells and the aggregate complete.
+    # A secret the engine is given through the config: it must never reach results/ or the DB.
+    cfg["engines"]["vllm-cpu"]["env"]["E2E_API_KEY"] = ENGINE_SECRET
     bad = copy.deepcopy(cfg["engines"]["vllm-cpu"])
     bad["args"] = bad["args"] + ["--no-such-flag"]
     cfg["engines"]["vllm-cpu-badflag"] = bad
@@ -44,10 +46,15 @@ def _config(default):
     return cfg
 
 
+ENGINE_SECRET = "e2e-engine-key-5b1f0c"
+HF_SECRET = "hf_e2eSecretToken8d2a"
+
+
 def _snakemake(workdir, configfile, *args, check=True):
     cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--cores", "2", *args]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
+                       env={**os.environ, "HF_TOKEN": HF_SECRET})
     if check and p.returncode:
         raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}")
     return p
@@ -169,3 +176,88 @@ def test_slo_rows_report_and_cli_after_real_run(run, db, tmp_path):
     dom, png = render(work / "results" / "report.html", tmp_path)
     assert dom.count('class="main-svg"') >= 2 and 'id="f-engine"' in dom
     assert "smollm2-135m" in dom and "ServerStartupError" in dom
+
+
+def test_secrets_never_reach_results_logs_or_db(run, db):
+    work = run[0]
+    files = [f for f in (work / "results").rglob("*") if f.is_file()]
+    assert len(files) > 10
+    for f in files:
+        data = f.read_bytes()
+        assert ENGINE_SECRET.encode() not in data and HF_SECRET.encode() not in data, f
+    text = json.dumps(db.execute("SELECT * FROM cells").fetchall(), default=str)
+    assert ENGINE_SECRET not in text and HF_SECRET not in text
+    env = json.loads(db.execute("SELECT server_env FROM cells WHERE engine = 'vllm-cpu'").fetchone()[0])
+    assert env["E2E_API_KEY"] == "***" and env["VLLM_CPU_KVCACHE_SPACE"] == "1"
+
+
+def test_rerun_failed_reruns_exactly_the_failed_cells(run):
+    work, cfg, cfgfile, _ = run
+    good = work / "results/cells/smollm2-135m__vllm-cpu__bf16__64-16/cell.json"
+    bad = work / "results/cells/smollm2-135m__vllm-cpu-badflag__bf16__64-16/cell.json"
+    good_mtime, bad_mtime = good.stat().st_mtime_ns, bad.stat().st_mtime_ns
+    con = duckdb.connect(str(work / "results/almanac.duckdb"), read_only=True)
+    before = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
+    con.close()
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "rerun-failed", "--cores", "2",
+                        "--directory", str(work), "-s", str(ROOT / "Snakefile"), "--configfile", str(cfgfile)],
+                       capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert "rerunning 1 failed cell(s): smollm2-135m__vllm-cpu-badflag__bf16__64-16" in p.stdout
+    assert good.stat().st_mtime_ns == good_mtime and bad.stat().st_mtime_ns > bad_mtime
+    con = duckdb.connect(str(work / "results/almanac.duckdb"), read_only=True)
+    after = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
+    assert after == before  # rebuilt, no duplicates
+    assert con.execute("SELECT status FROM cells WHERE engine='vllm-cpu-badflag'").fetchone()[0] == "failed"
+    con.close()
+
+
+def test_interrupt_leaves_nothing_running_and_resume_keeps_measured_phases(tmp_path, default_config_module):
+    """SIGINT to Snakemake (as Ctrl-C sends it to the terminal's process group) mid-cell: the
+    server is stopped, the phases already measured stay on disk, and the next plain run
+    finishes the cell without measuring them again."""
+    import signal
+    import time
+
+    import polars as pl
+
+    cfg = _config(default_config_module)
+    cfg["grid"] = cfg["grid"][:1]
+    cfg["grid"][0]["shapes"] = [{"isl": 32, "osl": 8}]
+    cfg["bench"].update(sweep_rates=2, sweep_duration_s=6)
+    cfgfile = tmp_path / "config.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    cell = tmp_path / "results/cells/smollm2-135m__vllm-cpu__bf16__32-8"
+    cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+           "--configfile", str(cfgfile), "--cores", "2"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 900
+    while not (cell / "partial/0-burst-0.parquet").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "the cell never reached its sweep"
+        time.sleep(0.5)
+    time.sleep(2)  # now inside the sweep
+    os.killpg(proc.pid, signal.SIGINT)
+    assert proc.wait(120) != 0
+    time.sleep(1)
+    assert _engine_processes(str(tmp_path)) == []
+    assert not (cell / "server.pid").exists()
+    kept = {f.stem: pl.read_parquet(f) for f in (cell / "partial").glob("*.parquet")}
+    assert {"0-sequential-0", "0-burst-0"} <= set(kept)
+    assert not (cell / "cell.json").exists()
+
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    info = json.loads((cell / "cell.json").read_text())
+    assert info["status"] == "ok"
+    req = pl.read_parquet(cell / "requests.parquet")
+    for key, df in kept.items():
+        _, phase, step = key.split("-")
+        got = req.filter((pl.col("phase") == phase) & (pl.col("step") == int(step))).sort("request_id")
+        assert got["request_id"].to_list() == df.sort("request_id")["request_id"].to_list()
+        assert got["ttft_ms"].to_list() == df.sort("request_id")["ttft_ms"].to_list()
+    assert req["request_id"].n_unique() == req.height
+    assert set(req["phase"]) == {"sequential", "burst", "sweep"}
+    assert not (cell / "partial").exists()
+    log = (tmp_path / "results/logs/bench_cell/smollm2-135m__vllm-cpu__bf16__32-8.log").read_text()
+    assert "kept from an earlier run, not measured again" in log
+    assert _engine_processes(str(tmp_path)) == []

@@ -104,7 +104,7 @@ def test_engine_args_and_env_merge_into_cell():
     (lambda c: c.update(modles={}), r"^config: Additional properties are not allowed \('modles' was unexpected\)"),
     (lambda c: c["grid"][0]["shapes"][0].update(isl="128"), r"^config\.grid\[0\]\.shapes\[0\]\.isl: '128' is not of type 'integer'"),
     (lambda c: c["grid"][0]["shapes"][0].update(osl=0), r"^config\.grid\[0\]\.shapes\[0\]\.osl: 0 is less than the minimum of 1"),
-    (lambda c: c["engines"]["vllm-cpu"].update(module="vlm"), r"^config\.engines\.vllm-cpu\.module: 'vlm' is not one of \['vllm'\]"),
+    (lambda c: c["engines"]["vllm-cpu"].update(module="vlm"), r"^config\.engines\.vllm-cpu\.module: 'vlm' is not one of \['vllm', 'sim'\]"),
     (lambda c: c["bench"].update(burst_requests=-1), r"^config\.bench\.burst_requests: -1 is less than the minimum of 1"),
     (lambda c: c["engines"]["vllm-cpu"].update(versoin="1"), r"^config\.engines\.vllm-cpu: Additional properties .*'versoin' was unexpected.*allowed keys"),
 ])
@@ -113,3 +113,23 @@ def test_schema_errors_name_the_key(default_config, schema_path, mutate, message
     mutate(default_config)
     with pytest.raises(ConfigError, match=message):
         validate(default_config, schema_path)
+
+
+def test_missing_local_model_path_stops_at_dag_build(tmp_path):
+    from llm_almanac.config import check_local_paths
+
+    cfg = _cfg()
+    with pytest.raises(ConfigError, match=r"config\.models\.m1\.path: /x does not exist"):
+        check_local_paths(cfg)
+    cfg["models"]["m1"]["path"] = str(tmp_path)
+    check_local_paths(cfg)  # exists: fine
+
+
+def test_simulator_needs_explicit_test_opt_in():
+    cfg = _cfg()
+    cfg["engines"]["fake"] = {"module": "sim", "version": "0"}
+    cfg["grid"][0]["engines"] = ["fake"]
+    with pytest.raises(ConfigError, match="module 'sim', the test simulator, which is not an engine"):
+        expand_grid(cfg)
+    cfg["allow_simulator"] = True
+    assert expand_grid(cfg)[0].engine == "fake"

@@ -51,9 +51,17 @@ def _req(raw, error=None):
 def test_request_row_flags_token_mismatch_and_missing_usage():
     raw = [(11 * MS, _ev(" a")), (21 * MS, _ev(" b")),
            (22 * MS, _ev(usage={"prompt_tokens": 8, "completion_tokens": 2}) + b"data: [DONE]\n\n")]
-    row = request_row(_req(raw), 0, isl=8, osl=3, endpoint="completions")
-    assert row["status"] == "ok" and row["token_mismatch"] is True
+    row = request_row(_req(raw), 0, isl=8, osl=2, endpoint="completions")
+    assert row["status"] == "ok" and row["token_mismatch"] is False and row["error"] is None
     assert row["ttft_ms"] == pytest.approx(10.0) and row["tpot_ms"] == pytest.approx(10.0)
+    row = request_row(_req(raw), 0, isl=8, osl=3, endpoint="completions")  # truncated output
+    assert row["status"] == "failed" and row["token_mismatch"] is True
+    assert row["error"] == "token counts differ from the request: prompt 8 (asked 8), completion 2 (asked 3)"
+    import orjson
+    chat = [(11 * MS, b"data: " + orjson.dumps({"choices": [{"delta": {"content": "a"}}]}) + b"\n\n")] * 2
+    chat.append(raw[-1])
+    row = request_row(_req(chat), 0, isl=99, osl=2, endpoint="chat")  # prompt includes the template
+    assert row["status"] == "ok" and not row["token_mismatch"]
     row = request_row(_req(raw[:2] + [(22 * MS, b"data: [DONE]\n\n")]), 0, 8, 2, "completions")
     assert row["status"] == "failed" and "no usage" in row["error"]
     row = request_row(_req([], error="HTTP 500: x"), 0, 8, 2, "completions")
@@ -145,13 +153,14 @@ def test_run_phases_sweep_between_anchors_and_fixed_rates_for_repeats(sim):
     gen = _gen(sim.url, osl=8)
     df, rates = asyncio.run(run_phases(gen, bench, []))
     assert set(df["phase"]) == {"sequential", "burst", "sweep"} and "warmup" not in set(df["phase"])
-    ph = metrics.summarize(df.with_columns(cell_id=pl_lit("c"), repeat=pl_lit(0)))
+    ph = metrics.summarize(df.with_columns(cell_id=pl_lit("c")))
     rps = dict(zip(ph["phase"], ph["rps"]))
     assert len(rates) == 2 and all(rps["sequential"] < r < rps["burst"] for r in rates)
     n_before = len(sim.srv.records)
-    df2, rates2 = asyncio.run(run_phases(gen, bench, [], rates=rates, warmup=False))
+    df2, rates2 = asyncio.run(run_phases(gen, bench, [], rates=rates, repeat=1))
     assert rates2 == rates
-    assert len(sim.srv.records) - n_before == len(df2)  # no warm-up on a later repeat
+    assert len(sim.srv.records) - n_before == len(df2)  # no second warm-up
+    assert set(df2["repeat"]) == {1} and set(df["repeat"]) == {0}
     assert sorted(set(df2.filter(df2["phase"] == "sweep")["target_rps"])) == sorted(rates)
     assert set(df["request_id"]).isdisjoint(set(df2["request_id"]))  # prompts stay unique
 
@@ -160,3 +169,35 @@ def pl_lit(v):
     import polars as pl
 
     return pl.lit(v)
+
+
+@pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1, max_concurrency=2)], indirect=True)
+def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim, tmp_path):
+    from llm_almanac.cell import BENCH_DEFAULTS, CellFailure, Checkpoint, run_phases
+
+    bench = {**BENCH_DEFAULTS, "warmup_requests": 1, "sequential_requests": 3, "burst_requests": 6,
+             "sweep_rates": 2, "sweep_duration_s": 0.3}
+
+    def crash_in_sweep(label):
+        if label.startswith("sweep"):
+            raise CellFailure(f"server exited with code -9 during {label}")
+
+    store = Checkpoint(tmp_path / "partial", "fp1")
+    with pytest.raises(CellFailure, match="during sweep\\[0\\]"):
+        asyncio.run(run_phases(_gen(sim.url, osl=4), bench, [], store=store, check=crash_in_sweep))
+    assert sorted(p.stem for p in (tmp_path / "partial").glob("*.parquet")) == ["0-burst-0", "0-sequential-0"]
+    measured_before = len(sim.srv.records)
+
+    # a new run (new generator, like a new job) resumes from disk: only the sweep is measured
+    store2 = Checkpoint(tmp_path / "partial", "fp1")
+    gen2 = _gen(sim.url, osl=4)
+    gen2.skip_ids_to(store2.max_request_id() + 1)
+    df, rates = asyncio.run(run_phases(gen2, bench, [], store=store2))
+    new = len(sim.srv.records) - measured_before
+    n_sweep = df.filter(df["phase"] == "sweep").height
+    assert new == 1 + n_sweep  # one warm-up + the sweep; sequential and burst were not re-run
+    assert df["request_id"].n_unique() == df.height  # ids (so prompts) unique across the resume
+    assert set(df["phase"]) == {"sequential", "burst", "sweep"} and len(rates) == 2
+
+    # another config (fingerprint) never mixes with these units
+    assert Checkpoint(tmp_path / "partial", "fp2").units == {}

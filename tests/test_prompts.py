@@ -1,24 +1,12 @@
-import random
-
 import pytest
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+from conftest import make_tokenizer
 
 from llm_almanac.prompts import PromptError, PromptFactory
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    """A small byte-level BPE with a BOS post-processor, like the real models' tokenizers."""
-    rng = random.Random(1)
-    letters = "abcdefghijklmnopqrstuvwxyz"
-    words = ["".join(rng.choice(letters) for _ in range(rng.randint(3, 8))) for _ in range(400)]
-    corpus = [" ".join(rng.choice(words) for _ in range(50)) for _ in range(300)]
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=900, special_tokens=["<s>"]))
-    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 0)])
-    return tok
+    return make_tokenizer()
 
 
 @pytest.mark.parametrize("isl", [4, 5, 17, 128, 1000])

@@ -82,3 +82,34 @@ def test_server_environment_drops_snakemake_thread_caps_but_keeps_user_env():
     base = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PATH": "/bin", "HF_HOME": "/h"}
     env = server_environment(base, {"VLLM_CPU_KVCACHE_SPACE": "1"}, {"OMP_NUM_THREADS": "4"})
     assert env == {"PATH": "/bin", "HF_HOME": "/h", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "4"}
+
+
+def test_port_taken_before_bind_is_retried_on_another_port(tmp_path, monkeypatch):
+    """Two cells can be handed the same free port; the loser's server fails to bind and is
+    restarted on another port instead of failing the cell."""
+    import socket
+
+    from llm_almanac import cell as cellmod
+    from llm_almanac.engines.base import Engine, ServerSpec
+
+    class Fake(Engine):
+        name = "fake"
+
+        def server_command(self, spec):
+            return [sys.executable, "-c", FAKE, str(spec.port), "0"]
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1], free_port()])
+    monkeypatch.setattr(cellmod, "free_port", lambda: next(ports))
+    info = {}
+    spec = ServerSpec(python=sys.executable, model_path="m", served_name="m", quantization="bf16", port=0)
+    server, url = cellmod.start_server(Fake(), spec, dict(os.environ), tmp_path / "server.log", tmp_path, 20, info)
+    try:
+        assert url.endswith(str(server.cmd[-2])) and str(taken.getsockname()[1]) not in url
+        assert "Address already in use" in (tmp_path / "server.log").read_text()
+        assert info["startup_s"] > 0
+    finally:
+        server.stop()
+        taken.close()

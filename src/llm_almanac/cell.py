@@ -9,6 +9,9 @@ SIGTERM) is not a measurement: the server is stopped and the job fails, leaving 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import hashlib
+import json
 import logging
 import os
 import shlex
@@ -16,6 +19,7 @@ import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -26,7 +30,8 @@ from .engines import ServerSpec, get_engine
 from .io import read_json, write_json, write_parquet
 from .loadgen import LoadGenerator
 from .prompts import PromptFactory
-from .server import Server, free_port, signals_raise
+from .secrets import redact_args, redact_env, scrub, scrub_file, secret_values, without_secrets
+from .server import Server, ServerStartupError, free_port, log_tail, signals_raise
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +47,8 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "endpoint": "completions",
     "seed": 0,
     "repeats": 1,
+    "retries": 0,
+    "phase_timeout_s": 3600.0,
 }
 
 
@@ -82,37 +89,110 @@ def check_prompt_tokens(base_url: str, path: str | None, model: str, prompt: str
 PHASES = ("sequential", "burst", "sweep")
 
 
+class PhaseStore:
+    """Finished phase units, keyed 'repeat-phase-step'. In memory; see Checkpoint for disk."""
+
+    def __init__(self) -> None:
+        self.units: dict[str, pl.DataFrame] = {}
+
+    def get(self, key: str) -> pl.DataFrame | None:
+        return self.units.get(key)
+
+    def put(self, key: str, df: pl.DataFrame) -> None:
+        self.units[key] = df
+
+    def frame(self) -> pl.DataFrame:
+        return pl.concat(list(self.units.values())) if self.units else metrics.requests_frame([])
+
+    def max_request_id(self) -> int:
+        return max((int(df["request_id"].max()) for df in self.units.values() if len(df)), default=-1)
+
+
+class Checkpoint(PhaseStore):
+    """Phase units on disk (one parquet each, written atomically) so that a cell that fails or
+    is interrupted in a later phase keeps what it measured, and a rerun measures only the rest.
+    A fingerprint of the cell's settings guards against mixing units of different configs."""
+
+    def __init__(self, directory: Path, fingerprint: str) -> None:
+        super().__init__()
+        self.dir = directory
+        fp = directory / "fingerprint"
+        if directory.exists() and (not fp.exists() or fp.read_text() != fingerprint):
+            self.clear()
+        directory.mkdir(parents=True, exist_ok=True)
+        fp.write_text(fingerprint)
+        for f in sorted(directory.glob("*.parquet")):
+            self.units[f.stem] = pl.read_parquet(f)
+
+    def put(self, key: str, df: pl.DataFrame) -> None:
+        write_parquet(self.dir / f"{key}.parquet", df)
+        super().put(key, df)
+
+    def clear(self) -> None:
+        for f in self.dir.glob("*"):
+            f.unlink()
+        if self.dir.exists():
+            self.dir.rmdir()
+        self.units = {}
+
+
 async def run_phases(
     gen: LoadGenerator,
     bench: dict[str, Any],
     notes: list[str],
     phases: tuple[str, ...] = PHASES,
     rates: list[float] | None = None,
-    warmup: bool = True,
+    store: PhaseStore | None = None,
+    repeat: int = 0,
+    check: Callable[[str], None] | None = None,
 ) -> tuple[pl.DataFrame, list[float]]:
     """warm-up (discarded) -> sequential -> burst -> sweep between the two measured rates.
 
-    `rates` fixes the sweep's target rates (later repeats reuse the first repeat's, so that
-    sweep step k means the same offered load in every repeat). Returns the requests and the
-    sweep rates used."""
+    Each phase (and sweep step) is a unit: a unit already in `store` is reused, not measured
+    again; a measured unit goes into the store only after `check` (e.g. "is the server still
+    alive?") passes, so a unit cut short by a crash is never kept. Warm-up runs once per
+    generator, just before its first measured unit. `rates` fixes the sweep's target rates
+    (later repeats reuse the first repeat's, so that step k means the same offered load in every
+    repeat). Returns this repeat's requests and the sweep rates used."""
     unknown = set(phases) - set(PHASES)
     if unknown:
         raise ValueError(f"unknown phases {sorted(unknown)}; choose from {list(PHASES)}")
     if "sweep" in phases and not {"sequential", "burst"} <= set(phases):
         raise ValueError("the sweep needs both anchors: run it with the sequential and burst phases")
-    warm = await gen.warmup(int(bench["warmup_requests"])) if warmup else []
-    bad = [r for r in warm if r["status"] != "ok"]
-    if bad:
-        raise CellFailure(f"warm-up failed: {bad[0]['error']}")
-    rows: list[dict[str, Any]] = []
+    store = store if store is not None else PhaseStore()
     conc = int(bench.get("max_concurrency") or 0) or None
+    phase_timeout = float(bench.get("phase_timeout_s") or 0) or None
+
+    async def unit(phase: str, step: int, measure) -> pl.DataFrame:
+        key = f"{repeat}-{phase}-{step}"
+        kept = store.get(key)
+        if kept is not None:
+            log.info("%s[%d] (repeat %d): kept from an earlier run, not measured again", phase, step, repeat)
+            return kept
+        if not gen.warmed:
+            warm = await gen.warmup(int(bench["warmup_requests"]))
+            bad = [r for r in warm if r["status"] != "ok"]
+            if bad:
+                raise CellFailure(f"warm-up failed: {bad[0]['error']}")
+        try:
+            async with asyncio.timeout(phase_timeout):
+                rows = await measure()
+        except TimeoutError:
+            raise CellFailure(f"{phase}[{step}] exceeded phase_timeout_s={phase_timeout:g}") from None
+        if check:
+            check(f"{phase}[{step}]")
+        df = metrics.requests_frame(rows).with_columns(pl.lit(repeat, pl.Int32).alias("repeat"))
+        store.put(key, df)
+        return df
+
+    frames: list[pl.DataFrame] = []
     if "sequential" in phases:
-        rows += await gen.sequential(int(bench["sequential_requests"]))
+        frames.append(await unit("sequential", 0, lambda: gen.sequential(int(bench["sequential_requests"]))))
     if "burst" in phases:
-        rows += await gen.burst(int(bench["burst_requests"]), conc)
+        frames.append(await unit("burst", 0, lambda: gen.burst(int(bench["burst_requests"]), conc)))
     if "sweep" not in phases:
-        return metrics.requests_frame(rows), []
-    summary = metrics.summarize(metrics.requests_frame([{**r, "cell_id": "", "repeat": 0} for r in rows]))
+        return (pl.concat(frames) if frames else metrics.requests_frame([])), []
+    summary = metrics.summarize(pl.concat(frames).with_columns(pl.lit("").alias("cell_id")))
     by_phase = dict(zip(summary["phase"], summary["rps"]))
     seq, burst = by_phase.get("sequential"), by_phase.get("burst")
     log.info("sequential %.3f rps, burst %.3f rps", seq or 0, burst or 0)
@@ -122,11 +202,37 @@ async def run_phases(
         notes.append(f"sweep skipped: burst rate {burst} is not above sequential rate {seq}")
         log.warning(notes[-1])
     for step, rate in enumerate(rates):
-        rows += await gen.rate(
+        frames.append(await unit("sweep", step, lambda rate=rate, step=step: gen.rate(
             rate, float(bench["sweep_duration_s"]), step, bench["arrival"],
-            seed=int(bench["seed"]) + step, max_concurrency=conc,
-        )
-    return metrics.requests_frame(rows), rates
+            seed=int(bench["seed"]) + step, max_concurrency=conc)))
+    return pl.concat(frames), rates
+
+
+def start_server(adapter, spec: ServerSpec, env: dict[str, str], server_log: Path, out_dir: Path,
+                 timeout: float, info: dict[str, Any], attempts: int = 3) -> tuple[Server, str]:
+    """Start the server on a free port and wait until healthy. A port taken between our check
+    and the server's bind (cells started in parallel) is retried on another port."""
+    for attempt in range(1, attempts + 1):
+        port = free_port()
+        spec = dataclasses.replace(spec, port=port)
+        cmd = adapter.server_command(spec)
+        info["server_command"] = shlex.join(redact_args(cmd))
+        log.info("server command: %s", info["server_command"])
+        log.info("server log: %s", server_log)
+        base_url = f"http://127.0.0.1:{port}"
+        server = Server(cmd, env, server_log, base_url, adapter.health_path, pid_file=out_dir / "server.pid")
+        server.start()
+        try:
+            info["startup_s"] = round(server.wait_ready(timeout), 2)
+            return server, base_url
+        except BaseException as exc:
+            server.stop()
+            if isinstance(exc, ServerStartupError) and "address already in use" in str(exc).lower() \
+                    and attempt < attempts:
+                log.warning("port %d was taken before the server bound it; retrying on another port", port)
+                continue
+            raise
+    raise AssertionError("unreachable")
 
 
 def run_cell(
@@ -162,75 +268,92 @@ def run_cell(
         "started_at": datetime.now(timezone.utc).isoformat(),
         "finished_at": None,
         "server_command": None,
-        "server_env": cell.get("extra_env", {}),
+        "server_env": redact_env(cell.get("extra_env", {})),
         "server_log": str(server_log),
         "model_origin": model.get("origin"),
         "bench": bench,
         "notes": [],
     }
-    requests = metrics.requests_frame([])
     served = cell["model"]
+    secrets_in_cell = secret_values(cell.get("extra_env", {}))
+    fingerprint = json.dumps([cell, bench, installed["version"], model.get("paths")], sort_keys=True)
+    store = Checkpoint(out_dir / "partial", hashlib.sha256(fingerprint.encode()).hexdigest())
+    if store.units:
+        log.info("cell %s: resuming; kept from an earlier run: %s", cid, ", ".join(sorted(store.units)))
+    server: Server | None = None
     try:
-        info["hardware"] = hardware.describe()["summary"]
-        model_path = model["paths"].get(adapter.model_format)
-        if not model_path:
-            raise CellFailure(f"model {cell['model']} has no {adapter.model_format} format prepared")
-        port = free_port()
-        spec = ServerSpec(
-            python=installed["python"],
-            model_path=model_path,
-            served_name=served,
-            quantization=cell["quantization"],
-            port=port,
-            tensor_parallel=max(1, int(cell.get("n_gpus") or 1)),
-            max_model_len=model_cfg.get("max_model_len"),
-            device=engine_cfg.get("device", "cuda"),
-            extra_args=tuple(cell.get("extra_args", ())),
-        )
-        cmd = adapter.server_command(spec)
-        env = server_environment(dict(os.environ), adapter.server_env(spec), cell.get("extra_env", {}))
-        info["server_command"] = shlex.join(cmd)
-        log.info("cell %s: server command: %s", cid, info["server_command"])
-        log.info("cell %s: server log: %s", cid, server_log)
-        base_url = f"http://127.0.0.1:{port}"
-        timeout = float(engine_cfg.get("startup_timeout_s") or adapter.startup_timeout_s)
-        with signals_raise(), Server(cmd, env, server_log, base_url, adapter.health_path,
-                                     pid_file=out_dir / "server.pid") as server:
-            info["startup_s"] = round(server.wait_ready(timeout), 2)
-            if adapter.version_path:
-                try:
-                    v = httpx.get(base_url + adapter.version_path, timeout=10).json().get("version")
-                    info["server_reported_version"] = v
-                except (httpx.HTTPError, ValueError):
-                    pass
-            prompts = PromptFactory.from_file(model["tokenizer"], cell["isl"], int(bench["seed"]))
-            info["tokenize_check"] = check_prompt_tokens(
-                base_url, adapter.tokenize_path, served, prompts.make(10**9), cell["isl"])
-            gen = LoadGenerator(
-                base_url, served, cell["isl"], cell["osl"], prompts.make,
-                endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
-                request_timeout_s=float(bench["request_timeout_s"]),
-            )
-            frames, rates = [], None
-            for rep in range(int(bench.get("repeats", 1))):
-                if rep:
-                    log.info("cell %s: repeat %d of %d", cid, rep + 1, bench["repeats"])
-                df, rates = asyncio.run(run_phases(gen, bench, info["notes"], rates=rates, warmup=rep == 0))
-                frames.append(df.with_columns(pl.lit(rep, pl.Int32).alias("repeat")))
-            requests = pl.concat(frames)
-        info["status"] = "ok"
+        with signals_raise():
+            try:
+                info["hardware"] = adapter.LABEL if adapter.simulated else hardware.describe()["summary"]
+                model_path = model["paths"].get(adapter.model_format)
+                if not model_path:
+                    raise CellFailure(f"model {cell['model']} has no {adapter.model_format} format prepared")
+                spec = ServerSpec(
+                    python=installed["python"],
+                    model_path=model_path,
+                    served_name=served,
+                    quantization=cell["quantization"],
+                    port=0,
+                    tensor_parallel=max(1, int(cell.get("n_gpus") or 1)),
+                    max_model_len=model_cfg.get("max_model_len"),
+                    device=engine_cfg.get("device", "cuda"),
+                    extra_args=tuple(cell.get("extra_args", ())),
+                )
+                env = server_environment(without_secrets(os.environ), adapter.server_env(spec),
+                                         cell.get("extra_env", {}))
+                timeout = float(engine_cfg.get("startup_timeout_s") or adapter.startup_timeout_s)
+                server, base_url = start_server(adapter, spec, env, server_log, out_dir, timeout, info)
+                if adapter.version_path:
+                    try:
+                        v = httpx.get(base_url + adapter.version_path, timeout=10).json().get("version")
+                        info["server_reported_version"] = v
+                    except (httpx.HTTPError, ValueError):
+                        pass
+                prompts = PromptFactory.from_file(model["tokenizer"], cell["isl"], int(bench["seed"]))
+                info["tokenize_check"] = check_prompt_tokens(
+                    base_url, adapter.tokenize_path, served, prompts.make(10**9), cell["isl"])
+                gen = LoadGenerator(
+                    base_url, served, cell["isl"], cell["osl"], prompts.make,
+                    endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
+                    request_timeout_s=float(bench["request_timeout_s"]),
+                )
+                gen.skip_ids_to(store.max_request_id() + 1)
+
+                def alive(label: str) -> None:
+                    code = server.proc.poll() if server and server.proc else None
+                    if code is not None:
+                        raise CellFailure(
+                            f"server exited with code {code} during {label}; that phase is discarded; "
+                            f"last lines of {server_log}:\n{log_tail(server_log)}")
+
+                rates = None
+                for rep in range(int(bench.get("repeats", 1))):
+                    if rep:
+                        log.info("cell %s: repeat %d of %d", cid, rep + 1, bench["repeats"])
+                    _, rates = asyncio.run(run_phases(gen, bench, info["notes"], rates=rates,
+                                                      store=store, repeat=rep, check=alive))
+                info["status"] = "ok"
+            finally:
+                if server is not None:
+                    server.stop()
     except KeyboardInterrupt:
-        log.error("cell %s interrupted; server stopped, no results kept", cid)
+        scrub_file(server_log, secrets_in_cell)
+        log.error("cell %s interrupted; server stopped; measured phases kept in %s for the next run",
+                  cid, store.dir)
         raise
     except Exception as exc:  # noqa: BLE001 - any failure becomes a failed-cell row
         info["status"] = "failed"
-        info["error"] = f"{type(exc).__name__}: {exc}"
+        info["error"] = scrub(f"{type(exc).__name__}: {exc}", secrets_in_cell)
         log.error("cell %s failed: %s", cid, info["error"])
         log.debug("%s", traceback.format_exc())
+        if store.units:
+            info["notes"].append(f"phases measured before the failure are kept: {', '.join(sorted(store.units))}")
+    requests = store.frame()
+    if info["status"] == "ok":
+        store.clear()
     info["finished_at"] = datetime.now(timezone.utc).isoformat()
+    scrub_file(server_log, secret_values(cell.get("extra_env", {})))
     requests = requests.with_columns(pl.lit(cid).alias("cell_id"))
-    if "repeat" not in requests.columns or requests["repeat"].null_count():
-        requests = requests.with_columns(pl.lit(0, pl.Int32).alias("repeat"))
     phases = metrics.summarize(requests)
     if info["status"] == "ok":
         n_bad = int(phases["n_failed"].sum()) if len(phases) else 0

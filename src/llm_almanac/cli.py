@@ -5,6 +5,7 @@
   almanac show CELL     a cell's status and phases
   almanac query "SQL"   any SQL on the database
   almanac export --format parquet|csv|jsonl --out DIR   every table, for analysis elsewhere
+  almanac rerun-failed [--configfile F]   rerun exactly the failed cells, keeping their measured phases
 
   almanac bench  --base-url http://127.0.0.1:8000 --model NAME --tokenizer PATH --isl N --osl N ...
                  the phases of a cell against an already running OpenAI-compatible server
@@ -231,6 +232,37 @@ def cmd_export(a: argparse.Namespace) -> int:
     return 0
 
 
+def failed_cells(workdir: Path) -> list[str]:
+    out = []
+    for f in sorted((workdir / "results" / "cells").glob("*/cell.json")):
+        try:
+            if json.loads(f.read_text()).get("status") == "failed":
+                out.append(f.parent.name)
+        except (OSError, ValueError):
+            out.append(f.parent.name)  # an unreadable cell file is as good as failed
+    return out
+
+
+def cmd_rerun_failed(a: argparse.Namespace) -> int:
+    import shlex
+    import subprocess
+
+    workdir = Path(a.directory)
+    failed = failed_cells(workdir)
+    if not failed:
+        print("no failed cells under", workdir / "results" / "cells")
+        return 0
+    cmd = [sys.executable, "-m", "snakemake", "--cores", str(a.cores), "--directory", str(workdir)]
+    if a.snakefile:
+        cmd += ["-s", a.snakefile]
+    for cf in a.configfile or []:
+        cmd += ["--configfile", cf]
+    cmd += ["--forcerun", *[f"results/cells/{c}/cell.json" for c in failed], *a.snakemake_args]
+    print(f"rerunning {len(failed)} failed cell(s): {', '.join(failed)}")
+    print("$ " + shlex.join(cmd), flush=True)
+    return subprocess.call(cmd)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="almanac", description="LLM engine benchmarks, the Almanac way.")
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -289,6 +321,14 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", default="results/export")
     ex.add_argument("--db", default=DB_DEFAULT)
     ex.set_defaults(func=cmd_export)
+
+    rf = sub.add_parser("rerun-failed", help="rerun exactly the failed cells (then the database and report)")
+    rf.add_argument("--cores", default="all")
+    rf.add_argument("--configfile", action="append", help="the config the grid was run with (repeatable)")
+    rf.add_argument("--directory", default=".", help="the workflow's working directory")
+    rf.add_argument("--snakefile", "-s", help="Snakefile (default: the one in --directory)")
+    rf.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake (after --)")
+    rf.set_defaults(func=cmd_rerun_failed)
 
     c = sub.add_parser("cells", help="list the cells a config expands to")
     c.add_argument("--configfile", default="config/config.yaml")

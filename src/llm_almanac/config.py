@@ -29,6 +29,17 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> N
         raise ConfigError(f"{_where(err)}: {msg}")
 
 
+def check_local_paths(config: dict[str, Any]) -> None:
+    """Local models must exist when the DAG is built, not minutes later in a job."""
+    for name, m in (config.get("models") or {}).items():
+        if m.get("source") == "local" and not Path(m["path"]).expanduser().exists():
+            raise ConfigError(f"config.models.{name}.path: {m['path']} does not exist; fix the path or the source")
+        tok = m.get("tokenizer")
+        if tok and not Path(tok).expanduser().exists():
+            raise ConfigError(f"config.models.{name}.tokenizer: {tok} does not exist")
+
+
 def load_cells(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> list[Cell]:
     validate(config, schema_path)
+    check_local_paths(config)
     return expand_grid(config)

@@ -102,8 +102,13 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
     engines = config.get("engines") or {}
     for name in models:
         _check_slug("model", name)
-    for name in engines:
+    for name, ecfg in engines.items():
         _check_slug("engine", name)
+        if ecfg.get("module", name) == "sim" and not config.get("allow_simulator"):
+            raise ConfigError(
+                f"engine {name!r} uses module 'sim', the test simulator, which is not an engine; "
+                "it is allowed only in test configs that set allow_simulator: true"
+            )
     global_excl = config.get("exclude") or []
 
     cells: list[Cell] = []

@@ -47,7 +47,7 @@ def _run(cmd: list[str], logf) -> int:
 
 def requirements(name: str, ecfg: dict[str, Any]) -> tuple[str, list[str]]:
     adapter = get_engine(ecfg.get("module", name))
-    package = ecfg.get("package") or adapter.default_package
+    package = ecfg.get("package") or adapter.default_package or adapter.name
     return package, [f"{package}=={ecfg['version']}", *ecfg.get("pip_extra", [])]
 
 
@@ -60,6 +60,14 @@ def env_id(name: str, ecfg: dict[str, Any]) -> str:
 
 
 def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Path, log_path: Path) -> dict:
+    adapter = get_engine(ecfg.get("module", name))
+    if not adapter.needs_install:  # the simulator runs from this package's own environment
+        from . import __version__
+
+        info = {"engine": name, "module": adapter.name, "package": "llm-almanac",
+                "version": f"simulator-{__version__}", "python": sys.executable, "pip_freeze": []}
+        write_json(out_json, info)
+        return info
     package, reqs = requirements(name, ecfg)
     t0 = time.monotonic()
     if venv_dir.exists():

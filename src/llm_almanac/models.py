@@ -121,12 +121,14 @@ def prepare_model(
         paths["hf"] = str(hf.absolute())
     else:
         raise ModelError(f"model {name!r}: unknown source {source!r}")
-    missing = needs - set(paths)
-    if missing:
-        raise ModelError(f"model {name!r} from {source!r} has no {sorted(missing)} format")
     tokenizer = mcfg.get("tokenizer") or (str(Path(paths["hf"]) / "tokenizer.json") if "hf" in paths else None)
     if tokenizer and not Path(tokenizer).exists():
         raise ModelError(f"model {name!r}: no tokenizer at {tokenizer}; set models.{name}.tokenizer")
+    if tokenizer:
+        paths["tokenizer"] = str(Path(tokenizer).absolute())
+    missing = needs - set(paths)
+    if missing:
+        raise ModelError(f"model {name!r} from {source!r} has no {sorted(missing)} format")
     info = {
         "model": name,
         "source": source,

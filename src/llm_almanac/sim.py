@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,8 +33,16 @@ class SimConfig:
     role_chunk: bool = False  # send an empty role-only/first chunk as some servers do
     prompt_tokens: int | None = None  # reported prompt tokens (default: words in the prompt)
     completion_tokens_delta: int = 0  # report usage off by this much (fault mode)
-    fault: str | None = None  # None | "http500" | "truncate" | "stall" | "malformed" | "no_usage"
+    fault: str | None = None  # see FAULTS
+    fault_after: int = 0  # serve this many completions normally before the fault applies
+    tokenizer: str | None = None  # count prompt tokens with this tokenizer.json (as an engine would)
     log_path: str | None = None
+
+
+# Per-request faults apply to completions after the first `fault_after`; server faults:
+# exit_at_start (exits before listening), no_health (health says 503), crash (the process dies
+# on the first completion after `fault_after`).
+FAULTS = ("http500", "truncate", "stall", "malformed", "no_usage", "exit_at_start", "no_health", "crash")
 
 
 class SimServer:
@@ -45,6 +54,12 @@ class SimServer:
         self._log = open(cfg.log_path, "a") if cfg.log_path else None  # noqa: SIM115
         self.records: list[dict] = []
         self._tasks: set[asyncio.Task] = set()
+        self._served = 0
+        self._tok = None
+        if cfg.tokenizer:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_file(cfg.tokenizer)
 
     async def start(self) -> int:
         self._server = await asyncio.start_server(self._handle, self.host, self.port)
@@ -80,7 +95,8 @@ class SimServer:
                 headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 if method == "GET" and path in ("/health", "/v1/models"):
-                    await self._respond(writer, 200, b'{"status":"ok"}')
+                    ok = self.cfg.fault != "no_health"
+                    await self._respond(writer, 200 if ok else 503, b'{"status":"ok"}')
                 elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
                     await self._complete(writer, orjson.loads(body), path, arrived)
                 else:
@@ -100,12 +116,22 @@ class SimServer:
 
     async def _complete(self, writer, req: dict, path: str, arrived: int) -> None:
         cfg = self.cfg
-        if cfg.fault == "http500":
+        self._served += 1
+        fault = cfg.fault if self._served > cfg.fault_after else None
+        if fault == "crash":
+            print(f"simulated crash on completion {self._served}", flush=True)
+            os._exit(70)
+        if fault == "http500":
             await self._respond(writer, 500, b'{"error":{"message":"simulated failure"}}')
             return
         chat = path.endswith("chat/completions")
         prompt = req["messages"][-1]["content"] if chat else req["prompt"]
-        n_prompt = cfg.prompt_tokens if cfg.prompt_tokens is not None else len(prompt.split())
+        if cfg.prompt_tokens is not None:
+            n_prompt = cfg.prompt_tokens
+        elif self._tok is not None:
+            n_prompt = len(self._tok.encode(prompt, add_special_tokens=True).ids)
+        else:
+            n_prompt = len(prompt.split())
         n_out = int(req.get("max_tokens") or 16)
         if self._sem:
             await self._sem.acquire()
@@ -128,20 +154,20 @@ class SimServer:
                 delay = (t_next - time.perf_counter_ns()) / 1e9
                 if delay > 0:
                     await asyncio.sleep(delay)
-                if cfg.fault == "truncate" and sent >= n_out // 2:
+                if fault == "truncate" and sent >= n_out // 2:
                     break
-                if cfg.fault == "stall" and sent >= n_out // 2:
+                if fault == "stall" and sent >= n_out // 2:
                     await asyncio.sleep(3600)
                 send(self._chunk(" tok" * k, chat))
                 await writer.drain()
                 events.append(time.perf_counter_ns())
                 sent += k
                 t_next += int(cfg.tpot_ms * 1e6 * k)
-            if cfg.fault == "malformed":
+            if fault == "malformed":
                 writer.write(b"d\r\ndata: {oops\n\n\r\n")
             usage = {"prompt_tokens": n_prompt, "completion_tokens": sent + cfg.completion_tokens_delta,
                      "total_tokens": n_prompt + sent + cfg.completion_tokens_delta}
-            if cfg.fault != "no_usage":
+            if fault != "no_usage":
                 send(orjson.dumps({"choices": [], "usage": usage}))
             send(b"[DONE]")
             writer.write(b"0\r\n\r\n")
@@ -168,11 +194,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tpot-ms", type=float, default=0.0)
     ap.add_argument("--tokens-per-chunk", type=int, default=1)
     ap.add_argument("--max-concurrency", type=int, default=0)
-    ap.add_argument("--fault", choices=["http500", "truncate", "stall", "malformed", "no_usage"])
+    ap.add_argument("--fault", choices=FAULTS)
+    ap.add_argument("--fault-after", type=int, default=0, help="completions served normally first")
+    ap.add_argument("--tokenizer", help="tokenizer.json to count prompt tokens with")
     ap.add_argument("--log", help="JSONL file of what the server actually did")
     a = ap.parse_args(argv)
+    if a.fault == "exit_at_start":
+        print("simulated startup failure: exiting before listening", flush=True)
+        raise SystemExit(3)
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
-                    fault=a.fault, log_path=a.log)
+                    fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log)
 
     async def run() -> None:
         srv = SimServer(cfg, a.host, a.port)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from .base import Engine, ServerSpec, UnsupportedQuantization
+from .sim import Simulator
 from .vllm import VLLM
 
-_REGISTRY: dict[str, type[Engine]] = {"vllm": VLLM}
+_REGISTRY: dict[str, type[Engine]] = {"vllm": VLLM, "sim": Simulator}
 
 
 def get_engine(module: str) -> Engine:

@@ -38,6 +38,10 @@ class Engine:
     tokenize_path: str | None = None
     version_path: str | None = None
     startup_timeout_s: float = 900.0
+    #: False for the simulator, which runs from this package's own environment.
+    needs_install: bool = True
+    #: True only for the test simulator: its cells are labelled so in results.
+    simulated: bool = False
 
     def quant_flags(self, quantization: str, device: str) -> list[str]:
         """Flags for a quantization; raises UnsupportedQuantization for an impossible pair."""
