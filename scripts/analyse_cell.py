@@ -5,7 +5,7 @@ import polars as pl
 
 from llm_almanac import logs
 from llm_almanac.analyse import analyse
-from llm_almanac.io import write_parquet
+from llm_almanac.files import write_parquet
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 logs.setup(sm.log[0])

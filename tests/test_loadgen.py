@@ -113,7 +113,7 @@ def test_timing_matches_simulator_log(sim):
         assert row["tpot_ms"] == pytest.approx(true_span / 15, abs=1.0)
 
 
-@pytest.mark.parametrize("sim", [SimConfig(ttft_ms=0, tpot_ms=20, max_concurrency=2)], indirect=True)
+@pytest.mark.parametrize("sim", [SimConfig(ttft_ms=0, tpot_ms=50, max_concurrency=2)], indirect=True)
 def test_burst_faster_than_sequential_and_sweep_between(sim):
     gen = _gen(sim.url, osl=10)
     seq = metrics.summarize(metrics.requests_frame(

@@ -27,10 +27,10 @@ import polars as pl
 
 from . import hardware, metrics
 from .engines import ServerSpec, get_engine
-from .io import read_json, write_json, write_parquet
+from .files import read_json, write_json, write_parquet
 from .loadgen import LoadGenerator
 from .prompts import PromptFactory
-from .secrets import redact_args, redact_env, scrub, scrub_file, secret_values, without_secrets
+from .redact import redact_args, redact_env, scrub, scrub_file, secret_values, without_secrets
 from .server import Server, ServerStartupError, free_port, log_tail, signals_raise
 
 log = logging.getLogger(__name__)

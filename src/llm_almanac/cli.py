@@ -29,7 +29,7 @@ from rich.table import Table
 from . import logs, metrics
 from .db import frame
 from .cell import BENCH_DEFAULTS, PHASES, CellFailure, check_prompt_tokens, run_phases
-from .io import write_parquet
+from .files import write_parquet
 from .loadgen import ENDPOINTS, LoadGenerator
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .engines import get_engine
-from .io import write_json
+from .files import write_json
 
 log = logging.getLogger(__name__)
 

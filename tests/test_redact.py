@@ -1,7 +1,7 @@
 import logging
 
 from llm_almanac import logs
-from llm_almanac.secrets import redact_args, redact_env, scrub_file, secret_values, without_secrets
+from llm_almanac.redact import redact_args, redact_env, scrub_file, secret_values, without_secrets
 
 
 def test_secret_names_are_dropped_or_redacted():
