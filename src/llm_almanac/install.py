@@ -100,6 +100,10 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
         freeze = subprocess.run(
             [*pip, "freeze", "--all"], capture_output=True, text=True, check=True
         ).stdout.splitlines()
+        try:
+            extra = adapter.post_install(str(python))
+        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+            raise InstallError(f"engine {name!r} installed but its post-install step failed: {exc}") from None
     info = {
         "engine": name,
         "module": ecfg.get("module", name),
@@ -112,6 +116,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
         "install_s": round(time.monotonic() - t0, 1),
         "installed_at": datetime.now(timezone.utc).isoformat(),
         "pip_freeze": freeze,
+        **extra,
     }
     write_json(out_json, info)
     log.info("engine %r %s installed in %.0f s", name, version, info["install_s"])

@@ -127,6 +127,10 @@ def prepare_model(
         raise ModelError(f"model {name!r}: no tokenizer at {tokenizer}; set models.{name}.tokenizer")
     if tokenizer:
         paths["tokenizer"] = str(Path(tokenizer).absolute())
+    if "tokenizer" in needs and "tokenizer" not in paths:
+        raise ModelError(
+            f"model {name!r} has no tokenizer.json to build prompts with: set models.{name}.tokenizer, "
+            "or run it with an engine that loads the transformers format (the conversion provides one)")
     missing = needs - set(paths)
     if missing:
         raise ModelError(f"model {name!r} from {source!r} has no {sorted(missing)} format")

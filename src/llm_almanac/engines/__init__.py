@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 from .base import Engine, ServerSpec, UnsupportedQuantization
+from .llamacpp import LlamaCpp
+from .sglang import SGLang
 from .sim import Simulator
+from .trtllm import TensorRTLLM
 from .vllm import VLLM
 
-_REGISTRY: dict[str, type[Engine]] = {"vllm": VLLM, "sim": Simulator}
+_REGISTRY: dict[str, type[Engine]] = {
+    "vllm": VLLM, "sglang": SGLang, "trtllm": TensorRTLLM, "llamacpp": LlamaCpp, "sim": Simulator,
+}
 
 
 def get_engine(module: str) -> Engine:

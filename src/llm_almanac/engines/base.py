@@ -24,6 +24,8 @@ class ServerSpec:
     max_model_len: int | None = None
     device: str = "cuda"
     extra_args: tuple[str, ...] = field(default_factory=tuple)
+    binary: str | None = None  # the server executable, for engines that ship one (llama.cpp)
+    workdir: str = "."  # the cell's directory, where config_files() are written
 
 
 class Engine:
@@ -56,4 +58,20 @@ class Engine:
 
     def server_env(self, spec: ServerSpec) -> dict[str, str]:
         """Environment variables the engine needs beyond the user's own."""
+        return {}
+
+    def tokenize_payload(self, model: str, prompt: str) -> dict[str, Any]:
+        """Body of a request to `tokenize_path` (vLLM's shape by default)."""
+        return {"model": model, "prompt": prompt}
+
+    def tokenize_count(self, body: dict[str, Any]) -> int | None:
+        """Prompt length from the tokenize response."""
+        return body.get("count")
+
+    def config_files(self, spec: ServerSpec) -> dict[str, str]:
+        """Files (name -> text) the server command refers to, written into spec.workdir."""
+        return {}
+
+    def post_install(self, python: str) -> dict[str, Any]:
+        """Fix-ups after pip install; returns facts to record in installed.json."""
         return {}

@@ -20,6 +20,7 @@ _QUANT_FLAGS: dict[str, list[str]] = {
     "fp32": ["--dtype", "float32"],
     "fp8": ["--quantization", "fp8"],
     "w4a16": [],
+    "mxfp4": [],  # gpt-oss ships MXFP4 weights
     "awq": ["--quantization", "awq"],
     "gptq": ["--quantization", "gptq"],
 }
