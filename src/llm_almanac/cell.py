@@ -353,10 +353,8 @@ def run_cell(
         if store.units:
             info["notes"].append(f"phases measured before the failure are kept: {', '.join(sorted(store.units))}")
     requests = store.frame()
-    if info["status"] == "ok":
-        store.clear()
     info["finished_at"] = datetime.now(timezone.utc).isoformat()
-    scrub_file(server_log, secret_values(cell.get("extra_env", {})))
+    scrub_file(server_log, secrets_in_cell)
     requests = requests.with_columns(pl.lit(cid).alias("cell_id"))
     phases = metrics.summarize(requests)
     if info["status"] == "ok":
@@ -367,6 +365,8 @@ def run_cell(
     write_parquet(out_dir / "requests.parquet", requests.select(list(metrics.REQUEST_SCHEMA)))
     write_parquet(out_dir / "phases.parquet", phases)
     write_json(out_dir / "cell.json", info)
+    if info["status"] == "ok":
+        store.clear()  # only once the cell's own files hold every unit
     _log_summary(cid, phases)
     return info
 
