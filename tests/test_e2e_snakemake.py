@@ -115,7 +115,7 @@ def test_exact_token_counts_on_every_ok_request(db):
             SELECT count(*), count(*) FILTER (WHERE prompt_tokens != 64 OR completion_tokens != 16
                                               OR requested_isl != 64 OR requested_osl != 16
                                               OR token_mismatch)
-            FROM requests JOIN cells USING (cell_id) WHERE status = 'ok' AND engine = ?""", [engine]).fetchone()
+            FROM requests JOIN cells USING (cell_id) WHERE requests.status = 'ok' AND engine = ?""", [engine]).fetchone()
         assert n >= 4 + 16 and bad == 0, engine
     assert db.execute("SELECT count(*) FROM requests WHERE requests.status != 'ok'").fetchone()[0] == 0
     # no warm-up request leaks into the results

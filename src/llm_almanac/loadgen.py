@@ -220,7 +220,11 @@ class LoadGenerator:
         ]
 
     def client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=None)
+        # Idle pooled connections are dropped after 2 s: servers close idle keep-alive
+        # connections too (llama.cpp's HTTP layer after 5 s), and reusing one at the moment the
+        # server closes it fails the request with "Server disconnected" (seen in a sweep).
+        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=None,
+                              keepalive_expiry=2.0)
         timeout = httpx.Timeout(self.request_timeout_s, connect=30.0)
         return httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout)
 
