@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,14 @@ def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> N
     err = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if err is not None:
         msg = err.message
-        if err.validator == "additionalProperties":
-            msg = f"{msg}; allowed keys: {sorted(err.schema.get('properties', {}))}"
+        if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+            allowed = sorted(err.schema.get("properties", {}))
+            patterns = list(err.schema.get("patternProperties", {}))
+            extra = sorted(k for k in err.instance if k not in allowed
+                           and not any(re.search(p, k) for p in patterns))
+            msg = f"unknown key {', '.join(map(repr, extra))}; allowed keys: {allowed}"
+            if patterns:
+                msg += f" (and keys matching {', '.join(patterns)})"
         raise ConfigError(f"{_where(err)}: {msg}")
 
 
