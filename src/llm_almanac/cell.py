@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import os
+import platform
 import shlex
 import time
 import traceback
@@ -25,7 +26,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from . import hardware, metrics
+from . import __version__, hardware, metrics
 from .engines import ServerSpec, get_engine
 from .files import read_json, write_json, write_parquet
 from .loadgen import LoadGenerator
@@ -273,6 +274,10 @@ def run_cell(
         "model_origin": model.get("origin"),
         "bench": bench,
         "notes": [],
+        # provenance: the client's Python and package, the engine environment's packages
+        "python_version": platform.python_version(),
+        "llm_almanac_version": __version__,
+        "engine_packages": installed.get("pip_freeze", []),
     }
     served = cell["model"]
     secrets_in_cell = secret_values(cell.get("extra_env", {}))
