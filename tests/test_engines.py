@@ -202,9 +202,12 @@ def test_gpu_engines_reject_impossible_pairs():
 
 @pytest.mark.parametrize("module, golden", [("sglang", SGLANG_GOLDEN), ("trtllm", [g[:2] for g in TRT_GOLDEN])])
 def test_gpu_engine_flags_are_documented_ones(module, golden):
-    """SGLang and TensorRT-LLM do not import without CUDA here, so their flags are checked against
-    the option lists read from their own sources (sglang python/sglang/srt/server_args.py;
-    TensorRT-LLM tensorrt_llm/commands/serve.py), kept in each adapter as DOCUMENTED_FLAGS."""
+    """SGLang's and TensorRT-LLM's parsers are not imported here: their modules import the CUDA
+    stack at the top (sglang.srt.server_args via sglang.srt.utils: torch, triton; trtllm-serve:
+    tensorrt_llm, torch.cuda), multi-GB wheels this CPU-only project does not install. Their flags
+    are checked against the option lists read from their own sources (sglang
+    python/sglang/srt/server_args.py; TensorRT-LLM tensorrt_llm/commands/serve.py), kept in each
+    adapter as DOCUMENTED_FLAGS."""
     import importlib
 
     documented = importlib.import_module(f"llm_almanac.engines.{module}").DOCUMENTED_FLAGS
