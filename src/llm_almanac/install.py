@@ -13,6 +13,7 @@ import logging
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,11 +39,22 @@ def _run(cmd: list[str], logf) -> int:
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, bufsize=1)
     assert proc.stdout is not None
-    for line in proc.stdout:
-        logf.write(line)
-        if line.startswith(_PROGRESS):
-            log.info("  %s", line.rstrip()[:160])
-    return proc.wait()
+    done = threading.Event()
+    t0 = time.monotonic()
+
+    def heartbeat() -> None:  # a source build (llama.cpp) prints nothing for minutes
+        while not done.wait(60):
+            log.info("  ... still running (%.0f min so far)", (time.monotonic() - t0) / 60)
+
+    threading.Thread(target=heartbeat, daemon=True).start()
+    try:
+        for line in proc.stdout:
+            logf.write(line)
+            if line.startswith(_PROGRESS):
+                log.info("  %s", line.rstrip()[:160])
+        return proc.wait()
+    finally:
+        done.set()
 
 
 def requirements(name: str, ecfg: dict[str, Any]) -> tuple[str, list[str]]:
