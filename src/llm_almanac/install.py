@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import subprocess
 import sys
@@ -32,12 +33,13 @@ class InstallError(RuntimeError):
 _PROGRESS = ("Collecting", "Downloading", "Building", "Installing", "Successfully", "ERROR")
 
 
-def _run(cmd: list[str], logf) -> int:
+def _run(cmd: list[str], logf, env: dict[str, str] | None = None) -> int:
     """Run a command, keeping its full output in logf and echoing pip's milestones as progress."""
     log.info("$ %s", " ".join(cmd))
     logf.flush()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, bufsize=1)
+                            stdin=subprocess.DEVNULL, text=True, bufsize=1,
+                            env={**os.environ, **env} if env else None)
     assert proc.stdout is not None
     done = threading.Event()
     t0 = time.monotonic()
@@ -91,7 +93,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
             raise InstallError(f"could not create a virtual environment at {venv_dir}")
         pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
         log.info("installing %s for engine %r (log: %s)", " ".join(reqs), name, log_path)
-        if _run([*pip, "install", *reqs], logf):
+        if _run([*pip, "install", *reqs], logf, adapter.install_env()):
             raise InstallError(
                 f"pip could not install {' '.join(reqs)} for engine {name!r}; check the version "
                 f"(`pip index versions {package}`) and the last lines of {log_path}"

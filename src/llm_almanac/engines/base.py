@@ -72,6 +72,10 @@ class Engine:
         """Files (name -> text) the server command refers to, written into spec.workdir."""
         return {}
 
+    def install_env(self) -> dict[str, str]:
+        """Extra environment for `pip install` (e.g. to bound a source build's parallelism)."""
+        return {}
+
     def post_install(self, python: str) -> dict[str, Any]:
         """Fix-ups after pip install; returns facts to record in installed.json."""
         return {}

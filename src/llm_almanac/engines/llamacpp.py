@@ -12,6 +12,7 @@ gptq, w4a16, bf16 safetensors) are impossible here and rejected when the DAG is 
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -79,6 +80,12 @@ class LlamaCpp(Engine):
     def tokenize_count(self, body: dict[str, Any]) -> int | None:
         tokens = body.get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
+
+    def install_env(self) -> dict[str, str]:
+        # Unbounded, the sdist's CMake build ran ~25 compilers at once on 2 cores (load 40,
+        # 9 GB of memory), starving everything else; one job per core is as fast and sane.
+        jobs = str(os.cpu_count() or 2)
+        return {"CMAKE_BUILD_PARALLEL_LEVEL": jobs, "MAKEFLAGS": f"-j{jobs}"}
 
     def post_install(self, python: str) -> dict[str, Any]:
         pkg = subprocess.run(
