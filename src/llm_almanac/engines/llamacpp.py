@@ -82,8 +82,9 @@ class LlamaCpp(Engine):
         return len(tokens) if isinstance(tokens, list) else None
 
     def install_env(self) -> dict[str, str]:
-        # Unbounded, the sdist's CMake build ran ~25 compilers at once on 2 cores (load 40,
-        # 9 GB of memory), starving everything else; one job per core is as fast and sane.
+        # The sdist runs `cmake --build . -j` (no number): ~25 compilers at once on 2 cores
+        # (load 40, 9 GB of memory). These variables bound builds that leave -j to the
+        # environment; with a bare -j on the command line make still takes its own default.
         jobs = str(os.cpu_count() or 2)
         return {"CMAKE_BUILD_PARALLEL_LEVEL": jobs, "MAKEFLAGS": f"-j{jobs}"}
 
