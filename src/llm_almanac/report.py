@@ -14,11 +14,14 @@ import json
 from pathlib import Path
 
 import duckdb
+import plotly.colors as px_colors
 import plotly.graph_objects as go
 import polars as pl
 
 from .db import frame
 from plotly.subplots import make_subplots
+
+PALETTE = px_colors.qualitative.Plotly
 
 CURVE_SQL = """
 SELECT c.cell_id, c.model, c.engine, c.quantization, c.isl, c.osl, p.phase, p.step,
@@ -41,12 +44,13 @@ def _curves(con: duckdb.DuckDBPyConnection) -> list[str]:
     figs = []
     for (model, isl, osl), grp in rows.group_by(["model", "isl", "osl"], maintain_order=True):
         fig = make_subplots(rows=1, cols=2, subplot_titles=("TTFT vs throughput", "TPOT vs throughput"))
-        for (engine, quant), g in grp.group_by(["engine", "quantization"], maintain_order=True):
+        for i, ((engine, quant), g) in enumerate(grp.group_by(["engine", "quantization"], maintain_order=True)):
+            color = PALETTE[i % len(PALETTE)]  # one colour per engine+quantization in both panels
             for col, metric in enumerate(("ttft", "tpot"), start=1):
                 for stat, d in (("p50", "solid"), ("p95", "dot")):
                     fig.add_trace(go.Scatter(
                         x=g["rps"].to_list(), y=g[f"{metric}_{stat}_ms"].to_list(),
-                        mode="lines+markers", line={"dash": d},
+                        mode="lines+markers", line={"dash": d, "color": color},
                         name=f"{engine} {quant} {stat}", legendgroup=f"{engine}{quant}{stat}",
                         showlegend=col == 1,
                         hovertext=[f"{p}[{s}]" for p, s in zip(g["phase"], g["step"])],
