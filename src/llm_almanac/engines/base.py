@@ -79,3 +79,37 @@ class Engine:
     def post_install(self, python: str) -> dict[str, Any]:
         """Fix-ups after pip install; returns facts to record in installed.json."""
         return {}
+
+
+class PythonModuleEngine(Engine):
+    """An engine started as `python -m MODULE` (vLLM, SGLang) whose quantizations map to flags
+    through a table; subclasses name the module, the flags and the table."""
+
+    entry_module: str = ""
+    model_flag = "--model"
+    tp_flag = "--tensor-parallel-size"
+    max_len_flag = "--max-model-len"
+    quant_table: dict[str, list[str]] = {}
+
+    def quant_flags(self, quantization: str, device: str) -> list[str]:
+        if quantization not in self.quant_table:
+            raise UnsupportedQuantization(
+                f"{self.name} does not know quantization {quantization!r}; "
+                f"supported: {sorted(self.quant_table)}"
+            )
+        return list(self.quant_table[quantization])
+
+    def server_command(self, spec: ServerSpec) -> list[str]:
+        cmd = [
+            spec.python, "-m", self.entry_module,
+            self.model_flag, spec.model_path,
+            "--served-model-name", spec.served_name,
+            "--host", spec.host,
+            "--port", str(spec.port),
+        ]
+        cmd += self.quant_flags(spec.quantization, spec.device)
+        if spec.tensor_parallel > 1:
+            cmd += [self.tp_flag, str(spec.tensor_parallel)]
+        if spec.max_model_len:
+            cmd += [self.max_len_flag, str(spec.max_model_len)]
+        return cmd + list(spec.extra_args)

