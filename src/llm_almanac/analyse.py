@@ -139,3 +139,17 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
             "n_points": len(points), "n_repeats": n_rep,
         })
     return pl.DataFrame(rows, schema=SLO_SCHEMA)
+
+
+def analyse_cell(cell_json: str, requests_path: str, phases_path: str,
+                 analysis: dict[str, Any] | None = None) -> pl.DataFrame:
+    """The `slo` rows of one cell's files. A failed cell may keep some phases, but not a whole
+    curve, so no SLO answer is read from it (no rows)."""
+    import json
+    from pathlib import Path
+
+    analysis = analysis or {}
+    ok = json.loads(Path(cell_json).read_text())["status"] == "ok"
+    phases = pl.read_parquet(phases_path)
+    return analyse(pl.read_parquet(requests_path), phases if ok else phases.clear(),
+                   analysis.get("slos"), int(analysis.get("bootstrap", 200)))
