@@ -116,6 +116,7 @@ def test_llamacpp_quantization_and_tokenize_shape():
     assert ll.tokenize_payload("m", "hi") == {"content": "hi", "add_special": True}
     assert ll.tokenize_count({"tokens": [1, 2, 3]}) == 3
     assert ll.request_extras(9) == {"ignore_eos": True}
+    assert ll.client_keepalive is False and get_engine("vllm").client_keepalive is True
 
 
 def test_soname_links_for_the_wheels_versioned_libraries(tmp_path):

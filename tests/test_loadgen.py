@@ -201,3 +201,13 @@ def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim,
 
     # another config (fingerprint) never mixes with these units
     assert Checkpoint(tmp_path / "partial", "fp2").units == {}
+
+
+@pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1)], indirect=True)
+def test_keepalive_off_gives_each_request_its_own_connection(sim):
+    gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"p{i} a b c d")
+    assert all(r["status"] == "ok" for r in asyncio.run(gen.sequential(4)))
+    assert sim.srv.connections == 1  # one pooled connection, reused
+    gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"q{i} a b c d", keepalive=False)
+    assert all(r["status"] == "ok" for r in asyncio.run(gen.sequential(4)))
+    assert sim.srv.connections == 1 + 4

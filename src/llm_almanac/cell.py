@@ -325,6 +325,7 @@ def run_cell(
                     base_url, served, cell["isl"], cell["osl"], prompts.make,
                     endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
                     request_timeout_s=float(bench["request_timeout_s"]),
+                    keepalive=adapter.client_keepalive,
                 )
                 gen.skip_ids_to(store.max_request_id() + 1)
 

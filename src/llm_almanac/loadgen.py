@@ -177,6 +177,7 @@ class LoadGenerator:
         extras: dict[str, Any] | None = None,
         request_timeout_s: float = 300.0,
         max_connections: int | None = None,
+        keepalive: bool = True,
     ) -> None:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, not {endpoint!r}")
@@ -188,6 +189,7 @@ class LoadGenerator:
         self.extras = extras or {}
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
+        self.keepalive = keepalive
         self._ids = itertools.count()
         self.t0_ns = time.perf_counter_ns()
         self.warmed = False
@@ -220,10 +222,12 @@ class LoadGenerator:
         ]
 
     def client(self) -> httpx.AsyncClient:
-        # Idle pooled connections are dropped after 2 s: servers close idle keep-alive
-        # connections too (llama.cpp's HTTP layer after 5 s), and reusing one at the moment the
-        # server closes it fails the request with "Server disconnected" (seen in a sweep).
-        limits = httpx.Limits(max_connections=self.max_connections, max_keepalive_connections=None,
+        # Idle pooled connections are dropped after 2 s, well before servers drop them (5 s is
+        # common), so a request never races the server closing its connection. With
+        # keepalive=False every request gets a new connection (for servers that close
+        # keep-alive connections unannounced; see engines/llamacpp.py).
+        limits = httpx.Limits(max_connections=self.max_connections,
+                              max_keepalive_connections=None if self.keepalive else 0,
                               keepalive_expiry=2.0)
         timeout = httpx.Timeout(self.request_timeout_s, connect=30.0)
         return httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout)

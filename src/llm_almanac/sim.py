@@ -55,6 +55,7 @@ class SimServer:
         self.records: list[dict] = []
         self._tasks: set[asyncio.Task] = set()
         self._served = 0
+        self.connections = 0  # TCP connections accepted (tests check keep-alive use)
         self._tok = None
         if cfg.tokenizer:
             from tokenizers import Tokenizer
@@ -86,6 +87,7 @@ class SimServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         self._tasks.add(task)
+        self.connections += 1
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

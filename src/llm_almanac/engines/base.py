@@ -44,6 +44,8 @@ class Engine:
     needs_install: bool = True
     #: True only for the test simulator: its cells are labelled so in results.
     simulated: bool = False
+    #: False for servers that close keep-alive connections without saying so.
+    client_keepalive: bool = True
 
     def quant_flags(self, quantization: str, device: str) -> list[str]:
         """Flags for a quantization; raises UnsupportedQuantization for an impossible pair."""
