@@ -150,7 +150,7 @@ def _filters(a: argparse.Namespace) -> tuple[str, list]:
 
 
 def cmd_slo(a: argparse.Namespace) -> int:
-    from .analyse import SLO_SCHEMA, analyse  # noqa: F401 - same definitions as the pipeline
+    from .analyse import analyse  # the same definitions as the pipeline
 
     if a.ttft_ms is None and a.tpot_ms is None:
         raise SystemExit("almanac slo: give --ttft-ms and/or --tpot-ms")
