@@ -16,7 +16,6 @@ import logging
 import os
 import platform
 import shlex
-import time
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -26,7 +25,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from . import __version__, hardware, metrics
+from . import __version__, hardware, loadgen, metrics
 from .engines import ServerSpec, get_engine
 from .files import read_json, write_json, write_parquet
 from .loadgen import LoadGenerator
@@ -46,6 +45,7 @@ BENCH_DEFAULTS: dict[str, Any] = {
     "arrival": "constant",
     "request_timeout_s": 300.0,
     "endpoint": "completions",
+    "transport": "fast",
     "seed": 0,
     "repeats": 1,
     "retries": 0,
@@ -95,15 +95,25 @@ class PhaseStore:
 
     def __init__(self) -> None:
         self.units: dict[str, pl.DataFrame] = {}
+        self.clients: dict[str, dict[str, float]] = {}  # the load generator's CPU per unit
 
     def get(self, key: str) -> pl.DataFrame | None:
         return self.units.get(key)
 
-    def put(self, key: str, df: pl.DataFrame) -> None:
+    def put(self, key: str, df: pl.DataFrame, client: dict[str, float] | None = None) -> None:
         self.units[key] = df
+        if client:
+            self.clients[key] = client
 
     def frame(self) -> pl.DataFrame:
         return pl.concat(list(self.units.values())) if self.units else metrics.requests_frame([])
+
+    def client_frame(self, cell_id: str) -> pl.DataFrame:
+        rows = []
+        for key, c in self.clients.items():
+            repeat, phase, step = key.split("-")
+            rows.append({"cell_id": cell_id, "repeat": int(repeat), "phase": phase, "step": int(step), **c})
+        return pl.DataFrame(rows, schema=metrics.CLIENT_SCHEMA)
 
     def max_request_id(self) -> int:
         return max((int(df["request_id"].max()) for df in self.units.values() if len(df)), default=-1)
@@ -124,10 +134,15 @@ class Checkpoint(PhaseStore):
         fp.write_text(fingerprint)
         for f in sorted(directory.glob("*.parquet")):
             self.units[f.stem] = pl.read_parquet(f)
+            c = directory / f"{f.stem}.client.json"
+            if c.exists():
+                self.clients[f.stem] = read_json(c)
 
-    def put(self, key: str, df: pl.DataFrame) -> None:
+    def put(self, key: str, df: pl.DataFrame, client: dict[str, float] | None = None) -> None:
+        if client:  # written first: a unit's parquet is what marks it as done
+            write_json(self.dir / f"{key}.client.json", client)
         write_parquet(self.dir / f"{key}.parquet", df)
-        super().put(key, df)
+        super().put(key, df, client)
 
     def clear(self) -> None:
         for f in self.dir.glob("*"):
@@ -183,7 +198,7 @@ async def run_phases(
         if check:
             check(f"{phase}[{step}]")
         df = metrics.requests_frame(rows).with_columns(pl.lit(repeat, pl.Int32).alias("repeat"))
-        store.put(key, df)
+        store.put(key, df, gen.last_client)
         return df
 
     frames: list[pl.DataFrame] = []
@@ -325,7 +340,7 @@ def run_cell(
                     base_url, served, cell["isl"], cell["osl"], prompts.make,
                     endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
                     request_timeout_s=float(bench["request_timeout_s"]),
-                    keepalive=adapter.client_keepalive,
+                    keepalive=adapter.client_keepalive, transport=bench["transport"],
                 )
                 gen.skip_ids_to(store.max_request_id() + 1)
 
@@ -340,7 +355,7 @@ def run_cell(
                 for rep in range(int(bench.get("repeats", 1))):
                     if rep:
                         log.info("cell %s: repeat %d of %d", cid, rep + 1, bench["repeats"])
-                    _, rates = asyncio.run(run_phases(gen, bench, info["notes"], rates=rates,
+                    _, rates = loadgen.run(run_phases(gen, bench, info["notes"], rates=rates,
                                                       store=store, repeat=rep, check=alive))
                 info["status"] = "ok"
             finally:
@@ -362,12 +377,13 @@ def run_cell(
     info["finished_at"] = datetime.now(timezone.utc).isoformat()
     scrub_file(server_log, secrets_in_cell)
     requests = requests.with_columns(pl.lit(cid).alias("cell_id"))
-    phases = metrics.summarize(requests)
+    phases = metrics.summarize(requests, store.client_frame(cid))
     if info["status"] == "ok":
         n_bad = int(phases["n_failed"].sum()) if len(phases) else 0
         n_mis = int(phases["n_token_mismatch"].sum()) if len(phases) else 0
         if n_bad or n_mis:
             info["notes"].append(f"{n_bad} failed requests, {n_mis} with token counts != isl/osl")
+    info["notes"] += saturation_notes(phases)
     write_parquet(out_dir / "requests.parquet", requests.select(list(metrics.REQUEST_SCHEMA)))
     write_parquet(out_dir / "phases.parquet", phases)
     write_json(out_dir / "cell.json", info)
@@ -375,6 +391,20 @@ def run_cell(
         store.clear()  # only once the cell's own files hold every unit
     _log_summary(cid, phases)
     return info
+
+
+def saturation_notes(phases: pl.DataFrame) -> list[str]:
+    """A warning per phase where the client, not the server, may have set the pace."""
+    notes = []
+    for r in phases.filter(pl.col("client_saturated")).iter_rows(named=True):
+        util = r["client_cpu_util"]
+        msg = (f"client saturated in {r['phase']}[{r['step']}] (repeat {r['repeat']}): "
+               f"client CPU {'n/a' if util is None else f'{util:.0%} of a core'}, "
+               f"send lag p99 {r['send_lag_p99_ms']:.1f} ms; its rates and latencies may be the "
+               f"client's, not the server's")
+        log.warning(msg)
+        notes.append(msg)
+    return notes
 
 
 def _log_summary(cid: str, phases: pl.DataFrame) -> None:

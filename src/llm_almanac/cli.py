@@ -16,7 +16,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import sys
 from pathlib import Path
@@ -26,11 +25,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import logs, metrics
+from . import loadgen, logs, metrics
 from .db import frame
-from .cell import BENCH_DEFAULTS, PHASES, CellFailure, check_prompt_tokens, run_phases
+from .cell import (BENCH_DEFAULTS, PHASES, CellFailure, PhaseStore, check_prompt_tokens, run_phases,
+                   saturation_notes)
 from .files import write_parquet
-from .loadgen import ENDPOINTS, LoadGenerator
+from .loadgen import ENDPOINTS, TRANSPORTS, LoadGenerator
 
 
 def _tokenizer_file(path: str) -> Path:
@@ -68,7 +68,8 @@ def cmd_bench(a: argparse.Namespace) -> int:
              "sequential_requests": a.sequential_requests, "burst_requests": a.burst_requests,
              "max_concurrency": a.max_concurrency, "sweep_rates": a.sweep_rates,
              "sweep_duration_s": a.sweep_duration, "arrival": a.arrival,
-             "request_timeout_s": a.request_timeout, "endpoint": a.endpoint, "seed": a.seed}
+             "request_timeout_s": a.request_timeout, "endpoint": a.endpoint, "seed": a.seed,
+             "transport": a.transport}
     prompts = PromptFactory.from_file(_tokenizer_file(a.tokenizer), a.isl, a.seed)
     base = a.base_url.rstrip("/")
     if a.check_tokenize:
@@ -79,15 +80,17 @@ def cmd_bench(a: argparse.Namespace) -> int:
     if a.min_tokens:
         extras["min_tokens"] = a.osl
     gen = LoadGenerator(base, a.model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
-                        extras=extras, request_timeout_s=a.request_timeout)
+                        extras=extras, request_timeout_s=a.request_timeout, transport=a.transport)
     notes: list[str] = []
+    store = PhaseStore()
     try:
-        requests, _ = asyncio.run(run_phases(gen, bench, notes, phases))
+        requests, _ = loadgen.run(run_phases(gen, bench, notes, phases, store=store))
     except (CellFailure, ValueError) as exc:
         print(f"almanac bench: {exc}", file=sys.stderr)
         return 2
     requests = requests.with_columns(pl.lit(a.label).alias("cell_id"), pl.lit(0, pl.Int32).alias("repeat"))
-    summary = metrics.summarize(requests)
+    summary = metrics.summarize(requests, store.client_frame(a.label))
+    notes += saturation_notes(summary)
     out = Path(a.out)
     write_parquet(out / "requests.parquet", requests.select(list(metrics.REQUEST_SCHEMA)))
     write_parquet(out / "phases.parquet", summary)
@@ -291,6 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="check prompt length with the server's /tokenize")
     b.add_argument("--tokenize-style", choices=["vllm", "llamacpp"], default="vllm",
                    help="request/response shape of that /tokenize")
+    b.add_argument("--transport", choices=list(TRANSPORTS), default="fast",
+                   help="HTTP client: fast (asyncio + llhttp, default) or httpx")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
     b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
     b.set_defaults(func=cmd_bench)

@@ -6,12 +6,22 @@ stream has ended, over the recorded (timestamp, bytes) pairs, so parsing can nev
 timestamp. An SSE event is stamped with the arrival time of the read that completed it.
 
 Request bodies are serialized before the phase starts, so the send timestamp is taken just
-before the bytes go to the connection pool.
+before the bytes go to the connection (pool).
+
+Two HTTP transports, same measurements: `fast` (default; asyncio protocols with llhttp, see
+fasthttp.py, on uvloop when installed) and `httpx`. benchmarks/client_ceiling.py measures both
+side by side with GuideLLM and `vllm bench serve`.
+
+Client self-check: every phase records the client's own CPU time over its traffic window and
+each request's send lag (the delay between the moment a request was due and free to go, i.e.
+its scheduled time or the moment a concurrency slot freed, and the moment its bytes were
+written). metrics.summarize turns them into the `client_saturated` flag of the phase.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import random
@@ -24,11 +34,25 @@ import httpx
 import orjson
 import sseclient
 
+from .fasthttp import HTTPError, StreamingClient
 from .metrics import request_timing
+
+try:  # an optional speed-up; the asyncio default loop measures the same things
+    import uvloop
+except ImportError:  # pragma: no cover - uvloop is a pinned dependency
+    uvloop = None
 
 log = logging.getLogger(__name__)
 
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
+TRANSPORTS = ("fast", "httpx")
+
+
+def run(coro):
+    """asyncio.run on uvloop where available (the load generator's event loop)."""
+    factory = uvloop.new_event_loop if uvloop is not None else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(coro)
 
 
 @dataclass(slots=True)
@@ -39,6 +63,7 @@ class Req:
     body: bytes
     target_rps: float | None = None
     scheduled_ns: int = 0
+    ready_ns: int = 0  # when it was due and a concurrency slot was free (0: = scheduled)
     sent_ns: int = 0
     end_ns: int = 0
     raw: list[tuple[int, bytes]] = field(default_factory=list)
@@ -63,6 +88,31 @@ def _token_text(obj: dict[str, Any], endpoint: str) -> str:
     return ch.get("text") or ""
 
 
+def _simple_events(raw: list[tuple[int, bytes]]):
+    """(timestamp, data) of each event of a stream in the canonical framing every
+    OpenAI-compatible server uses (each event one `data: ` line ended by a blank line, `\n`
+    line ends), stamped with the read that completed it; None if the stream uses anything else
+    (comments, other fields, multi-line data, `\r`), which then goes to the full SSE parser."""
+    out: list[tuple[int, bytes]] = []
+    pending = b""
+    for ts, chunk in raw:
+        if pending:
+            chunk = pending + chunk
+        parts = chunk.split(b"\n\n")
+        pending = parts.pop()
+        for ev in parts:
+            if not ev.startswith(b"data: ") or b"\n" in ev or b"\r" in ev:
+                return None
+            out.append((ts, ev[6:]))
+    return out if not pending.strip() else None
+
+
+def _full_events(raw: list[tuple[int, bytes]]):
+    now = [0]
+    for ev in sseclient.SSEClient(_stamped(raw, now)).events():
+        yield now[0], ev.data
+
+
 def parse_stream(
     raw: list[tuple[int, bytes]], endpoint: str = "completions"
 ) -> tuple[list[int], dict[str, Any] | None, bool, str | None]:
@@ -70,24 +120,26 @@ def parse_stream(
 
     Returns (timestamps of token-bearing events, the last `usage` object, whether `[DONE]`
     arrived, an error message from the stream if any). Role-only, empty and usage-only events
-    are not token-bearing.
+    are not token-bearing. Streams in the canonical `data: ...` framing take a fast path; any
+    other valid SSE goes through sseclient-py; both give the same events (tested).
     """
-    now = [0]
     token_ns: list[int] = []
     usage = None
     done = False
     error = None
-    for ev in sseclient.SSEClient(_stamped(raw, now)).events():
-        data = ev.data.strip()
+    events = _simple_events(raw)
+    for ts, data in (events if events is not None else _full_events(raw)):
+        data = data.strip()  # bytes on the fast path, str from sseclient; orjson takes both
         if not data:
             continue
-        if data == "[DONE]":
+        if data == b"[DONE]" or data == "[DONE]":
             done = True
             continue
         try:
             obj = orjson.loads(data)
         except orjson.JSONDecodeError:
-            error = f"malformed SSE data: {data[:200]!r}"
+            text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
+            error = f"malformed SSE data: {text[:200]!r}"
             continue
         if "error" in obj and not obj.get("choices"):
             err = obj["error"]
@@ -96,7 +148,7 @@ def parse_stream(
         if obj.get("usage"):
             usage = obj["usage"]
         if _token_text(obj, endpoint):
-            token_ns.append(now[0])
+            token_ns.append(ts)
     return token_ns, usage, done, error
 
 
@@ -129,7 +181,7 @@ def request_row(req: Req, t0_ns: int, isl: int, osl: int, endpoint: str) -> dict
         "scheduled_s": (req.scheduled_ns - t0_ns) / 1e9,
         "sent_s": (req.sent_ns - t0_ns) / 1e9,
         "end_s": (req.end_ns - t0_ns) / 1e9,
-        "send_lag_ms": (req.sent_ns - req.scheduled_ns) / 1e6,
+        "send_lag_ms": (req.sent_ns - max(req.scheduled_ns, req.ready_ns)) / 1e6,
         **timing,
         "n_token_events": len(token_ns),
         "prompt_tokens": prompt_tokens,
@@ -178,9 +230,13 @@ class LoadGenerator:
         request_timeout_s: float = 300.0,
         max_connections: int | None = None,
         keepalive: bool = True,
+        transport: str = "fast",
     ) -> None:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, not {endpoint!r}")
+        if transport not in TRANSPORTS:
+            raise ValueError(f"transport must be one of {list(TRANSPORTS)}, not {transport!r}")
+        self.transport = transport
         self.base_url = base_url.rstrip("/")
         self.model, self.isl, self.osl = model, isl, osl
         self.make_prompt = make_prompt
@@ -193,6 +249,8 @@ class LoadGenerator:
         self._ids = itertools.count()
         self.t0_ns = time.perf_counter_ns()
         self.warmed = False
+        # client CPU seconds and wall seconds of the last phase's traffic window
+        self.last_client: dict[str, float] = {}
 
     def skip_ids_to(self, first_id: int) -> None:
         """Continue request ids at first_id (ids, and so prompts, stay unique across resumes)."""
@@ -221,7 +279,9 @@ class LoadGenerator:
             for rid in itertools.islice(self._ids, n)
         ]
 
-    def client(self) -> httpx.AsyncClient:
+    def client(self) -> httpx.AsyncClient | StreamingClient:
+        if self.transport == "fast":
+            return StreamingClient(self.base_url, keepalive=self.keepalive, keepalive_expiry_s=2.0)
         # Idle pooled connections are dropped after 2 s, well before servers drop them (5 s is
         # common), so a request never races the server closing its connection. With
         # keepalive=False every request gets a new connection (for servers that close
@@ -233,7 +293,9 @@ class LoadGenerator:
         return httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout)
 
     # -- one request ------------------------------------------------------------------------
-    async def send(self, client: httpx.AsyncClient, req: Req) -> Req:
+    async def send(self, client: httpx.AsyncClient | StreamingClient, req: Req) -> Req:
+        if isinstance(client, StreamingClient):
+            return await self._send_fast(client, req)
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         req.sent_ns = time.perf_counter_ns()
         if not req.scheduled_ns:
@@ -258,16 +320,52 @@ class LoadGenerator:
         req.end_ns = time.perf_counter_ns()
         return req
 
+    async def _send_fast(self, client: StreamingClient, req: Req) -> Req:
+        payload = client.request_bytes(self.path, req.body)
+
+        def stamp() -> None:
+            req.sent_ns = time.perf_counter_ns()
+
+        try:
+            async with asyncio.timeout(self.request_timeout_s):
+                status = await client.post(self.path, req.body, req.raw, on_send=stamp, payload=payload)
+            req.http_status = status
+            if status != 200:
+                text = b"".join(c for _, c in req.raw).decode(errors="replace")
+                req.raw.clear()
+                req.error = f"HTTP {status}: {text[:300]}"
+        except TimeoutError:
+            req.error = f"timeout: no complete response within {self.request_timeout_s:g} s"
+        except HTTPError as exc:
+            req.error = f"HTTPError: {exc}"
+        if not req.sent_ns:
+            req.sent_ns = time.perf_counter_ns()
+        if not req.scheduled_ns:
+            req.scheduled_ns = req.sent_ns
+        req.end_ns = time.perf_counter_ns()
+        return req
+
     async def _send_counted(
         self, client: httpx.AsyncClient, r: Req, sem: asyncio.Semaphore | None, prog: Progress
     ) -> None:
         """Send within the client-side concurrency limit (if any) and count the result."""
         if sem:
             async with sem:
+                r.ready_ns = time.perf_counter_ns()
                 await self.send(client, r)
         else:
             await self.send(client, r)
         prog.tick(r.error is None)
+
+    @contextlib.contextmanager
+    def _client_window(self):
+        """Record the client's CPU and wall time over a phase's traffic (not its parsing)."""
+        c0, w0 = time.process_time(), time.perf_counter()
+        try:
+            yield
+        finally:
+            self.last_client = {"client_cpu_s": time.process_time() - c0,
+                                "client_wall_s": time.perf_counter() - w0}
 
     def rows(self, reqs: list[Req]) -> list[dict[str, Any]]:
         return [request_row(r, self.t0_ns, self.isl, self.osl, self.endpoint) for r in reqs]
@@ -285,10 +383,11 @@ class LoadGenerator:
     async def sequential(self, n: int) -> list[dict[str, Any]]:
         reqs = self.new_reqs(n, "sequential")
         prog = Progress("sequential", n)
-        async with self.client() as client:
-            for r in reqs:
-                await self.send(client, r)
-                prog.tick(r.error is None)
+        with self._client_window():
+            async with self.client() as client:
+                for r in reqs:
+                    await self.send(client, r)
+                    prog.tick(r.error is None)
         return self.rows(reqs)
 
     async def burst(self, n: int, max_concurrency: int | None = None) -> list[dict[str, Any]]:
@@ -302,8 +401,9 @@ class LoadGenerator:
             r.scheduled_ns = t0
             await self._send_counted(client, r, sem, prog)
 
-        async with self.client() as client:
-            await asyncio.gather(*(one(r) for r in reqs))
+        with self._client_window():
+            async with self.client() as client:
+                await asyncio.gather(*(one(r) for r in reqs))
         return self.rows(reqs)
 
     async def rate(
@@ -334,9 +434,11 @@ class LoadGenerator:
                 await asyncio.sleep(delay)
             await self._send_counted(client, r, sem, prog)
 
-        async with self.client() as client:
-            t0 = time.perf_counter_ns()
-            for r, off in zip(reqs, offsets):
-                r.scheduled_ns = t0 + int(off * 1e9)
-            await asyncio.gather(*(one(r) for r in reqs))
+        with self._client_window():
+            async with self.client() as client:
+                t0 = time.perf_counter_ns()
+                for r, off in zip(reqs, offsets):
+                    r.scheduled_ns = t0 + int(off * 1e9)
+                await asyncio.gather(*(one(r) for r in reqs))
         return self.rows(reqs)
+

@@ -10,6 +10,10 @@ Per phase (and sweep step), over successful requests:
   output_tok_s = sum(completion_tokens) / the same window
   percentiles  = linear interpolation between closest ranks (numpy's default, as vLLM's
                  `bench serve` reports them); ITL percentiles pool every gap of every request.
+Client self-check, per phase:
+  client_cpu_util  = client CPU seconds / wall seconds over the phase's traffic window
+  client_saturated = client_cpu_util >= SATURATED_CPU_UTIL or send_lag_p99 > SATURATED_LAG_MS:
+                     the client (one event loop, one core), not the server, may have set the pace.
 """
 
 from __future__ import annotations
@@ -21,6 +25,15 @@ import polars as pl
 NS_PER_MS = 1_000_000
 
 PERCENTILES = (50, 90, 95, 99)
+# The client runs on one event loop: above 90% of a core it has no slack left to read and send
+# on time; a p99 send lag above 10 ms means requests left measurably later than the workload
+# said (the TTFT error budget of benchmarks/timing_truth.py at concurrency 64 is 10 ms p99).
+SATURATED_CPU_UTIL = 0.9
+SATURATED_LAG_MS = 10.0
+CLIENT_SCHEMA: dict[str, Any] = {
+    "cell_id": pl.String, "repeat": pl.Int32, "phase": pl.String, "step": pl.Int32,
+    "client_cpu_s": pl.Float64, "client_wall_s": pl.Float64,
+}
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 
 REQUEST_SCHEMA: dict[str, Any] = {
@@ -84,8 +97,11 @@ def _stat_exprs(col: str, src: pl.Expr) -> list[pl.Expr]:
 PHASE_KEYS = ["cell_id", "repeat", "phase", "step"]
 
 
-def summarize(requests: pl.DataFrame) -> pl.DataFrame:
-    """One row per (cell, repeat, phase, step) with throughput and latency statistics."""
+def summarize(requests: pl.DataFrame, client: pl.DataFrame | None = None) -> pl.DataFrame:
+    """One row per (cell, repeat, phase, step) with throughput and latency statistics.
+
+    `client` (CLIENT_SCHEMA: the load generator's CPU and wall seconds per phase) adds the
+    client self-check columns; without it they are null and the flag rests on send lag alone."""
     if requests.is_empty():
         return empty_phases()
     ok = pl.col("status") == "ok"
@@ -105,6 +121,13 @@ def summarize(requests: pl.DataFrame) -> pl.DataFrame:
         aggs += _stat_exprs(m, pl.col(f"{m}_ms").filter(ok))
     aggs += _stat_exprs("itl", pl.col("itl_ms").filter(ok).explode())
     out = requests.group_by(PHASE_KEYS, maintain_order=True).agg(aggs)
+    if client is None or client.is_empty():
+        client = pl.DataFrame(schema=CLIENT_SCHEMA)
+    out = out.join(client.cast(CLIENT_SCHEMA).select(list(CLIENT_SCHEMA)), on=PHASE_KEYS, how="left")
+    util = pl.col("client_cpu_s") / pl.col("client_wall_s")
+    out = out.with_columns(util.alias("client_cpu_util")).with_columns(
+        ((pl.col("client_cpu_util") >= SATURATED_CPU_UTIL).fill_null(False)
+         | (pl.col("send_lag_p99_ms") > SATURATED_LAG_MS).fill_null(False)).alias("client_saturated"))
     return out.select(list(PHASE_SCHEMA)).cast(PHASE_SCHEMA)
 
 
@@ -123,6 +146,9 @@ def _phase_schema() -> dict[str, Any]:
         "output_tok_s": pl.Float64,
         "send_lag_p99_ms": pl.Float64,
         "send_lag_max_ms": pl.Float64,
+        "client_cpu_s": pl.Float64,
+        "client_cpu_util": pl.Float64,
+        "client_saturated": pl.Boolean,
     }
     for m in LATENCY_METRICS:
         for s in ("mean", "min", "max", *(f"p{p}" for p in PERCENTILES)):

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import orjson
 
@@ -36,6 +36,7 @@ class SimConfig:
     fault: str | None = None  # see FAULTS
     fault_after: int = 0  # serve this many completions normally before the fault applies
     tokenizer: str | None = None  # count prompt tokens with this tokenizer.json (as an engine would)
+    model_name: str = "sim"  # what GET /v1/models lists (any name is accepted in requests)
     log_path: str | None = None
 
 
@@ -56,6 +57,8 @@ class SimServer:
         self._tasks: set[asyncio.Task] = set()
         self._served = 0
         self.connections = 0  # TCP connections accepted (tests check keep-alive use)
+        self._unix_offset_ns = time.time_ns() - time.perf_counter_ns()
+        self._frames: dict[tuple[int, bool], bytes] = {}
         self._tok = None
         if cfg.tokenizer:
             from tokenizers import Tokenizer
@@ -98,7 +101,10 @@ class SimServer:
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 if method == "GET" and path in ("/health", "/v1/models"):
                     ok = self.cfg.fault != "no_health"
-                    await self._respond(writer, 200 if ok else 503, b'{"status":"ok"}')
+                    body = (orjson.dumps({"object": "list", "data": [
+                        {"id": self.cfg.model_name, "object": "model", "owned_by": "llm-almanac-sim"}]})
+                        if path == "/v1/models" else b'{"status":"ok"}')
+                    await self._respond(writer, 200 if ok else 503, body)
                 elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
                     await self._complete(writer, orjson.loads(body), path, arrived)
                 else:
@@ -128,6 +134,8 @@ class SimServer:
             return
         chat = path.endswith("chat/completions")
         prompt = req["messages"][-1]["content"] if chat else req["prompt"]
+        if isinstance(prompt, list):  # content parts, or a batch of one prompt
+            prompt = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in prompt)
         if cfg.prompt_tokens is not None:
             n_prompt = cfg.prompt_tokens
         elif self._tok is not None:
@@ -139,46 +147,61 @@ class SimServer:
             await self._sem.acquire()
         started = time.perf_counter_ns()
         events: list[int] = []
+        now = time.perf_counter_ns
         try:
             writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
                          b"transfer-encoding: chunked\r\n\r\n")
-
-            def send(obj: bytes) -> None:
-                data = b"data: " + obj + b"\n\n"
-                writer.write(b"%x\r\n%s\r\n" % (len(data), data))
-
             if cfg.role_chunk:
-                send(self._chunk("", chat, role=True))
+                writer.write(self._framed(self._chunk("", chat, role=True)))
             t_next = started + int(cfg.ttft_ms * 1e6)
+            step_ns = int(cfg.tpot_ms * 1e6)
+            paced = cfg.ttft_ms > 0 or cfg.tpot_ms > 0
             sent = 0
             while sent < n_out:
                 k = min(cfg.tokens_per_chunk, n_out - sent)
-                delay = (t_next - time.perf_counter_ns()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                if paced:
+                    delay = (t_next - now()) / 1e9
+                    if delay > 0:
+                        await asyncio.sleep(delay)
                 if fault == "truncate" and sent >= n_out // 2:
                     break
                 if fault == "stall" and sent >= n_out // 2:
                     await asyncio.sleep(3600)
-                send(self._chunk(" tok" * k, chat))
+                frame = self._token_frame(k, chat)
+                events.append(now())  # stamped before the write: the event's true send time
+                writer.write(frame)
                 await writer.drain()
-                events.append(time.perf_counter_ns())
                 sent += k
-                t_next += int(cfg.tpot_ms * 1e6 * k)
+                t_next += step_ns * k
             if fault == "malformed":
                 writer.write(b"d\r\ndata: {oops\n\n\r\n")
             usage = {"prompt_tokens": n_prompt, "completion_tokens": sent + cfg.completion_tokens_delta,
                      "total_tokens": n_prompt + sent + cfg.completion_tokens_delta}
             if fault != "no_usage":
-                send(orjson.dumps({"choices": [], "usage": usage}))
-            send(b"[DONE]")
-            writer.write(b"0\r\n\r\n")
+                writer.write(self._framed(orjson.dumps({"choices": [], "usage": usage})))
+            writer.write(self._framed(b"[DONE]") + b"0\r\n\r\n")
             await writer.drain()
         finally:
             if self._sem:
                 self._sem.release()
         self._record({"arrived_ns": arrived, "started_ns": started, "event_ns": events,
-                      "tokens": sent, "prompt_tokens": n_prompt})
+                      "tokens": sent, "prompt_tokens": n_prompt,
+                      # pairing keys for clients that log wall-clock times or their prompts
+                      "arrived_unix_ns": arrived + self._unix_offset_ns,
+                      "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest()})
+
+    @staticmethod
+    def _framed(obj: bytes) -> bytes:
+        """One SSE event as one HTTP chunk."""
+        data = b"data: " + obj + b"\n\n"
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    def _token_frame(self, k: int, chat: bool) -> bytes:
+        key = (k, chat)
+        frame = self._frames.get(key)
+        if frame is None:  # every token event of a kind is the same bytes: build it once
+            frame = self._frames[key] = self._framed(self._chunk(" tok" * k, chat))
+        return frame
 
     @staticmethod
     def _chunk(text: str, chat: bool, role: bool = False) -> bytes:
@@ -200,12 +223,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fault-after", type=int, default=0, help="completions served normally first")
     ap.add_argument("--tokenizer", help="tokenizer.json to count prompt tokens with")
     ap.add_argument("--log", help="JSONL file of what the server actually did")
+    ap.add_argument("--model-name", default="sim", help="the model id GET /v1/models lists")
+    ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
     a = ap.parse_args(argv)
     if a.fault == "exit_at_start":
         print("simulated startup failure: exiting before listening", flush=True)
         raise SystemExit(3)
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
-                    fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log)
+                    fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
+                    model_name=a.model_name)
 
     async def run() -> None:
         srv = SimServer(cfg, a.host, a.port)
@@ -217,7 +243,12 @@ def main(argv: list[str] | None = None) -> None:
             await srv.close()
 
     try:
-        asyncio.run(run())
+        if a.uvloop:
+            import uvloop
+
+            uvloop.run(run())
+        else:
+            asyncio.run(run())
     except KeyboardInterrupt:
         pass
 

@@ -1,0 +1,191 @@
+"""A lean HTTP/1.1 client for streaming responses: asyncio protocols + llhttp (httptools).
+
+Why not only httpx: per network read, httpx runs several layers of Python (httpcore's
+connection state machine, h11's parser, async iterators) before our code sees the bytes; at
+high concurrency with small models that costs tens of microseconds per chunk and the client
+becomes the bottleneck (see benchmarks/client_ceiling.py for the figures). Here a read
+costs one `perf_counter_ns()`, one call into llhttp (C) that strips the chunked framing, and
+one list append per body piece; nothing else happens until the response is complete.
+
+The timestamp is taken first thing in `data_received`, before any parsing, so the framing work
+can never delay it. Connections are pooled per client (keep-alive, idle expiry like httpx's)
+and are reused only after a complete response whose server allowed keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from urllib.parse import urlsplit
+
+import httptools
+
+_now = time.perf_counter_ns
+
+
+class HTTPError(Exception):
+    """A transport-level failure: refused, reset, closed mid-response, unparsable."""
+
+
+class _Conn(asyncio.Protocol):
+    __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
+                 "idle_since", "_ts", "received", "lost_exc")
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.parser = httptools.HttpResponseParser(self)
+        self.raw: list[tuple[int, bytes]] | None = None
+        self.waiter: asyncio.Future | None = None
+        self.status = 0
+        self.keep_alive = False
+        self.closed = False
+        self.idle_since = 0
+        self._ts = 0
+        self.received = False
+        self.lost_exc: BaseException | None = None
+
+    # -- asyncio.Protocol -----------------------------------------------------------------
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._ts = _now()
+        self.received = True
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(HTTPError(f"unparsable HTTP response: {exc}"))
+            self.transport.close()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.closed = True
+        self._fail(HTTPError("connection closed by the server before the response ended"
+                             + (f" ({exc})" if exc else "")))
+
+    # -- llhttp callbacks -----------------------------------------------------------------
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        self.keep_alive = self.parser.should_keep_alive()
+
+    def on_body(self, body: bytes) -> None:
+        self.raw.append((self._ts, body))
+
+    def on_message_complete(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def _fail(self, exc: BaseException) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_exception(exc)
+
+
+class StreamingClient:
+    """POSTs a body and records every body piece with its read's arrival time.
+
+    Use as `async with StreamingClient(base_url) as c: status = await c.post(path, body, raw)`.
+    """
+
+    def __init__(self, base_url: str, keepalive: bool = True, keepalive_expiry_s: float = 2.0,
+                 connect_timeout_s: float = 30.0) -> None:
+        u = urlsplit(base_url)
+        if u.scheme != "http":
+            raise ValueError(f"the fast client speaks plain http only, not {u.scheme!r}: {base_url}")
+        self.host = u.hostname or "127.0.0.1"
+        self.port = u.port or 80
+        self.prefix = u.path.rstrip("/")
+        self.keepalive = keepalive
+        self.expiry_ns = int(keepalive_expiry_s * 1e9)
+        self.connect_timeout_s = connect_timeout_s
+        self._idle: list[_Conn] = []
+        self._all: set[_Conn] = set()
+        host_hdr = self.host if self.port == 80 else f"{self.host}:{self.port}"
+        self._head = ("POST {path} HTTP/1.1\r\nHost: " + host_hdr + "\r\n"
+                      "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
+                      + ("" if keepalive else "Connection: close\r\n")
+                      + "Content-Length: {n}\r\n\r\n")
+
+    async def __aenter__(self) -> StreamingClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        for c in list(self._all):
+            if c.transport is not None:
+                c.transport.close()
+        self._all.clear()
+        self._idle.clear()
+
+    async def _connect(self) -> _Conn:
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self.connect_timeout_s):
+                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+        except TimeoutError:
+            raise HTTPError(f"connect to {self.host}:{self.port} timed out after "
+                            f"{self.connect_timeout_s:g} s") from None
+        except OSError as exc:
+            raise HTTPError(f"cannot connect to {self.host}:{self.port}: {exc}") from None
+        self._all.add(conn)
+        return conn
+
+    def _take_idle(self) -> _Conn | None:
+        now = _now()
+        while self._idle:
+            c = self._idle.pop()
+            if not c.closed and now - c.idle_since < self.expiry_ns:
+                return c
+            c.transport.close()
+            self._all.discard(c)
+        return None
+
+    def request_bytes(self, path: str, body: bytes) -> bytes:
+        return self._head.format(path=self.prefix + path, n=len(body)).encode() + body
+
+    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]],
+                   on_send=None, payload: bytes | None = None) -> int:
+        """Send one request; fill `raw` with (arrival ns, body piece); return the HTTP status.
+
+        `on_send()` is called just before the request's bytes are written (to stamp the send
+        time). A pooled connection that the server had already closed is replaced once,
+        transparently, if nothing of the response had arrived on it."""
+        data = payload if payload is not None else self.request_bytes(path, body)
+        conn = self._take_idle()
+        reused = conn is not None
+        for attempt in (0, 1):
+            if conn is None:
+                conn = await self._connect()
+            loop = asyncio.get_running_loop()
+            conn.waiter = loop.create_future()
+            conn.raw = raw
+            conn.received = False
+            if on_send is not None:
+                on_send()
+            conn.transport.write(data)
+            try:
+                await conn.waiter
+            except HTTPError:
+                self._all.discard(conn)
+                if reused and attempt == 0 and not conn.received and not raw:
+                    conn.transport.close()
+                    conn, reused = None, False
+                    continue
+                conn.transport.close()
+                raise
+            except BaseException:  # cancelled (timeout): the connection is mid-response
+                self._all.discard(conn)
+                conn.transport.close()
+                raise
+            break
+        conn.waiter = None
+        conn.raw = None
+        if self.keepalive and conn.keep_alive and not conn.closed:
+            conn.idle_since = _now()
+            self._idle.append(conn)
+        else:
+            self._all.discard(conn)
+            conn.transport.close()
+        return conn.status
