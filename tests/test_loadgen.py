@@ -92,14 +92,18 @@ def sim(request):
     s.close()
 
 
-def _gen(url, osl=16, timeout=10.0, isl=5):
+def _gen(url, osl=16, timeout=10.0, isl=5, transport="fast"):
     return LoadGenerator(url, "sim", isl=isl, osl=osl, make_prompt=lambda i: f"p{i} a b c d",
-                         request_timeout_s=timeout)
+                         request_timeout_s=timeout, transport=transport)
+
+
+TRANSPORTS = pytest.mark.parametrize("transport", ["fast", "httpx"])
 
 
 @pytest.mark.parametrize("sim", [SimConfig(ttft_ms=30, tpot_ms=5, tokens_per_chunk=3, role_chunk=True)], indirect=True)
-def test_timing_matches_simulator_log(sim):
-    gen = _gen(sim.url)
+@TRANSPORTS
+def test_timing_matches_simulator_log(sim, transport):
+    gen = _gen(sim.url, transport=transport)
     rows = asyncio.run(gen.sequential(4))
     assert [r["status"] for r in rows] == ["ok"] * 4
     for row, rec in zip(rows, sim.srv.records):
@@ -133,15 +137,18 @@ def test_burst_faster_than_sequential_and_sweep_between(sim):
 
 
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1, fault="stall")], indirect=True)
-def test_stalled_stream_times_out_as_failure(sim):
-    rows = asyncio.run(_gen(sim.url, osl=8, timeout=0.5).sequential(1))
+@TRANSPORTS
+def test_stalled_stream_times_out_as_failure(sim, transport):
+    rows = asyncio.run(_gen(sim.url, osl=8, timeout=0.5, transport=transport).sequential(1))
     assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("timeout")
 
 
 @pytest.mark.parametrize("sim", [SimConfig(fault="http500")], indirect=True)
-def test_http_error_is_failure_with_status(sim):
-    rows = asyncio.run(_gen(sim.url).sequential(1))
+@TRANSPORTS
+def test_http_error_is_failure_with_status(sim, transport):
+    rows = asyncio.run(_gen(sim.url, transport=transport).sequential(1))
     assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("HTTP 500")
+    assert "simulated failure" in rows[0]["error"]
 
 
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=2, max_concurrency=2)], indirect=True)
@@ -203,11 +210,13 @@ def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim,
     assert Checkpoint(tmp_path / "partial", "fp2").units == {}
 
 
+@TRANSPORTS
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1)], indirect=True)
-def test_keepalive_off_gives_each_request_its_own_connection(sim):
-    gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"p{i} a b c d")
+def test_keepalive_off_gives_each_request_its_own_connection(sim, transport):
+    gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"p{i} a b c d", transport=transport)
     assert all(r["status"] == "ok" for r in asyncio.run(gen.sequential(4)))
     assert sim.srv.connections == 1  # one pooled connection, reused
-    gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"q{i} a b c d", keepalive=False)
+    gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"q{i} a b c d", keepalive=False,
+                        transport=transport)
     assert all(r["status"] == "ok" for r in asyncio.run(gen.sequential(4)))
     assert sim.srv.connections == 1 + 4

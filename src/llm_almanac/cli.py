@@ -45,7 +45,7 @@ def _tokenizer_file(path: str) -> Path:
 def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
     t = Table(title="phases")
     for col in ("phase", "step", "target rps", "rps", "out tok/s", "ok", "failed", "mismatch",
-                "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50"):
+                "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU"):
         t.add_column(col, justify="right")
 
     def f(v, d=1):
@@ -55,8 +55,10 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
         t.add_row(r["phase"], str(r["step"]), f(r["target_rps"], 3), f(r["rps"], 3),
                   f(r["output_tok_s"]), str(r["n_ok"]), str(r["n_failed"]), str(r["n_token_mismatch"]),
                   f(r["ttft_p50_ms"]), f(r["ttft_p95_ms"]), f(r["tpot_p50_ms"], 2),
-                  f(r["tpot_p95_ms"], 2), f(r["e2e_p50_ms"]))
-    (console or Console()).print(t)
+                  f(r["tpot_p95_ms"], 2), f(r["e2e_p50_ms"]),
+                  ("-" if r["client_cpu_util"] is None else f"{r['client_cpu_util']:.0%}")
+                  + (" SATURATED" if r["client_saturated"] else ""))
+    (console or Console(width=200)).print(t)
 
 
 def cmd_bench(a: argparse.Namespace) -> int:

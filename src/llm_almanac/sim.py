@@ -46,6 +46,19 @@ class SimConfig:
 FAULTS = ("http500", "truncate", "stall", "malformed", "no_usage", "exit_at_start", "no_health", "crash")
 
 
+class _StampingProtocol(asyncio.StreamReaderProtocol):
+    """Stamps the arrival of a request's first bytes in `data_received`, before the handler
+    coroutine gets to run: with many requests arriving at once, the handler of the last one
+    runs only after the others' handlers, and a stamp taken there would be late by that much."""
+
+    first_ns = 0
+
+    def data_received(self, data: bytes) -> None:
+        if not self.first_ns:
+            self.first_ns = time.perf_counter_ns()
+        super().data_received(data)
+
+
 class SimServer:
     def __init__(self, cfg: SimConfig, host: str = "127.0.0.1", port: int = 0) -> None:
         self.cfg = cfg
@@ -66,7 +79,12 @@ class SimServer:
             self._tok = Tokenizer.from_file(cfg.tokenizer)
 
     async def start(self) -> int:
-        self._server = await asyncio.start_server(self._handle, self.host, self.port)
+        loop = asyncio.get_running_loop()
+
+        def factory() -> _StampingProtocol:
+            return _StampingProtocol(asyncio.StreamReader(limit=2**20, loop=loop), self._handle, loop=loop)
+
+        self._server = await loop.create_server(factory, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -91,14 +109,16 @@ class SimServer:
         task = asyncio.current_task()
         self._tasks.add(task)
         self.connections += 1
+        proto: _StampingProtocol = writer.transport.get_protocol()
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                arrived = time.perf_counter_ns()
+                arrived = proto.first_ns or time.perf_counter_ns()
                 lines = head.decode("latin-1").split("\r\n")
                 method, path, _ = lines[0].split(" ", 2)
                 headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
+                proto.first_ns = 0  # the next request's first bytes get a fresh stamp
                 if method == "GET" and path in ("/health", "/v1/models"):
                     ok = self.cfg.fault != "no_health"
                     body = (orjson.dumps({"object": "list", "data": [
@@ -106,7 +126,8 @@ class SimServer:
                         if path == "/v1/models" else b'{"status":"ok"}')
                     await self._respond(writer, 200 if ok else 503, body)
                 elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
-                    await self._complete(writer, orjson.loads(body), path, arrived)
+                    await self._complete(writer, orjson.loads(body), path, arrived,
+                                         headers.get("x-request-id"))
                 else:
                     await self._respond(writer, 404, b'{"error":"not found"}')
         except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
@@ -122,7 +143,7 @@ class SimServer:
         )
         await writer.drain()
 
-    async def _complete(self, writer, req: dict, path: str, arrived: int) -> None:
+    async def _complete(self, writer, req: dict, path: str, arrived: int, request_id: str | None = None) -> None:
         cfg = self.cfg
         self._served += 1
         fault = cfg.fault if self._served > cfg.fault_after else None
@@ -142,10 +163,11 @@ class SimServer:
             n_prompt = len(self._tok.encode(prompt, add_special_tokens=True).ids)
         else:
             n_prompt = len(prompt.split())
-        n_out = int(req.get("max_tokens") or 16)
+        n_out = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
+        started = arrived  # the TTFT clock starts when the request arrived...
         if self._sem:
             await self._sem.acquire()
-        started = time.perf_counter_ns()
+            started = max(arrived, time.perf_counter_ns())  # ...or when a slot freed
         events: list[int] = []
         now = time.perf_counter_ns
         try:
@@ -188,7 +210,8 @@ class SimServer:
                       "tokens": sent, "prompt_tokens": n_prompt,
                       # pairing keys for clients that log wall-clock times or their prompts
                       "arrived_unix_ns": arrived + self._unix_offset_ns,
-                      "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest()})
+                      "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest(),
+                      "x_request_id": request_id})
 
     @staticmethod
     def _framed(obj: bytes) -> bytes:
@@ -222,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--fault", choices=FAULTS)
     ap.add_argument("--fault-after", type=int, default=0, help="completions served normally first")
     ap.add_argument("--tokenizer", help="tokenizer.json to count prompt tokens with")
+    ap.add_argument("--prompt-tokens", type=int, help="report this many prompt tokens (no counting)")
     ap.add_argument("--log", help="JSONL file of what the server actually did")
     ap.add_argument("--model-name", default="sim", help="the model id GET /v1/models lists")
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
@@ -231,7 +255,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(3)
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
                     fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
-                    model_name=a.model_name)
+                    model_name=a.model_name, prompt_tokens=a.prompt_tokens)
 
     async def run() -> None:
         srv = SimServer(cfg, a.host, a.port)

