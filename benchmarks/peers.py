@@ -90,6 +90,17 @@ def read_guidellm(out: Path) -> dict[str, tuple[float, float]]:
     return res
 
 
+def count_ok(name: str, out: Path) -> int:
+    """Requests the client itself counted as successful."""
+    if name.startswith("almanac"):
+        import polars as pl
+
+        return pl.read_parquet(out / "requests.parquet").filter(pl.col("status") == "ok").height
+    if name == "vllm":
+        return int(json.loads((out / "vllm.json").read_text())["completed"])
+    return len(json.loads((out / "guidellm.json").read_text())["benchmarks"][0]["requests"]["successful"])
+
+
 def read(name: str, out: Path, tok: Path, isl: int) -> dict[str, tuple[float, float]]:
     if name.startswith("almanac"):
         return read_almanac(out, tok, isl)

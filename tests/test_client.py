@@ -12,26 +12,35 @@ from llm_almanac import loadgen, metrics
 from llm_almanac.cell import saturation_notes
 from llm_almanac.cli import main as cli_main
 from llm_almanac.fasthttp import HTTPError, StreamingClient
-from llm_almanac.loadgen import LoadGenerator, _full_events, _simple_events, parse_stream
+from llm_almanac.loadgen import LoadGenerator, _full_events, _parse_events, _simple_events, parse_stream
 from llm_almanac.sim import SimConfig
 
 from test_loadgen import MS, SimThread, _ev
 
 
-def _events(events):
-    return [(ts, d if isinstance(d, str) else d.decode()) for ts, d in events]
-
-
 def test_sse_fast_path_and_sseclient_agree_on_canonical_streams():
     usage = {"prompt_tokens": 4, "completion_tokens": 3}
     body = _ev("") + _ev(" a") + _ev(" b c") + _ev(usage=usage) + b"data: [DONE]\n\n"
-    # the same bytes cut at every possible read boundary
-    for cut in range(1, len(body)):
-        raw = [(1, body[:cut]), (2, body[cut:])]
-        fast = _simple_events(raw)
-        assert fast is not None
-        assert _events(fast) == [(ts, d.strip()) for ts, d in _full_events(raw)]
-        assert parse_stream(raw)[1:] == (usage, True, None)
+    # the same bytes cut at every pair of read boundaries
+    for i in range(1, len(body)):
+        for j in range(i, len(body), 7):
+            raw = [(1, body[:i]), (2, body[i:j]), (3, body[j:])]
+            stamps, datas = _simple_events(raw)
+            full = list(_full_events(raw))
+            assert list(zip(stamps, [d.decode() for d in datas])) == [(ts, d.strip()) for ts, d in full]
+            got = parse_stream(raw)
+            assert got == _parse_events(full, "completions")  # batch JSON path == event by event
+            assert got[1:] == (usage, True, None) and len(got[0]) == 2
+
+
+def test_unusual_events_fall_back_and_are_named():
+    ok = _ev(" a") + _ev(usage={"completion_tokens": 1})
+    err = b'data: {"error": {"message": "overloaded"}}\n\n'
+    assert parse_stream([(1, ok + err + b"data: [DONE]\n\n")])[3] == "server error in stream: overloaded"
+    assert parse_stream([(1, ok + b"data: [1, 2]\n\n")])[3].startswith("unexpected SSE data")
+    assert parse_stream([(1, ok + b"data: {oops\n\n")])[3] == "malformed SSE data: '{oops'"
+    assert parse_stream([(1, _ev(" a") + b"data: [DONE]\n\n" + _ev(" b"))])[0] == [1, 1]
+    assert _simple_events([(1, _ev(" a")[:-1])]) is None  # a cut last event
 
 
 def test_other_sse_framing_goes_to_sseclient_with_the_same_result():

@@ -185,7 +185,7 @@ def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim,
     bench = {**BENCH_DEFAULTS, "warmup_requests": 1, "sequential_requests": 3, "burst_requests": 6,
              "sweep_rates": 2, "sweep_duration_s": 0.3}
 
-    def crash_in_sweep(label):
+    def crash_in_sweep(label, n_failed=0):
         if label.startswith("sweep"):
             raise CellFailure(f"server exited with code -9 during {label}")
 

@@ -9,6 +9,7 @@ SIGTERM) is not a measurement: the server is stopped and the job fails, leaving 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,6 +17,7 @@ import logging
 import os
 import platform
 import shlex
+import subprocess
 import traceback
 from datetime import datetime, timezone
 from pathlib import Path
@@ -196,7 +198,7 @@ async def run_phases(
         except TimeoutError:
             raise CellFailure(f"{phase}[{step}] exceeded phase_timeout_s={phase_timeout:g}") from None
         if check:
-            check(f"{phase}[{step}]")
+            check(f"{phase}[{step}]", sum(r["status"] != "ok" for r in rows))
         df = metrics.requests_frame(rows).with_columns(pl.lit(repeat, pl.Int32).alias("repeat"))
         store.put(key, df, gen.last_client)
         return df
@@ -344,8 +346,13 @@ def run_cell(
                 )
                 gen.skip_ids_to(store.max_request_id() + 1)
 
-                def alive(label: str) -> None:
+                def alive(label: str, n_failed: int = 0) -> None:
                     code = server.proc.poll() if server and server.proc else None
+                    if code is None and n_failed and server and server.proc:
+                        # failed requests may be the server dying: its sockets close a moment
+                        # before the process is gone, and a fast client sees that first
+                        with contextlib.suppress(subprocess.TimeoutExpired):
+                            code = server.proc.wait(timeout=2)
                     if code is not None:
                         raise CellFailure(
                             f"server exited with code {code} during {label}; that phase is discarded; "

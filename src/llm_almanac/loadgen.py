@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import numpy as np
 import orjson
 import sseclient
 
@@ -64,6 +65,7 @@ class Req:
     target_rps: float | None = None
     scheduled_ns: int = 0
     ready_ns: int = 0  # when it was due and a concurrency slot was free (0: = scheduled)
+    picked_ns: int = 0  # when the client got to it (before any connect)
     sent_ns: int = 0
     end_ns: int = 0
     raw: list[tuple[int, bytes]] = field(default_factory=list)
@@ -88,29 +90,71 @@ def _token_text(obj: dict[str, Any], endpoint: str) -> str:
     return ch.get("text") or ""
 
 
-def _simple_events(raw: list[tuple[int, bytes]]):
-    """(timestamp, data) of each event of a stream in the canonical framing every
-    OpenAI-compatible server uses (each event one `data: ` line ended by a blank line, `\n`
-    line ends), stamped with the read that completed it; None if the stream uses anything else
-    (comments, other fields, multi-line data, `\r`), which then goes to the full SSE parser."""
-    out: list[tuple[int, bytes]] = []
-    pending = b""
-    for ts, chunk in raw:
-        if pending:
-            chunk = pending + chunk
-        parts = chunk.split(b"\n\n")
-        pending = parts.pop()
-        for ev in parts:
-            if not ev.startswith(b"data: ") or b"\n" in ev or b"\r" in ev:
-                return None
-            out.append((ts, ev[6:]))
-    return out if not pending.strip() else None
+def _canonical(raw: list[tuple[int, bytes]]) -> tuple[bytes, list[int]] | None:
+    """The whole stream and, per event, the timestamp of the read holding its last byte, if the
+    stream is in the canonical framing every OpenAI-compatible server uses (each event one
+    `data: ` line ended by a blank line, `\n` line ends); None if it uses anything else
+    (comments, other fields, multi-line data, `\r`, a cut last event): that goes to the full SSE
+    parser. Byte and array operations over the whole stream, no Python loop per event."""
+    if not raw:
+        return b"", []
+    buf = raw[0][1] if len(raw) == 1 else b"".join([c for _, c in raw])
+    if not buf.endswith(b"\n\n") or b"\r" in buf:
+        return None
+    arr = np.frombuffer(buf, np.uint8)
+    ev_last = np.flatnonzero((arr[:-1] == 10) & (arr[1:] == 10)) + 1
+    n = len(ev_last)
+    # exactly two newlines per event (so no multi-line event) and every event a `data: ` line
+    if buf.count(b"\n") != 2 * n or (b"\n\n" + buf).count(b"\n\ndata: ") != n:
+        return None
+    if len(raw) == 1:
+        return buf, [raw[0][0]] * n
+    read_last = np.cumsum(np.array([len(c) for _, c in raw], np.int64)) - 1
+    ts = np.array([t for t, _ in raw], np.int64)
+    return buf, ts[np.searchsorted(read_last, ev_last)].tolist()
+
+
+def _simple_events(raw: list[tuple[int, bytes]]) -> tuple[list[int], list[bytes]] | None:
+    """(timestamps, data) of each event of a canonical stream (see _canonical), else None."""
+    c = _canonical(raw)
+    if c is None:
+        return None
+    buf, stamps = c
+    return stamps, ([e[6:] for e in buf[:-2].split(b"\n\n")] if buf else [])
 
 
 def _full_events(raw: list[tuple[int, bytes]]):
     now = [0]
     for ev in sseclient.SSEClient(_stamped(raw, now)).events():
         yield now[0], ev.data
+
+
+def _stream_error(obj: dict) -> str:
+    err = obj["error"]
+    return f"server error in stream: {err.get('message', err) if isinstance(err, dict) else err}"
+
+
+_DONE = b"data: [DONE]\n\n"
+
+
+def _parse_batch(buf: bytes, stamps: list[int], endpoint: str):
+    """A canonical completions stream's JSON in one orjson call (`data: A\n\ndata: B\n\n` ->
+    `[A,B]`); None (-> event by event) if anything is unusual."""
+    if endpoint != "completions" or not buf:
+        return None
+    done = buf.endswith(_DONE)
+    body = buf[:-len(_DONE)] if done else buf
+    try:
+        objs = orjson.loads(b"[" + body[6:-2].replace(b"\n\ndata: ", b",") + b"]") if body else []
+    except orjson.JSONDecodeError:
+        return None  # a malformed or empty event, or a stray [DONE]: the event path names it
+    try:
+        token_ns = [ts for ts, o in zip(stamps, objs) if (c := o.get("choices")) and c[0].get("text")]
+        usages = [u for o in objs if (u := o.get("usage"))]
+        errors = [_stream_error(o) for o in objs if "error" in o and not o.get("choices")]
+    except (AttributeError, TypeError, KeyError, IndexError):
+        return None  # not the usual shapes: event by event
+    return token_ns, (usages[-1] if usages else None), done, (errors[-1] if errors else None)
 
 
 def parse_stream(
@@ -120,15 +164,26 @@ def parse_stream(
 
     Returns (timestamps of token-bearing events, the last `usage` object, whether `[DONE]`
     arrived, an error message from the stream if any). Role-only, empty and usage-only events
-    are not token-bearing. Streams in the canonical `data: ...` framing take a fast path; any
-    other valid SSE goes through sseclient-py; both give the same events (tested).
+    are not token-bearing. Streams in the canonical `data: ...` framing take a fast path (all
+    JSON in one call); anything else goes event by event, through sseclient-py where the framing
+    is not canonical. All paths give the same result (tested).
     """
+    canonical = _canonical(raw)
+    if canonical is None:
+        return _parse_events(_full_events(raw), endpoint)
+    out = _parse_batch(*canonical, endpoint)
+    if out is not None:
+        return out
+    buf, stamps = canonical
+    return _parse_events(zip(stamps, [e[6:] for e in buf[:-2].split(b"\n\n")] if buf else []), endpoint)
+
+
+def _parse_events(events, endpoint: str):
     token_ns: list[int] = []
     usage = None
     done = False
     error = None
-    events = _simple_events(raw)
-    for ts, data in (events if events is not None else _full_events(raw)):
+    for ts, data in events:
         data = data.strip()  # bytes on the fast path, str from sseclient; orjson takes both
         if not data:
             continue
@@ -141,9 +196,11 @@ def parse_stream(
             text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
             error = f"malformed SSE data: {text[:200]!r}"
             continue
+        if not isinstance(obj, dict):
+            error = f"unexpected SSE data (not a JSON object): {str(obj)[:200]!r}"
+            continue
         if "error" in obj and not obj.get("choices"):
-            err = obj["error"]
-            error = f"server error in stream: {err.get('message', err) if isinstance(err, dict) else err}"
+            error = _stream_error(obj)
             continue
         if obj.get("usage"):
             usage = obj["usage"]
@@ -181,7 +238,7 @@ def request_row(req: Req, t0_ns: int, isl: int, osl: int, endpoint: str) -> dict
         "scheduled_s": (req.scheduled_ns - t0_ns) / 1e9,
         "sent_s": (req.sent_ns - t0_ns) / 1e9,
         "end_s": (req.end_ns - t0_ns) / 1e9,
-        "send_lag_ms": (req.sent_ns - max(req.scheduled_ns, req.ready_ns)) / 1e6,
+        "send_lag_ms": ((req.picked_ns or req.sent_ns) - max(req.scheduled_ns, req.ready_ns)) / 1e6,
         **timing,
         "n_token_events": len(token_ns),
         "prompt_tokens": prompt_tokens,
@@ -294,6 +351,7 @@ class LoadGenerator:
 
     # -- one request ------------------------------------------------------------------------
     async def send(self, client: httpx.AsyncClient | StreamingClient, req: Req) -> Req:
+        req.picked_ns = time.perf_counter_ns()
         if isinstance(client, StreamingClient):
             return await self._send_fast(client, req)
         headers = {"content-type": "application/json", "accept": "text/event-stream"}

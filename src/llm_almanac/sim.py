@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
-import json
 import os
+import signal
+import socket
 import time
 from dataclasses import dataclass
 
@@ -65,7 +67,8 @@ class SimServer:
         self.host, self.port = host, port
         self._server: asyncio.base_events.Server | None = None
         self._sem = asyncio.Semaphore(cfg.max_concurrency) if cfg.max_concurrency else None
-        self._log = open(cfg.log_path, "a") if cfg.log_path else None  # noqa: SIM115
+        # one os.write per record on an O_APPEND descriptor: worker processes share the file
+        self._log = os.open(cfg.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644) if cfg.log_path else None
         self.records: list[dict] = []
         self._tasks: set[asyncio.Task] = set()
         self._served = 0
@@ -78,13 +81,16 @@ class SimServer:
 
             self._tok = Tokenizer.from_file(cfg.tokenizer)
 
-    async def start(self) -> int:
+    async def start(self, sock=None) -> int:
         loop = asyncio.get_running_loop()
 
         def factory() -> _StampingProtocol:
             return _StampingProtocol(asyncio.StreamReader(limit=2**20, loop=loop), self._handle, loop=loop)
 
-        self._server = await loop.create_server(factory, self.host, self.port)
+        if sock is not None:  # a listening socket shared by worker processes
+            self._server = await loop.create_server(factory, sock=sock)
+        else:
+            self._server = await loop.create_server(factory, self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]
         return self.port
 
@@ -96,14 +102,14 @@ class SimServer:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         if self._server:
             await self._server.wait_closed()
-        if self._log:
-            self._log.close()
+        if self._log is not None:
+            os.close(self._log)
+            self._log = None
 
     def _record(self, rec: dict) -> None:
         self.records.append(rec)
-        if self._log:
-            self._log.write(json.dumps(rec) + "\n")
-            self._log.flush()
+        if self._log is not None:
+            os.write(self._log, orjson.dumps(rec) + b"\n")
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
@@ -249,6 +255,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log", help="JSONL file of what the server actually did")
     ap.add_argument("--model-name", default="sim", help="the model id GET /v1/models lists")
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="processes sharing the port (so that the server is not what limits a client benchmark)")
     a = ap.parse_args(argv)
     if a.fault == "exit_at_start":
         print("simulated startup failure: exiting before listening", flush=True)
@@ -257,24 +265,56 @@ def main(argv: list[str] | None = None) -> None:
                     fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
                     model_name=a.model_name, prompt_tokens=a.prompt_tokens)
 
-    async def run() -> None:
+    sock = None
+    if a.workers > 1:
+        sock = socket.create_server((a.host, a.port), backlog=4096, reuse_port=False)
+        sock.setblocking(False)
+        a.port = sock.getsockname()[1]
+
+    async def run(announce: bool) -> None:
         srv = SimServer(cfg, a.host, a.port)
-        port = await srv.start()
-        print(f"simulator listening on http://{a.host}:{port}", flush=True)
+        port = await srv.start(sock)
+        if announce:
+            print(f"simulator listening on http://{a.host}:{port}", flush=True)
         try:
             await asyncio.Event().wait()
         finally:
             await srv.close()
 
-    try:
-        if a.uvloop:
-            import uvloop
+    def serve(announce: bool) -> None:
+        try:
+            if a.uvloop:
+                import uvloop
 
-            uvloop.run(run())
-        else:
-            asyncio.run(run())
-    except KeyboardInterrupt:
-        pass
+                uvloop.run(run(announce))
+            else:
+                asyncio.run(run(announce))
+        except KeyboardInterrupt:
+            pass
+
+    if a.workers <= 1:
+        serve(True)
+        return
+    children = []
+    for _ in range(a.workers):
+        pid = os.fork()
+        if pid == 0:  # a worker: its own event loop on the shared listening socket
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            serve(False)
+            os._exit(0)
+        children.append(pid)
+    print(f"simulator listening on http://{a.host}:{a.port} ({a.workers} workers)", flush=True)
+
+    def stop(*_):
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for pid in children:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
 
 
 if __name__ == "__main__":
