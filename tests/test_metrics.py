@@ -1,6 +1,4 @@
-import math
 
-import polars as pl
 import pytest
 
 from llm_almanac import metrics

@@ -5,7 +5,6 @@ import zipfile
 from pathlib import Path
 
 import duckdb
-import polars as pl
 import pytest
 
 from llm_almanac import metrics
@@ -119,3 +118,23 @@ def test_aggregate_rejects_duplicate_rows(tmp_path):
     with pytest.raises(duckdb.ConstraintException):
         aggregate([d, d], tmp_path / "x.duckdb")
     assert not (tmp_path / "x.duckdb").exists()
+
+
+def test_aggregate_reads_cells_from_before_the_client_self_check(tmp_path):
+    """A cell measured by an older version has no client_* columns: they come out null, and the
+    newer cell beside it keeps its values."""
+    import polars as pl
+
+    old = _cell_dir(tmp_path / "cells", "old")
+    ph = pl.read_parquet(old / "phases.parquet")
+    ph.drop("client_cpu_s", "client_cpu_util", "client_saturated").write_parquet(old / "phases.parquet")
+    new = _cell_dir(tmp_path / "cells", "new")
+    client = pl.DataFrame([{"cell_id": "new", "repeat": 0, "phase": "burst", "step": 0,
+                            "client_cpu_s": 0.5, "client_wall_s": 2.0}])
+    metrics.summarize(pl.read_parquet(new / "requests.parquet"), client).write_parquet(new / "phases.parquet")
+    db = tmp_path / "almanac.duckdb"
+    assert aggregate([old, new], db)["phases"] == 2
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT cell_id, client_cpu_util, client_saturated FROM phases ORDER BY 1").fetchall() == [
+        ("new", 0.25, False), ("old", None, None)]
+    con.close()

@@ -41,7 +41,6 @@ def test_single_point_and_missing_statistics():
 def _frames(points, n=40, seed=0):
     """Constructed cell: per point (phase, step, rps, ttft centre) n requests around that TTFT."""
     import numpy as np
-    import polars as pl
 
     from llm_almanac import metrics
 

@@ -66,10 +66,11 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
     for info in infos:
         info["reproduce"] = (reproduce or {}).get(info["cell_id"], info.get("reproduce"))
     cells = pl.DataFrame([_cell_row(i) for i in infos], schema=CELLS_SCHEMA)
+    # cells measured by an older version lack newer columns (e.g. the client self-check): null
     phases = pl.concat(
-        [pl.read_parquet(d / "phases.parquet") for d in cell_dirs] or [metrics.empty_phases()],
-        how="vertical_relaxed",
-    ).cast(metrics.PHASE_SCHEMA)
+        [metrics.empty_phases(), *(pl.read_parquet(d / "phases.parquet") for d in cell_dirs)],
+        how="diagonal_relaxed",
+    ).select(list(metrics.PHASE_SCHEMA)).cast(metrics.PHASE_SCHEMA)
     requests = pl.concat(
         [pl.read_parquet(d / "requests.parquet") for d in cell_dirs]
         or [metrics.requests_frame([])],
