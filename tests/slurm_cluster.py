@@ -47,8 +47,8 @@ def install() -> None:
     if not missing_binaries():
         return
     if os.geteuid() != 0:
-        raise SystemExit(f"SLURM is not installed ({', '.join(missing_binaries())} missing): "
-                         f"sudo apt-get install {' '.join(PACKAGES)}")
+        raise RuntimeError(f"SLURM is not installed ({', '.join(missing_binaries())} missing): "
+                           f"sudo apt-get install {' '.join(PACKAGES)}")
     ours = not POLICY_RC.exists()
     if ours:  # invoke-rc.d asks this script whether to start a service; 101 = no
         POLICY_RC.write_text("#!/bin/sh\n# written by llm-almanac tests/slurm_cluster.py during apt-get install\nexit 101\n")
@@ -62,7 +62,7 @@ def install() -> None:
         if ours:
             POLICY_RC.unlink(missing_ok=True)
     if missing_binaries():
-        raise SystemExit(f"still missing after apt-get install: {', '.join(missing_binaries())}")
+        raise RuntimeError(f"still missing after apt-get install: {', '.join(missing_binaries())}")
 
 
 def free_port() -> int:
@@ -291,10 +291,12 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--partition", default="cpu")
     r.add_argument("command", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
-    if a.cmd == "install":
+    try:
         install()
+    except RuntimeError as exc:
+        raise SystemExit(str(exc)) from None
+    if a.cmd == "install":
         return 0
-    install()
     command = a.command[1:] if a.command[:1] == ["--"] else a.command
     if not command:
         ap.error("run: give a command after --")
