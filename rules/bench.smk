@@ -11,13 +11,16 @@ rule bench_cell:
     params:
         cell=lambda wc: CELLS[wc.cell].to_dict(),
         engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
-        model_cfg=lambda wc: config["models"][CELLS[wc.cell].model],
+        model_cfg=lambda wc: without_resources(config["models"][CELLS[wc.cell].model]),
         # the retry policy is not a measurement setting: changing it re-measures nothing
         bench={k: v for k, v in config.get("bench", {}).items() if k != "retries"},
     threads: cell_threads
-    retries: config.get("bench", {}).get("retries", 0)
+    # bench.retries re-measures a cell that failed as data (see the shim); where it is 0, the
+    # job follows --retries (profiles/slurm: a job killed by the cluster, e.g. out of time).
+    retries: config.get("bench", {}).get("retries") or None
     resources:
-        gpu=lambda wc: CELLS[wc.cell].n_gpus,
+        # gpu, cpus, mem_mb, runtime, ... for a scheduler: llm_almanac.resources, docs/cluster.md
+        **bench_resources(),
         attempt=lambda wc, attempt: attempt,
     log:
         "results/logs/bench_cell/{cell}.log",

@@ -11,6 +11,7 @@ from llm_almanac.config import check_local_paths, validate as validate_config
 from llm_almanac.engines import get_engine
 from llm_almanac.grid import ConfigError, expand_grid
 from llm_almanac.install import env_id
+from llm_almanac.resources import ResourceError, cell_resources, settings as resource_settings
 
 SCHEMA = workflow.source_path("../config/schema.yaml")
 
@@ -81,7 +82,31 @@ def reproduce_command(cell_id):
     return shlex.join(cmd)
 
 
+def without_resources(cfg):
+    """A config section minus its `resources`: what a job asks a scheduler for is not a
+    measurement setting, so changing it must not re-measure (or re-prepare) anything."""
+    return {k: v for k, v in cfg.items() if k != "resources"}
+
+
+def cell_request(cell, attempt=1):
+    """bench_cell's threads and resources (llm_almanac.resources). A job that runs here gets
+    --cores as its CPU count; one that goes to a cluster, or runs inside a cluster job, gets
+    the config's resources.cpus."""
+    c = CELLS[cell]
+    here = workflow.local_exec and not workflow.remote_exec
+    try:
+        return cell_resources(c.n_gpus, resource_settings(config, c.model), workflow.cores if here else None,
+                              attempt, cell)
+    except ResourceError as exc:
+        raise WorkflowError(str(exc)) from None
+
+
 def cell_threads(wildcards):
     """A CPU engine uses every core: one CPU cell at a time, whatever --cores says."""
-    c = CELLS[wildcards.cell]
-    return workflow.cores if engine_cfg(c.engine).get("device") == "cpu" else 1
+    return cell_request(wildcards.cell)["threads"]
+
+
+def bench_resources():
+    """Resources of rule bench_cell, one function per name (None values are dropped)."""
+    names = ("gpu", "gpu_model", "cpus_per_gpu", "cpus_per_task", "mem_mb", "runtime", "constraint", "slurm_extra")
+    return {n: (lambda wc, attempt, n=n: cell_request(wc.cell, attempt)[n]) for n in names}

@@ -11,7 +11,7 @@ rule prepare_model:
     output:
         ready="results/models/{model}/ready.json",
     params:
-        model_cfg=lambda wc: config["models"][wc.model],
+        model_cfg=lambda wc: without_resources(config["models"][wc.model]),
         needs=lambda wc: model_needs(wc.model),
     log:
         "results/logs/prepare_model/{model}.log",

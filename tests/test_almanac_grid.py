@@ -43,9 +43,9 @@ def test_dry_run_gives_each_bench_cell_its_models_gpu_count(config):
     assert len(jobs) >= 400
     for cell, resources in jobs:
         model = cell.split("__")[0]
-        gpu = int(re.search(r"gpu=(\d+)", resources).group(1))
+        gpu = int(re.search(r"\bgpu=(\d+)", resources).group(1))
         assert gpu == config["models"][model]["gpus"], (cell, resources)
-    assert {int(re.search(r"gpu=(\d+)", r).group(1)) for _, r in jobs} == {1, 8}
+    assert {int(re.search(r"\bgpu=(\d+)", r).group(1)) for _, r in jobs} == {1, 8}
 
 
 def _commands(cells, config, engine):

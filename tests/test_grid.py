@@ -101,7 +101,7 @@ def test_engine_args_and_env_merge_into_cell():
 
 
 @pytest.mark.parametrize("mutate, message", [
-    (lambda c: c.update(modles={}), r"^config: unknown key 'modles'; allowed keys: \['allow_simulator', .*'models'\] \(and keys matching \^x-\)"),
+    (lambda c: c.update(modles={}), r"^config: unknown key 'modles'; allowed keys: \['allow_simulator', .*'models'.*\] \(and keys matching \^x-\)"),
     (lambda c: c["grid"][0]["shapes"][0].update(isl="128"), r"^config\.grid\[0\]\.shapes\[0\]\.isl: '128' is not of type 'integer'"),
     (lambda c: c["grid"][0]["shapes"][0].update(osl=0), r"^config\.grid\[0\]\.shapes\[0\]\.osl: 0 is less than the minimum of 1"),
     (lambda c: c["engines"]["vllm-cpu"].update(module="vlm"), r"^config\.engines\.vllm-cpu\.module: 'vlm' is not one of \['vllm', 'sglang', 'trtllm', 'llamacpp', 'sim'\]"),

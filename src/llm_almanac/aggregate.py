@@ -44,6 +44,9 @@ CELLS_SCHEMA: dict[str, pl.DataType] = {
     "python_version": pl.String,
     "llm_almanac_version": pl.String,
     "engine_packages": pl.String,
+    "host": pl.String,
+    "slurm_job_id": pl.String,
+    "cuda_visible_devices": pl.String,
 }
 
 DDL = {

@@ -17,6 +17,7 @@ import logging
 import os
 import platform
 import shlex
+import socket
 import subprocess
 import traceback
 from datetime import datetime, timezone
@@ -27,7 +28,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from . import __version__, hardware, loadgen, metrics
+from . import __version__, gpus, hardware, loadgen, metrics
 from .engines import ServerSpec, get_engine
 from .files import read_json, write_json, write_parquet
 from .loadgen import LoadGenerator
@@ -293,6 +294,10 @@ def run_cell(
         "notes": [],
         # provenance: the client's Python and package, the engine environment's packages
         "python_version": platform.python_version(),
+        # where it ran: the node (SLURM's name for it inside a SLURM job) and the SLURM job,
+        # whose log is .snakemake/slurm_logs/rule_bench_cell/<cell_id>/<job id>.log
+        "host": os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
         "llm_almanac_version": __version__,
         "engine_packages": installed.get("pip_freeze", []),
     }
@@ -304,9 +309,13 @@ def run_cell(
         log.info("cell %s: resuming; kept from an earlier run: %s", cid, ", ".join(sorted(store.units)))
     server: Server | None = None
     try:
-        with signals_raise():
+        with signals_raise(), contextlib.ExitStack() as held:
             try:
-                info["hardware"] = adapter.LABEL if adapter.simulated else hardware.describe()["summary"]
+                # which GPUs: a scheduler's choice, or free ones of this machine (llm_almanac.gpus)
+                n_gpus = int(cell.get("n_gpus") or 0) if engine_cfg.get("device", "cuda") != "cpu" else 0
+                visible = held.enter_context(gpus.claim(n_gpus))
+                info["cuda_visible_devices"] = visible
+                info["hardware"] = adapter.LABEL if adapter.simulated else hardware.describe(visible)["summary"]
                 model_path = model["paths"].get(adapter.model_format)
                 if not model_path:
                     raise CellFailure(f"model {cell['model']} has no {adapter.model_format} format prepared")
@@ -326,6 +335,7 @@ def run_cell(
                 for fname, text in adapter.config_files(spec).items():
                     (out_dir / fname).write_text(text)
                 env = server_environment(without_secrets(os.environ), adapter.server_env(spec),
+                                         {"CUDA_VISIBLE_DEVICES": visible} if visible else {},
                                          cell.get("extra_env", {}))
                 timeout = float(engine_cfg.get("startup_timeout_s") or adapter.startup_timeout_s)
                 server, base_url = start_server(adapter, spec, env, server_log, out_dir, timeout, info)

@@ -5,7 +5,8 @@
   almanac show CELL     a cell's status and phases
   almanac query "SQL"   any SQL on the database
   almanac export --format parquet|csv|jsonl --out DIR   every table, for analysis elsewhere
-  almanac rerun-failed [--configfile F]   rerun exactly the failed cells, keeping their measured phases
+  almanac rerun-failed [--configfile F] [-- SNAKEMAKE ARGS]   rerun exactly the failed cells, keeping
+                 their measured phases (on SLURM: -- --workflow-profile profiles/slurm)
 
   almanac bench  --base-url http://127.0.0.1:8000 --model NAME --tokenizer PATH --isl N --osl N ...
                  the phases of a cell against an already running OpenAI-compatible server
@@ -264,7 +265,8 @@ def cmd_rerun_failed(a: argparse.Namespace) -> int:
         cmd += ["-s", a.snakefile]
     for cf in a.configfile or []:
         cmd += ["--configfile", cf]
-    cmd += ["--forcerun", *[f"results/cells/{c}/cell.json" for c in failed], *a.snakemake_args]
+    extra = a.snakemake_args[1:] if a.snakemake_args[:1] == ["--"] else a.snakemake_args  # argparse keeps the --
+    cmd += ["--forcerun", *[f"results/cells/{c}/cell.json" for c in failed], *extra]
     print(f"rerunning {len(failed)} failed cell(s): {', '.join(failed)}")
     print("$ " + shlex.join(cmd), flush=True)
     return subprocess.call(cmd)

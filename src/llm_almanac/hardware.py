@@ -23,12 +23,13 @@ def _cpu_model() -> str:
 
 
 def gpus() -> list[dict[str, str]]:
+    """Every GPU nvidia-smi lists (it ignores CUDA_VISIBLE_DEVICES)."""
     exe = shutil.which("nvidia-smi")
     if not exe:
         return []
     try:
         out = subprocess.run(
-            [exe, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+            [exe, "--query-gpu=index,uuid,name,memory.total,driver_version", "--format=csv,noheader"],
             capture_output=True, text=True, timeout=20, check=True,
         ).stdout
     except (OSError, subprocess.SubprocessError):
@@ -36,14 +37,31 @@ def gpus() -> list[dict[str, str]]:
     rows = []
     for line in out.strip().splitlines():
         parts = [p.strip() for p in line.split(",")]
-        if len(parts) == 3:
-            rows.append({"name": parts[0], "memory": parts[1], "driver": parts[2]})
+        if len(parts) == 5:
+            rows.append({"index": parts[0], "uuid": parts[1], "name": parts[2], "memory": parts[3],
+                         "driver": parts[4]})
     return rows
 
 
-def describe() -> dict[str, object]:
-    g = gpus()
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+def gpu_ids() -> list[str]:
+    """The indexes of every GPU on this machine (what CUDA_VISIBLE_DEVICES takes)."""
+    return [g["index"] for g in gpus()]
+
+
+def visible_gpus(all_gpus: list[dict[str, str]], visible: str | None) -> list[dict[str, str]]:
+    """The GPUs a process with this CUDA_VISIBLE_DEVICES sees (by index or UUID, in its order)."""
+    if visible is None:
+        return all_gpus
+    out = []
+    for v in (x.strip() for x in visible.split(",") if x.strip()):
+        out += [g for g in all_gpus if v in (g.get("index"), g.get("uuid"))][:1]
+    return out
+
+
+def describe(visible: str | None = None) -> dict[str, object]:
+    """What a cell ran on; `visible` is the engine's CUDA_VISIBLE_DEVICES (default: ours)."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    g = visible_gpus(gpus(), visible)
     summary = (
         f"{len(g)}x {g[0]['name']} (driver {g[0]['driver']})" if g
         else f"CPU: {_cpu_model()} ({os.cpu_count()} logical cores)"
