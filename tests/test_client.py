@@ -228,6 +228,7 @@ def test_almanac_bench_end_to_end_against_the_simulator(tmp_path, capsys):
     assert req.filter(pl.col("phase") == "sequential").height == 3
     assert req.filter(pl.col("phase") == "burst").height == 6
     assert (req["status"] == "ok").all() and not req["token_mismatch"].any()
+    assert (req["send_lag_ms"] >= 0).all() and (req["sent_s"] >= req["scheduled_s"]).all()
     assert set(req["prompt_tokens"]) == {16} and set(req["completion_tokens"]) == {8}
     assert set(req["n_token_events"]) == {4}  # 8 tokens in 2-token chunks; the role chunk is not one
     # the measured TTFT is the server's 20 ms plus loopback, never less

@@ -135,15 +135,21 @@ def test_latency_fields_are_consistent(db):
 
 
 @pytest.mark.parametrize("engine", ["vllm-cpu", "llama-cpp"])
-def test_sequential_below_burst_and_sweep_strictly_between(db, engine):
+def test_sweep_strictly_between_the_anchors(db, engine):
     cid = f"smollm2-135m__{engine}__{'bf16' if engine == 'vllm-cpu' else 'q4_1'}__64-16"
     rates = dict(db.execute("SELECT phase, rps FROM phases WHERE phase IN ('sequential','burst') AND cell_id = ?",
                             [cid]).fetchall())
-    assert 0 < rates["sequential"] < rates["burst"]
+    assert rates["sequential"] > 0 and rates["burst"] > 0
+    if engine == "vllm-cpu":
+        # vLLM batches concurrent requests: its burst is several times its sequential rate.
+        # llama.cpp's 4 slots on 2 CPU cores gain little over one at a time (measured 3.3 vs
+        # 3.45-3.84 rps, and once 2.97 vs 2.44), so its order is not a property to assert.
+        assert rates["burst"] > 1.5 * rates["sequential"]
+    lo, hi = sorted(rates.values())
     targets = [r[0] for r in db.execute("SELECT target_rps FROM phases WHERE phase='sweep' AND cell_id = ? ORDER BY step",
                                         [cid]).fetchall()]
     assert len(targets) == 2
-    assert all(rates["sequential"] < t < rates["burst"] for t in targets)
+    assert all(lo < t < hi for t in targets)
     assert targets == sorted(targets)
     cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name='phases'").fetchall()}
     for m in ("ttft", "tpot", "itl", "e2e"):

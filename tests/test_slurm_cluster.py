@@ -108,8 +108,8 @@ def test_latency_fields_are_consistent(db):
 
 
 @pytest.mark.parametrize("engine", ["vllm-cpu", "llama-cpp"])
-def test_sequential_below_burst_and_sweep_strictly_between(db, engine):
-    local.test_sequential_below_burst_and_sweep_strictly_between(db, engine)
+def test_sweep_strictly_between_the_anchors(db, engine):
+    local.test_sweep_strictly_between_the_anchors(db, engine)
 
 
 def test_no_engine_process_left(run):

@@ -352,6 +352,8 @@ class LoadGenerator:
     # -- one request ------------------------------------------------------------------------
     async def send(self, client: httpx.AsyncClient | StreamingClient, req: Req) -> Req:
         req.picked_ns = time.perf_counter_ns()
+        if not req.scheduled_ns:  # sequential and warm-up: due the moment the client gets to it
+            req.scheduled_ns = req.picked_ns
         if isinstance(client, StreamingClient):
             return await self._send_fast(client, req)
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
@@ -487,8 +489,9 @@ class LoadGenerator:
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
         async def one(r: Req) -> None:
-            delay = (r.scheduled_ns - time.perf_counter_ns()) / 1e9
-            if delay > 0:
+            # uvloop's timers have millisecond resolution and may fire up to 1 ms early: sleep
+            # again for what is left (the last sub-millisecond sleeps are plain yields)
+            while (delay := (r.scheduled_ns - time.perf_counter_ns()) / 1e9) > 0:
                 await asyncio.sleep(delay)
             await self._send_counted(client, r, sem, prog)
 
