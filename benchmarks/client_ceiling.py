@@ -43,49 +43,33 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     tok = h.tokenizer_dir()
     builders = peers.builders(tok, ISL, OSL)
-    rows = []
     # usage must match the request, or every request counts as failed
     sim = h.Sim(work, "--prompt-tokens", str(ISL), "--workers", str(a.sim_workers))
     h.log(f"simulator: {a.sim_workers} worker process(es), zero delay, {OSL} tokens, 1 token per chunk")
-    try:
-        for conc in a.concurrency:
-            for name in clients:
-                out = work / f"{name}-c{conc}"
-                out.mkdir(exist_ok=True)
-                cmd, env = builders[name](sim.url, out, a.requests, conc)
-                run = h.run_client(name, cmd, env, server_pid=sim.proc.pid)
-                recs = sim.new_records()
-                if run.rc != 0 or not recs:
-                    rows.append({"client": name, "conc": conc, "error": f"exit {run.rc}"})
-                    continue
-                start = min(r["arrived_ns"] for r in recs)
-                end = max(r["event_ns"][-1] for r in recs if r["event_ns"])
-                chunks = sum(len(r["event_ns"]) for r in recs)
-                cpu = run.cpu_since(start)
-                server_cpu = run.server_cpu(start, end)
-                ok = peers.count_ok(name, out)
-                rows.append({"client": name, "conc": conc, "requests": len(recs), "ok": ok, "chunks": chunks,
-                             "window_s": (end - start) / 1e9, "chunks_per_s": chunks / ((end - start) / 1e9),
-                             "cpu_s": cpu, "us_per_chunk": cpu / chunks * 1e6, "wall_s": run.wall_s,
-                             "server_us_per_chunk": None if server_cpu is None else server_cpu / chunks * 1e6})
-                r = rows[-1]
-                h.log(f"{name} c={conc}: {r['chunks']} chunks in {r['window_s']:.2f} s = "
-                      f"{r['chunks_per_s']:,.0f}/s; client CPU {cpu:.2f} s = {r['us_per_chunk']:.2f} us/chunk")
-    finally:
-        sim.stop()
-    return report(rows)
+    plan = [(conc, a.requests) for conc in a.concurrency]
+    return report(h.run_matrix(sim, work, plan, clients, builders, measure, sample_server=True))
+
+
+def measure(name: str, conc: int, out: Path, run: h.ClientRun, recs: list[dict]) -> dict:
+    start = min(r["arrived_ns"] for r in recs)
+    end = max(r["event_ns"][-1] for r in recs if r["event_ns"])
+    chunks = sum(len(r["event_ns"]) for r in recs)
+    cpu = run.cpu_since(start)
+    server_cpu = run.server_cpu(start, end)
+    r = {"client": name, "conc": conc, "requests": len(recs), "ok": peers.count_ok(name, out),
+         "chunks": chunks, "window_s": (end - start) / 1e9, "chunks_per_s": chunks / ((end - start) / 1e9),
+         "cpu_s": cpu, "us_per_chunk": cpu / chunks * 1e6, "wall_s": run.wall_s,
+         "server_us_per_chunk": None if server_cpu is None else server_cpu / chunks * 1e6}
+    h.log(f"{name} c={conc}: {chunks} chunks in {r['window_s']:.2f} s = {r['chunks_per_s']:,.0f}/s; "
+          f"client CPU {cpu:.2f} s = {r['us_per_chunk']:.2f} us/chunk")
+    return r
 
 
 def report(rows: list[dict]) -> int:
-    print(f"\n{'client':<15}{'conc':>5}{'requests':>9}{'ok':>6}{'chunks':>9}{'window s':>9}{'chunks/s':>10}"
-          f"{'CPU s':>8}{'us/chunk':>9}{'server us/chunk':>16}")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['client']:<15}{r['conc']:>5}  failed: {r['error']}")
-            continue
-        print(f"{r['client']:<15}{r['conc']:>5}{r['requests']:>9}{r['ok']:>6}{r['chunks']:>9}{r['window_s']:>9.2f}"
-              f"{r['chunks_per_s']:>10,.0f}{r['cpu_s']:>8.2f}{r['us_per_chunk']:>9.2f}"
-              f"{'-' if r['server_us_per_chunk'] is None else format(r['server_us_per_chunk'], '.2f'):>16}")
+    h.print_table(rows, [("requests", "requests", 9, "d"), ("ok", "ok", 6, "d"), ("chunks", "chunks", 9, "d"),
+                         ("window s", "window_s", 9, ".2f"), ("chunks/s", "chunks_per_s", 10, ",.0f"),
+                         ("CPU s", "cpu_s", 8, ".2f"), ("us/chunk", "us_per_chunk", 9, ".2f"),
+                         ("server us/chunk", "server_us_per_chunk", 16, ".2f")])
     ok = [r for r in rows if "error" not in r]
     ours = [r for r in ok if r["client"] == "almanac"]
     peer = [r for r in ok if r["client"] in ("vllm", "guidellm")]

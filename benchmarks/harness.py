@@ -177,6 +177,39 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples)
 
 
+def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, int]], clients: list[str], builders,
+               measure, sample_server: bool = False) -> list[dict]:
+    """Every client at every (concurrency, requests) of `plan`, one after the other, against
+    `sim`; `measure(name, conc, out_dir, run, sim_records)` makes a row. Stops the simulator."""
+    rows = []
+    try:
+        for conc, n in plan:
+            for name in clients:
+                out = work / f"{name}-c{conc}"
+                out.mkdir(exist_ok=True)
+                cmd, env = builders[name](sim.url, out, n, conc)
+                run = run_client(name, cmd, env, server_pid=sim.proc.pid if sample_server else None)
+                recs = sim.new_records()
+                if run.rc != 0 or not recs:
+                    why = f"exit {run.rc}" if run.rc else "no request reached the simulator"
+                    rows.append({"client": name, "conc": conc, "error": why})
+                    continue
+                rows.append(measure(name, conc, out, run, recs))
+    finally:
+        sim.stop()
+    return rows
+
+
+def print_table(rows: list[dict], columns: list[tuple[str, str, int, str]], note: str = "") -> None:
+    """One line per row: client, concurrency, then `columns` as (header, key, width, format);
+    None prints as '-', a failed run as its error."""
+    print("\n" + f"{'client':<15}{'conc':>5}" + "".join(f"{head:>{w}}" for head, _, w, _ in columns) + note)
+    for r in rows:
+        cells = (f"  failed: {r['error']}" if "error" in r else "".join(
+            f"{'-' if r[key] is None else format(r[key], fmt):>{w}}" for _, key, w, fmt in columns))
+        print(f"{r['client']:<15}{r['conc']:>5}{cells}")
+
+
 # -- the clients -----------------------------------------------------------------------------
 def tokenizer_dir() -> Path:
     """The bundled SmolLM2 tokenizer (prepared by the default grid, or by this function)."""

@@ -41,24 +41,14 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     tok = h.tokenizer_dir()
     build = peers.builders(tok, ISL, OSL)
-    rows = []
     sim = h.Sim(work, "--ttft-ms", str(TTFT_MS), "--tpot-ms", str(TPOT_MS), "--prompt-tokens", str(ISL))
-    try:
-        for conc, n in RUNS:
-            for name in a.clients.split(","):
-                out = work / f"{name}-c{conc}"
-                out.mkdir(exist_ok=True)
-                cmd, env = build[name](sim.url, out, n, conc)
-                run = h.run_client(name, cmd, env)
-                recs = sim.new_records()
-                if run.rc != 0:
-                    rows.append({"client": name, "conc": conc, "error": f"exit {run.rc}"})
-                    continue
-                rows.append(compare(name, conc, peers.read(name, out, tok, ISL), recs))
-                h.log(f"{name} c={conc}: {fmt(rows[-1])}")
-    finally:
-        sim.stop()
-    return report(rows)
+
+    def measure(name: str, conc: int, out: Path, run: h.ClientRun, recs: list[dict]) -> dict:
+        row = compare(name, conc, peers.read(name, out, tok, ISL), recs)
+        h.log(f"{name} c={conc}: {fmt(row)}")
+        return row
+
+    return report(h.run_matrix(sim, work, list(RUNS), a.clients.split(","), build, measure))
 
 
 def compare(name: str, conc: int, measured: dict, recs: list[dict]) -> dict:
@@ -90,14 +80,10 @@ def fmt(r: dict) -> str:
 
 
 def report(rows: list[dict]) -> int:
-    print(f"\n{'client':<10}{'conc':>5}{'paired':>8}{'TTFT err mean':>15}{'p99':>10}{'max':>10}"
-          f"{'TPOT err mean':>15}{'|p99|':>10}   (ms)")
-    for r in rows:
-        if "error" in r:
-            print(f"{r['client']:<10}{r['conc']:>5}  failed: {r['error']}")
-            continue
-        print(f"{r['client']:<10}{r['conc']:>5}{r['paired']:>8}{r['ttft_mean']:>+15.3f}{r['ttft_p99']:>+10.3f}"
-              f"{r['ttft_max']:>+10.3f}{r['tpot_mean']:>+15.4f}{r['tpot_p99']:>10.4f}")
+    h.print_table(rows, [("paired", "paired", 8, "d"), ("TTFT err mean", "ttft_mean", 15, "+.3f"),
+                         ("p99", "ttft_p99", 10, "+.3f"), ("max", "ttft_max", 10, "+.3f"),
+                         ("TPOT err mean", "tpot_mean", 15, "+.4f"), ("|p99|", "tpot_p99", 10, ".4f")],
+                  note="   (ms)")
     print()
     passed = True
     for r in rows:

@@ -145,14 +145,13 @@ class StreamingClient:
     def request_bytes(self, path: str, body: bytes) -> bytes:
         return self._head.format(path=self.prefix + path, n=len(body)).encode() + body
 
-    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]],
-                   on_send=None, payload: bytes | None = None) -> int:
+    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]], on_send=None) -> int:
         """Send one request; fill `raw` with (arrival ns, body piece); return the HTTP status.
 
         `on_send()` is called just before the request's bytes are written (to stamp the send
         time). A pooled connection that the server had already closed is replaced once,
         transparently, if nothing of the response had arrived on it."""
-        data = payload if payload is not None else self.request_bytes(path, body)
+        data = self.request_bytes(path, body)
         conn = self._take_idle()
         reused = conn is not None
         for attempt in (0, 1):

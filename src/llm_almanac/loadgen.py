@@ -350,6 +350,9 @@ class LoadGenerator:
         return httpx.AsyncClient(base_url=self.base_url, limits=limits, timeout=timeout)
 
     # -- one request ------------------------------------------------------------------------
+    def _timeout_error(self) -> str:
+        return f"timeout: no complete response within {self.request_timeout_s:g} s"
+
     async def send(self, client: httpx.AsyncClient | StreamingClient, req: Req) -> Req:
         req.picked_ns = time.perf_counter_ns()
         if not req.scheduled_ns:  # sequential and warm-up: due the moment the client gets to it
@@ -358,8 +361,6 @@ class LoadGenerator:
             return await self._send_fast(client, req)
         headers = {"content-type": "application/json", "accept": "text/event-stream"}
         req.sent_ns = time.perf_counter_ns()
-        if not req.scheduled_ns:
-            req.scheduled_ns = req.sent_ns
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 async with client.stream("POST", self.path, content=req.body, headers=headers) as resp:
@@ -372,7 +373,7 @@ class LoadGenerator:
                         async for chunk in resp.aiter_bytes():
                             raw.append((time.perf_counter_ns(), chunk))
         except TimeoutError:
-            req.error = f"timeout: no complete response within {self.request_timeout_s:g} s"
+            req.error = self._timeout_error()
         except httpx.TimeoutException as exc:
             req.error = f"timeout: {type(exc).__name__} after {self.request_timeout_s:g} s"
         except httpx.HTTPError as exc:
@@ -381,27 +382,23 @@ class LoadGenerator:
         return req
 
     async def _send_fast(self, client: StreamingClient, req: Req) -> Req:
-        payload = client.request_bytes(self.path, req.body)
-
         def stamp() -> None:
             req.sent_ns = time.perf_counter_ns()
 
         try:
             async with asyncio.timeout(self.request_timeout_s):
-                status = await client.post(self.path, req.body, req.raw, on_send=stamp, payload=payload)
+                status = await client.post(self.path, req.body, req.raw, on_send=stamp)
             req.http_status = status
             if status != 200:
                 text = b"".join(c for _, c in req.raw).decode(errors="replace")
                 req.raw.clear()
                 req.error = f"HTTP {status}: {text[:300]}"
         except TimeoutError:
-            req.error = f"timeout: no complete response within {self.request_timeout_s:g} s"
+            req.error = self._timeout_error()
         except HTTPError as exc:
             req.error = f"HTTPError: {exc}"
-        if not req.sent_ns:
+        if not req.sent_ns:  # the connect failed: nothing was sent
             req.sent_ns = time.perf_counter_ns()
-        if not req.scheduled_ns:
-            req.scheduled_ns = req.sent_ns
         req.end_ns = time.perf_counter_ns()
         return req
 
