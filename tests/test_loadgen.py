@@ -1,22 +1,14 @@
 import asyncio
-import threading
 
 import pytest
 
-from llm_almanac import metrics
-from llm_almanac.loadgen import LoadGenerator, Req, parse_stream, request_row
-from llm_almanac.sim import SimConfig, SimServer
+from llm_almanac import metrics, tables
+from llm_almanac.loadgen import LoadGenerator, Req, request_row
+from llm_almanac.stream import parse_stream
+from llm_almanac.sim import SimConfig
 
-MS = 1_000_000
-
-
-def _ev(text=None, usage=None):
-    import orjson
-    obj = {"choices": [] if text is None else [{"index": 0, "text": text}]}
-    if usage:
-        obj["usage"] = usage
-    return b"data: " + orjson.dumps(obj) + b"\n\n"
-
+from conftest import MS, _ev
+from conftest import rows_of as _rows
 
 def test_parse_stream_counts_only_token_bearing_events_and_stamps_completing_read():
     usage = {"prompt_tokens": 8, "completion_tokens": 3}
@@ -68,30 +60,6 @@ def test_request_row_flags_token_mismatch_and_missing_usage():
     assert row["status"] == "failed" and row["error"] == "HTTP 500: x" and row["ttft_ms"] is None
 
 
-class SimThread:
-    """The simulator on its own event loop in a thread, so client and server timing are apart."""
-
-    def __init__(self, cfg):
-        self.loop = asyncio.new_event_loop()
-        self.srv = SimServer(cfg)
-        self.t = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.t.start()
-        self.port = asyncio.run_coroutine_threadsafe(self.srv.start(), self.loop).result(5)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self):
-        asyncio.run_coroutine_threadsafe(self.srv.close(), self.loop).result(5)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.t.join(5)
-
-
-@pytest.fixture
-def sim(request):
-    s = SimThread(request.param)
-    yield s
-    s.close()
-
-
 def _gen(url, osl=16, timeout=10.0, isl=5, transport="fast"):
     return LoadGenerator(url, "sim", isl=isl, osl=osl, make_prompt=lambda i: f"p{i} a b c d",
                          request_timeout_s=timeout, transport=transport)
@@ -104,7 +72,7 @@ TRANSPORTS = pytest.mark.parametrize("transport", ["fast", "httpx"])
 @TRANSPORTS
 def test_timing_matches_simulator_log(sim, transport):
     gen = _gen(sim.url, transport=transport)
-    rows = asyncio.run(gen.sequential(4))
+    rows = _rows(gen, gen.sequential(4))
     assert [r["status"] for r in rows] == ["ok"] * 4
     for row, rec in zip(rows, sim.srv.records):
         assert row["completion_tokens"] == 16 and row["prompt_tokens"] == 5
@@ -120,15 +88,13 @@ def test_timing_matches_simulator_log(sim, transport):
 @pytest.mark.parametrize("sim", [SimConfig(ttft_ms=0, tpot_ms=50, max_concurrency=2)], indirect=True)
 def test_burst_faster_than_sequential_and_sweep_between(sim):
     gen = _gen(sim.url, osl=10)
-    seq = metrics.summarize(metrics.requests_frame(
-        [{**r, "cell_id": "c", "repeat": 0} for r in asyncio.run(gen.sequential(3))]))
-    burst = metrics.summarize(metrics.requests_frame(
-        [{**r, "cell_id": "c", "repeat": 0} for r in asyncio.run(gen.burst(8))]))
+    seq = metrics.summarize(tables.frame(tables.REQUESTS, _rows(gen, gen.sequential(3), "c")))
+    burst = metrics.summarize(tables.frame(tables.REQUESTS, _rows(gen, gen.burst(8), "c")))
     s, b = seq["rps"][0], burst["rps"][0]
     # 2 server slots: the burst is ~2x the sequential rate.
     assert 1.5 * s < b < 2.5 * s
     rate = metrics.sweep_rates(s, b, 1)[0]
-    rows = asyncio.run(gen.rate(rate, 1.0, step=0))
+    rows = _rows(gen, gen.rate(rate, 1.0, step=0))
     assert len(rows) == max(1, int(-(-1.0 * rate // 1)))  # ceil(duration * rate) arrivals
     assert all(r["target_rps"] == rate and r["status"] == "ok" for r in rows)
     sent = sorted(r["sent_s"] for r in rows)
@@ -139,32 +105,39 @@ def test_burst_faster_than_sequential_and_sweep_between(sim):
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1, fault="stall")], indirect=True)
 @TRANSPORTS
 def test_stalled_stream_times_out_as_failure(sim, transport):
-    rows = asyncio.run(_gen(sim.url, osl=8, timeout=0.5, transport=transport).sequential(1))
+    gen = _gen(sim.url, osl=8, timeout=0.5, transport=transport)
+    rows = _rows(gen, gen.sequential(1))
     assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("timeout")
 
 
 @pytest.mark.parametrize("sim", [SimConfig(fault="http500")], indirect=True)
 @TRANSPORTS
 def test_http_error_is_failure_with_status(sim, transport):
-    rows = asyncio.run(_gen(sim.url, transport=transport).sequential(1))
+    gen = _gen(sim.url, transport=transport)
+    rows = _rows(gen, gen.sequential(1))
     assert rows[0]["status"] == "failed" and rows[0]["error"].startswith("HTTP 500")
     assert "simulated failure" in rows[0]["error"]
 
 
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=2, max_concurrency=2)], indirect=True)
 def test_run_phases_sweep_between_anchors_and_fixed_rates_for_repeats(sim):
-    from llm_almanac.cell import BENCH_DEFAULTS, run_phases
+    from llm_almanac.config import defaults
+    from llm_almanac.phases import PhaseStore, Plan, run_phases
 
-    bench = {**BENCH_DEFAULTS, "warmup_requests": 2, "sequential_requests": 3, "burst_requests": 8,
+    bench = {**defaults("bench"), "warmup_requests": 2, "sequential_requests": 3, "burst_requests": 8,
              "sweep_rates": 2, "sweep_duration_s": 0.5}
     gen = _gen(sim.url, osl=8)
-    df, rates = asyncio.run(run_phases(gen, bench, []))
+    store = PhaseStore()
+    rates = asyncio.run(run_phases(gen, Plan(bench), store, [], "c"))
+    df = store.frame()
     assert set(df["phase"]) == {"sequential", "burst", "sweep"} and "warmup" not in set(df["phase"])
-    ph = metrics.summarize(df.with_columns(cell_id=pl_lit("c")))
+    ph = metrics.summarize(df)
     rps = dict(zip(ph["phase"], ph["rps"]))
     assert len(rates) == 2 and all(rps["sequential"] < r < rps["burst"] for r in rates)
     n_before = len(sim.srv.records)
-    df2, rates2 = asyncio.run(run_phases(gen, bench, [], rates=rates, repeat=1))
+    store2 = PhaseStore()
+    rates2 = asyncio.run(run_phases(gen, Plan(bench, repeat=1, rates=rates), store2, [], "c"))
+    df2 = store2.frame()
     assert rates2 == rates
     assert len(sim.srv.records) - n_before == len(df2)  # no second warm-up
     assert set(df2["repeat"]) == {1} and set(df["repeat"]) == {0}
@@ -172,17 +145,12 @@ def test_run_phases_sweep_between_anchors_and_fixed_rates_for_repeats(sim):
     assert set(df["request_id"]).isdisjoint(set(df2["request_id"]))  # prompts stay unique
 
 
-def pl_lit(v):
-    import polars as pl
-
-    return pl.lit(v)
-
-
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1, max_concurrency=2)], indirect=True)
 def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim, tmp_path):
-    from llm_almanac.cell import BENCH_DEFAULTS, CellFailure, Checkpoint, run_phases
+    from llm_almanac.config import defaults
+    from llm_almanac.phases import CellFailure, Checkpoint, Plan, run_phases
 
-    bench = {**BENCH_DEFAULTS, "warmup_requests": 1, "sequential_requests": 3, "burst_requests": 6,
+    bench = {**defaults("bench"), "warmup_requests": 1, "sequential_requests": 3, "burst_requests": 6,
              "sweep_rates": 2, "sweep_duration_s": 0.3}
 
     def crash_in_sweep(label, n_failed=0):
@@ -191,7 +159,7 @@ def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim,
 
     store = Checkpoint(tmp_path / "partial", "fp1")
     with pytest.raises(CellFailure, match="during sweep\\[0\\]"):
-        asyncio.run(run_phases(_gen(sim.url, osl=4), bench, [], store=store, check=crash_in_sweep))
+        asyncio.run(run_phases(_gen(sim.url, osl=4), Plan(bench), store, [], check=crash_in_sweep))
     assert sorted(p.stem for p in (tmp_path / "partial").glob("*.parquet")) == ["0-burst-0", "0-sequential-0"]
     measured_before = len(sim.srv.records)
 
@@ -199,7 +167,8 @@ def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim,
     store2 = Checkpoint(tmp_path / "partial", "fp1")
     gen2 = _gen(sim.url, osl=4)
     gen2.skip_ids_to(store2.max_request_id() + 1)
-    df, rates = asyncio.run(run_phases(gen2, bench, [], store=store2))
+    rates = asyncio.run(run_phases(gen2, Plan(bench), store2, []))
+    df = store2.frame()
     new = len(sim.srv.records) - measured_before
     n_sweep = df.filter(df["phase"] == "sweep").height
     assert new == 1 + n_sweep  # one warm-up + the sweep; sequential and burst were not re-run
@@ -214,9 +183,9 @@ def test_checkpoint_keeps_measured_phases_and_resume_measures_only_the_rest(sim,
 @pytest.mark.parametrize("sim", [SimConfig(tpot_ms=1)], indirect=True)
 def test_keepalive_off_gives_each_request_its_own_connection(sim, transport):
     gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"p{i} a b c d", transport=transport)
-    assert all(r["status"] == "ok" for r in asyncio.run(gen.sequential(4)))
+    assert all(r["status"] == "ok" for r in _rows(gen, gen.sequential(4)))
     assert sim.srv.connections == 1  # one pooled connection, reused
     gen = LoadGenerator(sim.url, "sim", isl=5, osl=4, make_prompt=lambda i: f"q{i} a b c d", keepalive=False,
                         transport=transport)
-    assert all(r["status"] == "ok" for r in asyncio.run(gen.sequential(4)))
+    assert all(r["status"] == "ok" for r in _rows(gen, gen.sequential(4)))
     assert sim.srv.connections == 1 + 4

@@ -1,7 +1,7 @@
 
 import pytest
 
-from llm_almanac import metrics
+from llm_almanac import metrics, tables
 from llm_almanac.metrics import request_timing, summarize, sweep_rates
 
 MS = 1_000_000
@@ -45,7 +45,7 @@ def test_summarize_window_rate_and_percentiles():
         _row(2, 0.7, 4.0, 300.0, 30.0, [50.0, 60.0]),
         _row(3, 0.8, 9.0, None, None, [], ct=None, status="failed"),  # excluded everywhere
     ]
-    ph = summarize(metrics.requests_frame(rows)).row(0, named=True)
+    ph = summarize(tables.frame(tables.REQUESTS, rows)).row(0, named=True)
     assert (ph["n_ok"], ph["n_failed"]) == (3, 1)
     # window = last ok completion (4.0) - first send (0.0)
     assert ph["duration_s"] == pytest.approx(4.0)
@@ -65,10 +65,10 @@ def test_summarize_groups_phases_and_counts_mismatches():
     rows = [_row(0, 0, 1, 1.0, 1.0, [1.0], phase="sequential"),
             _row(1, 1, 2, 1.0, 1.0, [1.0], phase="sequential", mismatch=True),
             _row(2, 3, 4, 1.0, 1.0, [1.0], phase="sweep", step=1)]
-    ph = summarize(metrics.requests_frame(rows))
+    ph = summarize(tables.frame(tables.REQUESTS, rows))
     assert ph.select("phase", "step", "n_ok", "n_token_mismatch").rows() == [
         ("sequential", 0, 2, 1), ("sweep", 1, 1, 0)]
-    assert list(ph.columns) == list(metrics.PHASE_SCHEMA)
+    assert list(ph.columns) == list(tables.PHASES)
 
 
 def test_sweep_rates_strictly_between_anchors():
@@ -80,7 +80,7 @@ def test_sweep_rates_strictly_between_anchors():
 
 
 def test_empty_summary_has_contract_columns():
-    assert summarize(metrics.requests_frame([])).columns == list(metrics.PHASE_SCHEMA)
+    assert summarize(tables.empty(tables.REQUESTS)).columns == list(tables.PHASES)
     for m in ("ttft", "tpot", "itl", "e2e"):
         for s in ("mean", "p50", "p90", "p95", "p99"):
-            assert f"{m}_{s}_ms" in metrics.PHASE_SCHEMA
+            assert f"{m}_{s}_ms" in tables.PHASES

@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from llm_almanac import metrics
+from llm_almanac import metrics, tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.install import env_id, requirements
 from llm_almanac.models import ModelError, prepare_model
@@ -90,7 +90,7 @@ def _cell_dir(root, cid, status="ok", n=3):
              "tpot_ms": 1.0, "e2e_ms": 20.0, "itl_ms": [1.0], "n_token_events": 2, "prompt_tokens": 8,
              "completion_tokens": 2, "requested_isl": 8, "requested_osl": 2, "token_mismatch": False,
              "status": "ok", "error": None} for i in range(n if status == "ok" else 0)]
-    req = metrics.requests_frame(rows)
+    req = tables.frame(tables.REQUESTS, rows)
     req.write_parquet(d / "requests.parquet")
     metrics.summarize(req).write_parquet(d / "phases.parquet")
     (d / "cell.json").write_text(json.dumps({

@@ -14,7 +14,8 @@ from llm_almanac.aggregate import aggregate
 from llm_almanac.analyse import analyse
 from llm_almanac.report import build_report
 
-from test_slo import _frames
+from conftest import frames as _frames
+from conftest import render
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,27 +87,7 @@ def test_cli_show_query_export(fixture_db, tmp_path):
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["cells.csv", "phases.csv", "requests.csv", "slo.csv"]
 
 
-def chromium():
-    exe = shutil.which("chromium") or shutil.which("chromium-browser")
-    assert exe, "chromium is not installed: `make test` installs it (Debian package chromium)"
-    return exe
 
-
-CHROME_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--virtual-time-budget=5000"]
-
-
-def render(html_path: Path, tmp_path: Path) -> tuple[str, Path]:
-    """The DOM after scripts ran, and a screenshot, from a real headless Chromium."""
-    exe = chromium()
-    prof = tmp_path / "profile"
-    dom = subprocess.run([exe, *CHROME_FLAGS, f"--user-data-dir={prof}", "--dump-dom", html_path.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
-    png = tmp_path / "report.png"
-    subprocess.run([exe, *CHROME_FLAGS, f"--user-data-dir={prof}", "--window-size=1400,2400",
-                    f"--screenshot={png}", html_path.as_uri()], capture_output=True, timeout=120)
-    return dom, png
 
 
 def test_report_renders_plots_and_filters_in_chromium(fixture_db, tmp_path):

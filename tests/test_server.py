@@ -105,11 +105,13 @@ def test_port_taken_before_bind_is_retried_on_another_port(tmp_path, monkeypatch
     monkeypatch.setattr(cellmod, "free_port", lambda: next(ports))
     info = {}
     spec = ServerSpec(python=sys.executable, model_path="m", served_name="m", quantization="bf16", port=0)
-    server, url = cellmod.start_server(Fake(), spec, dict(os.environ), tmp_path / "server.log", tmp_path, 20, info)
     try:
-        assert url.endswith(str(server.cmd[-2])) and str(taken.getsockname()[1]) not in url
-        assert "Address already in use" in (tmp_path / "server.log").read_text()
-        assert info["startup_s"] > 0
+        with cellmod.started_server(Fake(), spec, dict(os.environ), tmp_path / "server.log", tmp_path, 20,
+                                    info) as (server, url):
+            assert url.endswith(str(server.cmd[-2])) and str(taken.getsockname()[1]) not in url
+            assert "Address already in use" in (tmp_path / "server.log").read_text()
+            assert info["startup_s"] > 0
+            proc = server.proc
+        assert proc.poll() is not None  # stopped when the block ends
     finally:
-        server.stop()
         taken.close()

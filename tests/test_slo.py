@@ -2,6 +2,8 @@ import pytest
 
 from llm_almanac.slo import SLOResult, max_rps_under
 
+from conftest import frames
+
 
 def test_crossing_is_interpolated_linearly():
     # TTFT p95 rises with rate; 1000 ms is crossed between 2 rps (600 ms) and 4 rps (1400 ms).
@@ -38,34 +40,13 @@ def test_single_point_and_missing_statistics():
     assert max_rps_under([(1.0, 50.0), (2.0, None)], 100) == SLOResult(1.0, "measured")
 
 
-def _frames(points, n=40, seed=0):
-    """Constructed cell: per point (phase, step, rps, ttft centre) n requests around that TTFT."""
-    import numpy as np
 
-    from llm_almanac import metrics
-
-    rng = np.random.default_rng(seed)
-    rows = []
-    rid = 0
-    for repeat in (0, 1):
-        for phase, step, rps, ttft in points:
-            for v in rng.normal(ttft, ttft * 0.05, n):
-                rows.append({"cell_id": "c", "repeat": repeat, "phase": phase, "step": step,
-                             "target_rps": None, "request_id": rid, "scheduled_s": 0.0,
-                             "sent_s": 0.0, "end_s": n / rps, "send_lag_ms": 0.0, "ttft_ms": float(v),
-                             "tpot_ms": 10.0, "e2e_ms": float(v) + 100, "itl_ms": [10.0] * 3,
-                             "n_token_events": 4, "prompt_tokens": 8, "completion_tokens": 4,
-                             "requested_isl": 8, "requested_osl": 4, "token_mismatch": False,
-                             "status": "ok", "error": None})
-                rid += 1
-    req = metrics.requests_frame(rows)
-    return req, metrics.summarize(req)
 
 
 def test_analyse_interpolates_pools_repeats_and_brackets_with_ci():
     from llm_almanac.analyse import analyse
 
-    req, ph = _frames([("sequential", 0, 1.0, 200.0), ("sweep", 0, 2.0, 600.0),
+    req, ph = frames([("sequential", 0, 1.0, 200.0), ("sweep", 0, 2.0, 600.0),
                        ("sweep", 1, 3.0, 1400.0), ("burst", 0, 4.0, 5000.0)])
     out = analyse(req, ph, [{"name": "t1000", "conditions": [{"metric": "ttft_p95_ms", "threshold_ms": 1000}]},
                             {"name": "both", "conditions": [{"metric": "ttft_p50_ms", "threshold_ms": 1000},

@@ -27,11 +27,11 @@ import duckdb
 import pytest
 import yaml
 
-import test_e2e_snakemake as local
+import conftest as shared
 from slurm_cluster import SlurmCluster, install
 
 ROOT = Path(__file__).resolve().parents[1]
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.slurm]
 RUNTIME_MIN = 30
 MEM_MB = 4000  # a scheduling number here (no cgroups): well below any test machine's memory
 
@@ -59,10 +59,10 @@ def _profile(cluster) -> Path:
 
 
 def _snakemake(cluster, workdir, configfile, *args, check=True):
-    cmd = [*local.SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
+    cmd = [*shared.SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(workdir),
            "--configfile", str(configfile), "--workflow-profile", str(_profile(cluster)), *args]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=1800,
-                       env={**cluster.env, "HF_TOKEN": local.HF_SECRET})
+                       env={**cluster.env, "HF_TOKEN": shared.HF_SECRET})
     if check and p.returncode:
         raise AssertionError(f"snakemake failed ({p.returncode}):\n{p.stdout[-4000:]}\n{p.stderr[-8000:]}\n"
                              f"{cluster.logs()}")
@@ -70,14 +70,9 @@ def _snakemake(cluster, workdir, configfile, *args, check=True):
 
 
 @pytest.fixture(scope="module")
-def default_config_module():
-    return yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-
-
-@pytest.fixture(scope="module")
 def run(cluster, tmp_path_factory, default_config_module):
     work = tmp_path_factory.mktemp("e2e-slurm")
-    cfg = local._config(default_config_module)
+    cfg = shared.e2e_config(default_config_module)
     # a CPU cell takes the node's CPUs (and the node: --exclusive by default)
     cfg["resources"] = {"cpus": cluster.hardware["CPUs"], "mem_mb": MEM_MB, "runtime": RUNTIME_MIN}
     cfgfile = work / "config.yaml"
@@ -96,38 +91,38 @@ def db(run):
 # -- the local end-to-end run's checks, on the cluster run's database -------------------------
 
 def test_good_cell_ok_and_bad_flag_cell_failed_with_reason(db):
-    local.test_good_cell_ok_and_bad_flag_cell_failed_with_reason(db)
+    shared.check_good_cell_ok_and_bad_flag_cell_failed_with_reason(db)
 
 
 def test_exact_token_counts_on_every_ok_request(db):
-    local.test_exact_token_counts_on_every_ok_request(db)
+    shared.check_exact_token_counts_on_every_ok_request(db)
 
 
 def test_latency_fields_are_consistent(db):
-    local.test_latency_fields_are_consistent(db)
+    shared.check_latency_fields_are_consistent(db)
 
 
 @pytest.mark.parametrize("engine", ["vllm-cpu", "llama-cpp"])
 def test_sweep_strictly_between_the_anchors(db, engine):
-    local.test_sweep_strictly_between_the_anchors(db, engine)
+    shared.check_sweep_strictly_between_the_anchors(db, engine)
 
 
 def test_no_engine_process_left(run):
-    local.test_no_engine_process_left(run)
+    shared.check_no_engine_process_left(run)
 
 
 def test_slo_rows_report_and_cli_after_real_run(run, db, tmp_path):
-    local.test_slo_rows_report_and_cli_after_real_run(run, db, tmp_path)
+    shared.check_slo_rows_report_and_cli_after_real_run(run, db, tmp_path)
 
 
 def test_secrets_never_reach_results_logs_or_db(run, db):
-    local.test_secrets_never_reach_results_logs_or_db(run, db)
+    shared.check_secrets_never_reach_results_logs_or_db(run, db)
     # nor SLURM's job logs (the job's environment does hold HF_TOKEN: sbatch --export=ALL)
     logs = [f for f in (run[0] / ".snakemake" / "slurm_logs").rglob("*.log")]
     assert logs
     for f in logs:
         data = f.read_bytes()
-        assert local.ENGINE_SECRET.encode() not in data and local.HF_SECRET.encode() not in data, f
+        assert shared.ENGINE_SECRET.encode() not in data and shared.HF_SECRET.encode() not in data, f
 
 
 def test_rerun_does_nothing_and_new_shape_runs_only_new_cell(cluster, run):
@@ -219,7 +214,7 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
     job, and the profile's retry resubmits the cell, which measures only the phases it lacks."""
     import polars as pl
 
-    cfg = local._config(default_config_module)
+    cfg = shared.e2e_config(default_config_module)
     cfg["grid"] = cfg["grid"][:1]
     cfg["grid"][0]["shapes"] = [{"isl": 32, "osl": 8}]
     cfg["bench"].update(sweep_rates=2, sweep_duration_s=6)
@@ -227,7 +222,7 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
     cfgfile = tmp_path / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
     cell = tmp_path / "results/cells/smollm2-135m__vllm-cpu__bf16__32-8"
-    cmd = [*local.SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
+    cmd = [*shared.SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(cfgfile), "--workflow-profile", str(_profile(cluster))]
     out = open(tmp_path / "snakemake.out", "w")
     proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True)
@@ -245,7 +240,7 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
         while cluster.job_pids(jid):  # SLURM ends the job's processes (SIGTERM, SIGKILL after KillWait)
             assert time.monotonic() < deadline
             time.sleep(0.2)
-        assert local._engine_processes(str(tmp_path)) == []
+        assert shared.engine_processes(str(tmp_path)) == []
         kept = {f.stem: pl.read_parquet(f) for f in (cell / "partial").glob("*.parquet")}
         assert {"0-sequential-0", "0-burst-0"} <= set(kept)
         assert not (cell / "cell.json").exists()
@@ -268,4 +263,4 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
     assert set(req["phase"]) == {"sequential", "burst", "sweep"}
     log = (tmp_path / "results/logs/bench_cell/smollm2-135m__vllm-cpu__bf16__32-8.log").read_text()
     assert "kept from an earlier run, not measured again" in log
-    assert local._engine_processes(str(tmp_path)) == []
+    assert shared.engine_processes(str(tmp_path)) == []

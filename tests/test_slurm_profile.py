@@ -22,6 +22,8 @@ import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
+# real Snakemake runs with the SLURM profile (stand-in sbatch): not the fast lane
+pytestmark = pytest.mark.slurm
 GRID = ROOT / "config" / "grids" / "almanac.yaml"
 ONE_GPU = "llama-3.1-8b-instruct__vllm__bf16__1024-128"
 EIGHT_GPU = "deepseek-v3.1__sglang__fp8__1024-128"

@@ -1,110 +1,69 @@
 """Build results/almanac.duckdb from the cell files.
 
-The database is rebuilt from scratch every time (into a temporary file that replaces the old
-one at the end), so it is idempotent: no duplicate rows, and a reader never sees a half-built
-file. Failed cells are rows in `cells` with their error.
+The database is rebuilt from scratch every time into a temporary file that replaces the old
+one at the end, so it is idempotent (no duplicate rows) and a reader never sees a half-built
+file. Failed cells are rows in `cells` with their error. The tables follow tables.py; DuckDB
+reads the per-cell Parquet files itself (columns a file lacks, from an older version, are null),
+so request rows never pass through Python.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import polars as pl
 
-from . import metrics
-from .analyse import SLO_SCHEMA
+from . import tables
+from .files import read_json, replacing
 
 log = logging.getLogger(__name__)
 
-CELLS_SCHEMA: dict[str, pl.DataType] = {
-    "cell_id": pl.String,
-    "model": pl.String,
-    "engine": pl.String,
-    "engine_version": pl.String,
-    "quantization": pl.String,
-    "isl": pl.Int64,
-    "osl": pl.Int64,
-    "status": pl.String,
-    "error": pl.String,
-    "hardware": pl.String,
-    "n_gpus": pl.Int64,
-    "startup_s": pl.Float64,
-    "started_at": pl.String,
-    "finished_at": pl.String,
-    "reproduce": pl.String,
-    "server_command": pl.String,
-    "server_env": pl.String,
-    "model_origin": pl.String,
-    "notes": pl.String,
-    "bench": pl.String,
-    "python_version": pl.String,
-    "llm_almanac_version": pl.String,
-    "engine_packages": pl.String,
-    "host": pl.String,
-    "slurm_job_id": pl.String,
-    "cuda_visible_devices": pl.String,
-}
-
-DDL = {
-    "cells": "PRIMARY KEY (cell_id)",
-    "phases": "PRIMARY KEY (cell_id, repeat, phase, step)",
-    "requests": "PRIMARY KEY (cell_id, repeat, phase, request_id)",
-    "slo": "PRIMARY KEY (cell_id, slo)",
+_DUCK_TYPES: dict[Any, str] = {
+    pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.Float64: "DOUBLE",
+    pl.Boolean: "BOOLEAN", pl.List(pl.Float64): "DOUBLE[]",
 }
 
 
-def _cell_row(info: dict) -> dict:
-    row = {k: info.get(k) for k in CELLS_SCHEMA}
-    for k, empty in (("server_env", {}), ("notes", []), ("bench", {}), ("engine_packages", [])):
-        row[k] = json.dumps(info.get(k) or empty, sort_keys=True)
-    return row
+def ddl(name: str) -> str:
+    """CREATE TABLE for one of tables.TABLES, with its primary key (a duplicate row fails)."""
+    schema = tables.TABLES[name]
+    cols = ", ".join(f'"{c}" {_DUCK_TYPES[t]}' for c, t in schema.items())
+    return f'CREATE TABLE {name} ({cols}, PRIMARY KEY ({", ".join(tables.KEYS[name])}))'
+
+
+def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
+    if not files:
+        return
+    src = f"read_parquet({[str(f) for f in files]!r}, union_by_name = true)"
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    cols = ", ".join(f'"{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
+                     for c, t in tables.TABLES[name].items())
+    con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src}")
 
 
 def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None) -> dict[str, int]:
-    infos = [json.loads((d / "cell.json").read_text()) for d in cell_dirs]
-    for info in infos:
-        info["reproduce"] = (reproduce or {}).get(info["cell_id"], info.get("reproduce"))
-    cells = pl.DataFrame([_cell_row(i) for i in infos], schema=CELLS_SCHEMA)
-    # cells measured by an older version lack newer columns (e.g. the client self-check): null
-    phases = pl.concat(
-        [metrics.empty_phases(), *(pl.read_parquet(d / "phases.parquet") for d in cell_dirs)],
-        how="diagonal_relaxed",
-    ).select(list(metrics.PHASE_SCHEMA)).cast(metrics.PHASE_SCHEMA)
-    requests = pl.concat(
-        [pl.read_parquet(d / "requests.parquet") for d in cell_dirs]
-        or [metrics.requests_frame([])],
-        how="vertical_relaxed",
-    )
-    slo = pl.concat(
-        [pl.read_parquet(d / "slo.parquet") for d in cell_dirs if (d / "slo.parquet").exists()]
-        or [pl.DataFrame(schema=SLO_SCHEMA)],
-        how="vertical_relaxed",
-    ).cast(SLO_SCHEMA)
-    db_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = db_path.with_name(f".{db_path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    con = duckdb.connect(str(tmp))
-    try:
-        tables = (("cells", cells), ("phases", phases), ("requests", requests), ("slo", slo))
-        for name, df in tables:
-            con.register(f"{name}_df", df.to_arrow())
-            # Create with the key constraint, then insert: a duplicate row fails loudly.
-            con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_df LIMIT 0")
-            cols = ", ".join(f'"{c}" {t}' for c, t in con.execute(
-                f"SELECT column_name, data_type FROM information_schema.columns "
-                f"WHERE table_name = '{name}' ORDER BY ordinal_position").fetchall())
-            con.execute(f"DROP TABLE {name}")
-            con.execute(f"CREATE TABLE {name} ({cols}, {DDL[name]})")
-            con.execute(f"INSERT INTO {name} SELECT * FROM {name}_df")
-            con.unregister(f"{name}_df")
-        counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0]
-                  for n, _ in tables}
-    finally:
-        con.close()
-    os.replace(tmp, db_path)
+    """Write every cell's files into one database at db_path; returns the row count per table."""
+    rows = []
+    for d in cell_dirs:
+        record = read_json(d / "cell.json")
+        record["reproduce"] = (reproduce or {}).get(record["cell_id"], record.get("reproduce"))
+        rows.append(tables.cell_row(record))
+    cells = tables.frame(tables.CELLS, rows)
+    with replacing(db_path) as tmp:
+        con = duckdb.connect(str(tmp))
+        try:
+            for name in tables.TABLES:
+                con.execute(ddl(name))
+            con.register("cells_df", cells.to_arrow())
+            con.execute("INSERT INTO cells SELECT * FROM cells_df")
+            for name, fname in (("phases", "phases.parquet"), ("requests", "requests.parquet"),
+                                ("slo", "slo.parquet")):
+                _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
+            counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}
+        finally:
+            con.close()
     log.info("wrote %s: %s", db_path, counts)
     return counts

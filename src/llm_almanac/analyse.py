@@ -17,28 +17,10 @@ from typing import Any
 import numpy as np
 import polars as pl
 
+from . import tables
+from .config import defaults
+from .files import read_json
 from .slo import max_rps_under
-
-DEFAULT_SLOS: list[dict[str, Any]] = [
-    {"name": "ttft_p95<=1000ms", "conditions": [{"metric": "ttft_p95_ms", "threshold_ms": 1000}]},
-    {"name": "ttft_p95<=300ms", "conditions": [{"metric": "ttft_p95_ms", "threshold_ms": 300}]},
-    {"name": "tpot_p95<=100ms", "conditions": [{"metric": "tpot_p95_ms", "threshold_ms": 100}]},
-    {"name": "ttft_p95<=1000ms+tpot_p95<=100ms", "conditions": [
-        {"metric": "ttft_p95_ms", "threshold_ms": 1000}, {"metric": "tpot_p95_ms", "threshold_ms": 100}]},
-]
-
-SLO_SCHEMA: dict[str, Any] = {
-    "cell_id": pl.String,
-    "slo": pl.String,
-    "metric": pl.String,
-    "threshold_ms": pl.Float64,
-    "max_rps": pl.Float64,
-    "basis": pl.String,
-    "ci_low_rps": pl.Float64,
-    "ci_high_rps": pl.Float64,
-    "n_points": pl.Int64,
-    "n_repeats": pl.Int64,
-}
 
 _STATS = {"mean", "p50", "p90", "p95", "p99", "min", "max"}
 
@@ -108,11 +90,12 @@ def _answer(points: list[dict[str, Any]], conditions: list[dict[str, Any]], idxs
 
 
 def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, Any]] | None = None,
-            bootstrap: int = 200, seed: int = 0) -> pl.DataFrame:
+            bootstrap: int | None = None, seed: int = 0) -> pl.DataFrame:
     """One row per SLO of the cell (empty for a cell without measurements)."""
-    slos = slos or DEFAULT_SLOS
+    slos = slos or defaults("analysis")["slos"]
+    bootstrap = int(defaults("analysis")["bootstrap"]) if bootstrap is None else bootstrap
     if phases.is_empty():
-        return pl.DataFrame(schema=SLO_SCHEMA)
+        return tables.empty(tables.SLO)
     cell = phases["cell_id"][0]
     points = _points(requests, phases)
     n_rep = int(phases["repeat"].n_unique())
@@ -138,18 +121,15 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
             "ci_low_rps": lo, "ci_high_rps": hi,
             "n_points": len(points), "n_repeats": n_rep,
         })
-    return pl.DataFrame(rows, schema=SLO_SCHEMA)
+    return tables.frame(tables.SLO, rows)
 
 
 def analyse_cell(cell_json: str, requests_path: str, phases_path: str,
                  analysis: dict[str, Any] | None = None) -> pl.DataFrame:
     """The `slo` rows of one cell's files. A failed cell may keep some phases, but not a whole
     curve, so no SLO answer is read from it (no rows)."""
-    import json
-    from pathlib import Path
-
-    analysis = analysis or {}
-    ok = json.loads(Path(cell_json).read_text())["status"] == "ok"
+    analysis = {**defaults("analysis"), **(analysis or {})}
+    ok = read_json(cell_json)["status"] == "ok"
     phases = pl.read_parquet(phases_path)
     return analyse(pl.read_parquet(requests_path), phases if ok else phases.clear(),
-                   analysis.get("slos"), int(analysis.get("bootstrap", 200)))
+                   analysis.get("slos"), int(analysis["bootstrap"]))

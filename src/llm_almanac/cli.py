@@ -26,12 +26,14 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import loadgen, logs, metrics
-from .db import frame
-from .cell import (BENCH_DEFAULTS, PHASES, CellFailure, PhaseStore, check_prompt_tokens, run_phases,
-                   saturation_notes)
+from . import loadgen, logs, phases
+from .config import defaults
+from .db import DB_PATH, frame
 from .files import write_parquet
-from .loadgen import ENDPOINTS, TRANSPORTS, LoadGenerator
+from .loadgen import ARRIVALS, ENDPOINTS, TRANSPORTS, LoadGenerator
+from .phases import PHASES, CellFailure, Plan
+
+BENCH_DEFAULTS = defaults("bench")
 
 
 def _tokenizer_file(path: str) -> Path:
@@ -63,42 +65,40 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
+    from .cell import check_prompt_tokens
+    from .engines import get_engine
     from .prompts import PromptFactory
 
     logs.setup(None)
-    phases = tuple(p.strip() for p in a.phases.split(",") if p.strip())
     bench = {**BENCH_DEFAULTS, "warmup_requests": a.warmup_requests,
              "sequential_requests": a.sequential_requests, "burst_requests": a.burst_requests,
              "max_concurrency": a.max_concurrency, "sweep_rates": a.sweep_rates,
              "sweep_duration_s": a.sweep_duration, "arrival": a.arrival,
              "request_timeout_s": a.request_timeout, "endpoint": a.endpoint, "seed": a.seed,
              "transport": a.transport}
+    plan = Plan(bench, tuple(p.strip() for p in a.phases.split(",") if p.strip()))
     prompts = PromptFactory.from_file(_tokenizer_file(a.tokenizer), a.isl, a.seed)
     base = a.base_url.rstrip("/")
     if a.check_tokenize:
-        from .engines import get_engine
-
         check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
-    extras = {"ignore_eos": True}
+    extras: dict[str, object] = {"ignore_eos": True}
     if a.min_tokens:
         extras["min_tokens"] = a.osl
     gen = LoadGenerator(base, a.model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
                         extras=extras, request_timeout_s=a.request_timeout, transport=a.transport)
     notes: list[str] = []
-    store = PhaseStore()
+    store = phases.PhaseStore()
     try:
-        requests, _ = loadgen.run(run_phases(gen, bench, notes, phases, store=store))
+        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label))
     except (CellFailure, ValueError) as exc:
         print(f"almanac bench: {exc}", file=sys.stderr)
         return 2
-    requests = requests.with_columns(pl.lit(a.label).alias("cell_id"), pl.lit(0, pl.Int32).alias("repeat"))
-    summary = metrics.summarize(requests, store.client_frame(a.label))
-    notes += saturation_notes(summary)
+    requests, summary, more = phases.results(store, a.label)
     out = Path(a.out)
-    write_parquet(out / "requests.parquet", requests.select(list(metrics.REQUEST_SCHEMA)))
+    write_parquet(out / "requests.parquet", requests)
     write_parquet(out / "phases.parquet", summary)
     print_phases(summary)
-    for n in notes:
+    for n in notes + more:
         print(f"note: {n}", file=sys.stderr)
     print(f"wrote {out / 'requests.parquet'} and {out / 'phases.parquet'}")
     return 0
@@ -123,9 +123,6 @@ def cmd_cells(a: argparse.Namespace) -> int:
     for c in cells:
         print(c.cell_id)
     return 0
-
-
-DB_DEFAULT = "results/almanac.duckdb"
 
 
 def _connect(path: str):
@@ -286,19 +283,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup-requests", type=int, default=BENCH_DEFAULTS["warmup_requests"])
     b.add_argument("--sequential-requests", type=int, default=BENCH_DEFAULTS["sequential_requests"])
     b.add_argument("--burst-requests", type=int, default=BENCH_DEFAULTS["burst_requests"])
-    b.add_argument("--max-concurrency", type=int, default=0, help="0 = unlimited")
+    b.add_argument("--max-concurrency", type=int, default=BENCH_DEFAULTS["max_concurrency"], help="0 = unlimited")
     b.add_argument("--sweep-rates", type=int, default=BENCH_DEFAULTS["sweep_rates"])
     b.add_argument("--sweep-duration", type=float, default=BENCH_DEFAULTS["sweep_duration_s"])
-    b.add_argument("--arrival", choices=["constant", "poisson"], default="constant")
-    b.add_argument("--endpoint", choices=sorted(ENDPOINTS), default="completions")
+    b.add_argument("--arrival", choices=list(ARRIVALS), default=BENCH_DEFAULTS["arrival"])
+    b.add_argument("--endpoint", choices=sorted(ENDPOINTS), default=BENCH_DEFAULTS["endpoint"])
     b.add_argument("--request-timeout", type=float, default=BENCH_DEFAULTS["request_timeout_s"])
-    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--seed", type=int, default=BENCH_DEFAULTS["seed"])
     b.add_argument("--min-tokens", action="store_true", help="also send min_tokens=OSL (vLLM)")
     b.add_argument("--check-tokenize", action="store_true",
                    help="check prompt length with the server's /tokenize")
     b.add_argument("--tokenize-style", choices=["vllm", "llamacpp"], default="vllm",
                    help="request/response shape of that /tokenize")
-    b.add_argument("--transport", choices=list(TRANSPORTS), default="fast",
+    b.add_argument("--transport", choices=list(TRANSPORTS), default=BENCH_DEFAULTS["transport"],
                    help="HTTP client: fast (asyncio + llhttp, default) or httpx")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
     b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
@@ -312,27 +309,27 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--ttft-ms", type=float)
     sl.add_argument("--tpot-ms", type=float)
     sl.add_argument("--percentile", default="p95", choices=["p50", "p90", "p95", "p99", "mean"])
-    sl.add_argument("--bootstrap", type=int, default=200)
+    sl.add_argument("--bootstrap", type=int, default=defaults("analysis")["bootstrap"])
     for col, typ in (("model", str), ("engine", str), ("quantization", str), ("isl", int), ("osl", int)):
         sl.add_argument(f"--{col}", type=typ)
-    sl.add_argument("--db", default=DB_DEFAULT)
+    sl.add_argument("--db", default=DB_PATH)
     sl.set_defaults(func=cmd_slo)
 
     sh = sub.add_parser("show", help="a cell's status, phases and SLOs")
     sh.add_argument("cell")
-    sh.add_argument("--db", default=DB_DEFAULT)
+    sh.add_argument("--db", default=DB_PATH)
     sh.set_defaults(func=cmd_show)
 
     q = sub.add_parser("query", help="run SQL on the database")
     q.add_argument("sql")
     q.add_argument("--digits", type=int, default=3)
-    q.add_argument("--db", default=DB_DEFAULT)
+    q.add_argument("--db", default=DB_PATH)
     q.set_defaults(func=cmd_query)
 
     ex = sub.add_parser("export", help="write every table as parquet, csv or jsonl")
     ex.add_argument("--format", choices=["parquet", "csv", "jsonl"], default="parquet")
     ex.add_argument("--out", default="results/export")
-    ex.add_argument("--db", default=DB_DEFAULT)
+    ex.add_argument("--db", default=DB_PATH)
     ex.set_defaults(func=cmd_export)
 
     rf = sub.add_parser("rerun-failed", help="rerun exactly the failed cells (then the database and report)")

@@ -1,17 +1,35 @@
-"""Config validation with one readable message per problem."""
+"""Config validation with one readable message per problem, and the defaults it declares.
+
+The schema is package data (`llm_almanac/config_schema.yaml`; `config/schema.yaml` in a checkout
+links to it), so a checkout and an installed wheel find it the same way. Its `default:` values
+are the only place bench and analysis defaults are written down: code reads them from here.
+"""
 
 from __future__ import annotations
 
+import functools
 import re
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
-from .grid import ConfigError, Cell, expand_grid
+from .grid import Cell, ConfigError, expand_grid
 
-SCHEMA_PATH = Path(__file__).resolve().parents[2] / "config" / "schema.yaml"
+SCHEMA_PATH = Path(str(files("llm_almanac") / "config_schema.yaml"))
+
+
+@functools.cache
+def _schema(path: str) -> dict[str, Any]:
+    return yaml.safe_load(Path(path).read_text())
+
+
+def defaults(section: str) -> dict[str, Any]:
+    """The schema's default for every key of a config section (e.g. "bench", "analysis")."""
+    props = _schema(str(SCHEMA_PATH))["properties"][section]["properties"]
+    return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
 def _where(err: jsonschema.ValidationError) -> str:
@@ -20,7 +38,7 @@ def _where(err: jsonschema.ValidationError) -> str:
 
 def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> None:
     """Raise ConfigError naming the first offending key (the most specific schema error)."""
-    schema = yaml.safe_load(Path(schema_path).read_text())
+    schema = _schema(str(schema_path))
     validator = jsonschema.Draft202012Validator(schema)
     err = jsonschema.exceptions.best_match(validator.iter_errors(config))
     if err is not None:

@@ -7,6 +7,10 @@ from typing import Any
 import duckdb
 import polars as pl
 
+#: Where the pipeline writes the database and where the CLI looks for it (relative to the
+#: workflow's working directory).
+DB_PATH = "results/almanac.duckdb"
+
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     """Run a query and return its whole result as a polars DataFrame."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -78,10 +79,10 @@ def _matches(rule: dict[str, Any], values: dict[str, Any]) -> bool:
 
 
 def _check_quant(engine: str, ecfg: dict[str, Any], quant: str, cid: str) -> None:
-    from .engines import UnsupportedQuantization, get_engine
+    from .engines import UnsupportedQuantization, adapter_for
 
     try:
-        adapter = get_engine(ecfg.get("module", engine))
+        adapter = adapter_for(engine, ecfg)
     except ValueError as exc:
         raise ConfigError(f"engine {engine!r}: {exc}") from None
     try:
@@ -166,3 +167,25 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
     if not cells:
         raise ConfigError("the grid expands to no cells: check 'grid' and 'exclude' in the config")
     return cells
+
+
+def _format_of(engine: str, config: dict[str, Any]) -> str:
+    from .engines import adapter_for
+
+    return adapter_for(engine, config["engines"][engine]).model_format
+
+
+def model_needs(model: str, config: dict[str, Any], cells: Iterable[Cell]) -> list[str]:
+    """Formats the model must be prepared in, from the engines its cells use (and always a
+    tokenizer, to build prompts of exactly ISL tokens)."""
+    return sorted({"tokenizer"} | {_format_of(c.engine, config) for c in cells if c.model == model})
+
+
+def converter_engine(model: str, config: dict[str, Any], cells: Iterable[Cell]) -> str | None:
+    """An engine whose environment can convert a bundled GGUF into transformers format: a
+    bundled model that some cell serves in "hf" format is converted with that engine's
+    transformers (the project's own environment carries no torch)."""
+    cells = list(cells)
+    if config["models"][model]["source"] != "bundled" or "hf" not in model_needs(model, config, cells):
+        return None
+    return next(c.engine for c in cells if c.model == model and _format_of(c.engine, config) == "hf")

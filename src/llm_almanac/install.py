@@ -20,7 +20,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from .engines import get_engine
+from .engines import adapter_for
 from .files import write_json
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ def _run(cmd: list[str], logf, env: dict[str, str] | None = None) -> int:
 
 
 def requirements(name: str, ecfg: dict[str, Any]) -> tuple[str, list[str]]:
-    adapter = get_engine(ecfg.get("module", name))
+    adapter = adapter_for(name, ecfg)
     package = ecfg.get("package") or adapter.default_package or adapter.name
     return package, [f"{package}=={ecfg['version']}", *ecfg.get("pip_extra", [])]
 
@@ -74,7 +74,7 @@ def env_id(name: str, ecfg: dict[str, Any]) -> str:
 
 
 def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Path, log_path: Path) -> dict:
-    adapter = get_engine(ecfg.get("module", name))
+    adapter = adapter_for(name, ecfg)
     if not adapter.needs_install:  # the simulator runs from this package's own environment
         from . import __version__
 

@@ -2,8 +2,8 @@
 
 Hot path discipline: while a response streams, the only work per network read is one
 `perf_counter_ns()` call and one list append. SSE decoding and JSON parsing happen after the
-stream has ended, over the recorded (timestamp, bytes) pairs, so parsing can never delay a
-timestamp. An SSE event is stamped with the arrival time of the read that completed it.
+stream has ended (stream.py), over the recorded (timestamp, bytes) pairs, so parsing can never
+delay a timestamp.
 
 Request bodies are serialized before the phase starts, so the send timestamp is taken just
 before the bytes go to the connection (pool).
@@ -21,22 +21,20 @@ written). metrics.summarize turns them into the `client_saturated` flag of the p
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
-import numpy as np
 import orjson
-import sseclient
 
 from .fasthttp import HTTPError, StreamingClient
-from .metrics import request_timing
+from .metrics import request_outcome, request_timing
+from .stream import parse_stream
 
 try:  # an optional speed-up; the asyncio default loop measures the same things
     import uvloop
@@ -47,6 +45,7 @@ log = logging.getLogger(__name__)
 
 ENDPOINTS = {"completions": "/v1/completions", "chat": "/v1/chat/completions"}
 TRANSPORTS = ("fast", "httpx")
+ARRIVALS = ("constant", "poisson")
 
 
 def run(coro):
@@ -73,164 +72,16 @@ class Req:
     error: str | None = None
 
 
-def _stamped(raw: list[tuple[int, bytes]], now: list[int]):
-    for ts, chunk in raw:
-        now[0] = ts
-        yield chunk
-
-
-def _token_text(obj: dict[str, Any], endpoint: str) -> str:
-    choices = obj.get("choices") or []
-    if not choices:
-        return ""
-    ch = choices[0]
-    if endpoint == "chat":
-        delta = ch.get("delta") or {}
-        return (delta.get("content") or "") + (delta.get("reasoning_content") or "")
-    return ch.get("text") or ""
-
-
-def _canonical(raw: list[tuple[int, bytes]]) -> tuple[bytes, list[int]] | None:
-    """The whole stream and, per event, the timestamp of the read holding its last byte, if the
-    stream is in the canonical framing every OpenAI-compatible server uses (each event one
-    `data: ` line ended by a blank line, `\n` line ends); None if it uses anything else
-    (comments, other fields, multi-line data, `\r`, a cut last event): that goes to the full SSE
-    parser. Byte and array operations over the whole stream, no Python loop per event."""
-    if not raw:
-        return b"", []
-    buf = raw[0][1] if len(raw) == 1 else b"".join([c for _, c in raw])
-    if not buf.endswith(b"\n\n") or b"\r" in buf:
-        return None
-    arr = np.frombuffer(buf, np.uint8)
-    ev_last = np.flatnonzero((arr[:-1] == 10) & (arr[1:] == 10)) + 1
-    n = len(ev_last)
-    # exactly two newlines per event (so no multi-line event) and every event a `data: ` line
-    if buf.count(b"\n") != 2 * n or (b"\n\n" + buf).count(b"\n\ndata: ") != n:
-        return None
-    if len(raw) == 1:
-        return buf, [raw[0][0]] * n
-    read_last = np.cumsum(np.array([len(c) for _, c in raw], np.int64)) - 1
-    ts = np.array([t for t, _ in raw], np.int64)
-    return buf, ts[np.searchsorted(read_last, ev_last)].tolist()
-
-
-def _simple_events(raw: list[tuple[int, bytes]]) -> tuple[list[int], list[bytes]] | None:
-    """(timestamps, data) of each event of a canonical stream (see _canonical), else None."""
-    c = _canonical(raw)
-    if c is None:
-        return None
-    buf, stamps = c
-    return stamps, ([e[6:] for e in buf[:-2].split(b"\n\n")] if buf else [])
-
-
-def _full_events(raw: list[tuple[int, bytes]]):
-    now = [0]
-    for ev in sseclient.SSEClient(_stamped(raw, now)).events():
-        yield now[0], ev.data
-
-
-def _stream_error(obj: dict) -> str:
-    err = obj["error"]
-    return f"server error in stream: {err.get('message', err) if isinstance(err, dict) else err}"
-
-
-_DONE = b"data: [DONE]\n\n"
-
-
-def _parse_batch(buf: bytes, stamps: list[int], endpoint: str):
-    """A canonical completions stream's JSON in one orjson call (`data: A\n\ndata: B\n\n` ->
-    `[A,B]`); None (-> event by event) if anything is unusual."""
-    if endpoint != "completions" or not buf:
-        return None
-    done = buf.endswith(_DONE)
-    body = buf[:-len(_DONE)] if done else buf
-    try:
-        objs = orjson.loads(b"[" + body[6:-2].replace(b"\n\ndata: ", b",") + b"]") if body else []
-    except orjson.JSONDecodeError:
-        return None  # a malformed or empty event, or a stray [DONE]: the event path names it
-    try:
-        token_ns = [ts for ts, o in zip(stamps, objs) if (c := o.get("choices")) and c[0].get("text")]
-        usages = [u for o in objs if (u := o.get("usage"))]
-        errors = [_stream_error(o) for o in objs if "error" in o and not o.get("choices")]
-    except (AttributeError, TypeError, KeyError, IndexError):
-        return None  # not the usual shapes: event by event
-    return token_ns, (usages[-1] if usages else None), done, (errors[-1] if errors else None)
-
-
-def parse_stream(
-    raw: list[tuple[int, bytes]], endpoint: str = "completions"
-) -> tuple[list[int], dict[str, Any] | None, bool, str | None]:
-    """Decode a recorded SSE stream.
-
-    Returns (timestamps of token-bearing events, the last `usage` object, whether `[DONE]`
-    arrived, an error message from the stream if any). Role-only, empty and usage-only events
-    are not token-bearing. Streams in the canonical `data: ...` framing take a fast path (all
-    JSON in one call); anything else goes event by event, through sseclient-py where the framing
-    is not canonical. All paths give the same result (tested).
-    """
-    canonical = _canonical(raw)
-    if canonical is None:
-        return _parse_events(_full_events(raw), endpoint)
-    out = _parse_batch(*canonical, endpoint)
-    if out is not None:
-        return out
-    buf, stamps = canonical
-    return _parse_events(zip(stamps, [e[6:] for e in buf[:-2].split(b"\n\n")] if buf else []), endpoint)
-
-
-def _parse_events(events, endpoint: str):
-    token_ns: list[int] = []
-    usage = None
-    done = False
-    error = None
-    for ts, data in events:
-        data = data.strip()  # bytes on the fast path, str from sseclient; orjson takes both
-        if not data:
-            continue
-        if data == b"[DONE]" or data == "[DONE]":
-            done = True
-            continue
-        try:
-            obj = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            text = data.decode("utf-8", errors="replace") if isinstance(data, bytes) else data
-            error = f"malformed SSE data: {text[:200]!r}"
-            continue
-        if not isinstance(obj, dict):
-            error = f"unexpected SSE data (not a JSON object): {str(obj)[:200]!r}"
-            continue
-        if "error" in obj and not obj.get("choices"):
-            error = _stream_error(obj)
-            continue
-        if obj.get("usage"):
-            usage = obj["usage"]
-        if _token_text(obj, endpoint):
-            token_ns.append(ts)
-    return token_ns, usage, done, error
-
-
-def request_row(req: Req, t0_ns: int, isl: int, osl: int, endpoint: str) -> dict[str, Any]:
-    """Turn a finished request into a row of the `requests` table (times relative to t0_ns)."""
-    token_ns, usage, done, stream_err = parse_stream(req.raw, endpoint) if req.raw else ([], None, False, None)
-    prompt_tokens = usage.get("prompt_tokens") if usage else None
-    completion_tokens = usage.get("completion_tokens") if usage else None
-    error = req.error or stream_err
-    if error is None:
-        if not token_ns:
-            error = "no token-bearing event in the stream"
-        elif usage is None:
-            error = "server reported no usage; completion tokens unknown"
-        elif not done:
-            error = "stream ended without [DONE]"
-    timing = request_timing(req.sent_ns, token_ns, completion_tokens)
-    # The chat endpoint wraps the prompt in a template, so only the completion is checked there.
-    mismatch = usage is not None and ((endpoint != "chat" and prompt_tokens != isl) or completion_tokens != osl)
-    if error is None and mismatch:
-        # Not the workload that was asked for (e.g. a truncated output): counted, kept with its
-        # numbers, and left out of every latency statistic and rate.
-        error = (f"token counts differ from the request: prompt {prompt_tokens} (asked {isl}), "
-                 f"completion {completion_tokens} (asked {osl})")
+def request_row(req: Req, t0_ns: int, isl: int, osl: int, endpoint: str,
+                cell_id: str = "", repeat: int = 0) -> dict[str, Any]:
+    """A finished request as a row of the `requests` table (times relative to t0_ns): the one
+    place such a row is assembled."""
+    decoded = parse_stream(req.raw, endpoint)
+    outcome = request_outcome(decoded, req.error, isl, osl, endpoint)
+    usage = decoded.usage or {}
     return {
+        "cell_id": cell_id,
+        "repeat": repeat,
         "request_id": req.request_id,
         "phase": req.phase,
         "step": req.step,
@@ -239,16 +90,44 @@ def request_row(req: Req, t0_ns: int, isl: int, osl: int, endpoint: str) -> dict
         "sent_s": (req.sent_ns - t0_ns) / 1e9,
         "end_s": (req.end_ns - t0_ns) / 1e9,
         "send_lag_ms": ((req.picked_ns or req.sent_ns) - max(req.scheduled_ns, req.ready_ns)) / 1e6,
-        **timing,
-        "n_token_events": len(token_ns),
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
+        **request_timing(req.sent_ns, decoded.token_ns, usage.get("completion_tokens")),
+        "n_token_events": len(decoded.token_ns),
+        "prompt_tokens": usage.get("prompt_tokens"),
+        "completion_tokens": usage.get("completion_tokens"),
         "requested_isl": isl,
         "requested_osl": osl,
-        "token_mismatch": mismatch,
-        "status": "ok" if error is None else "failed",
-        "error": error,
+        **outcome,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Measured:
+    """What one phase (or sweep step) measured: its requests and the client's own CPU and wall
+    time over its traffic window (parsing excluded)."""
+
+    reqs: list[Req]
+    client_cpu_s: float
+    client_wall_s: float
+
+    @property
+    def client(self) -> dict[str, float]:
+        return {"client_cpu_s": self.client_cpu_s, "client_wall_s": self.client_wall_s}
+
+
+def arrival_offsets(rps: float, duration_s: float, arrival: str = "constant", seed: int = 0) -> list[float]:
+    """Send times (s from the step's start) of an open-loop schedule: constant gaps of 1/rps,
+    or Poisson arrivals at rate rps (seeded, so a step is the same workload every time)."""
+    if rps <= 0:
+        raise ValueError(f"rate must be positive, got {rps}")
+    if arrival not in ARRIVALS:
+        raise ValueError(f"arrival must be one of {list(ARRIVALS)}, not {arrival!r}")
+    rng = random.Random(seed)
+    offsets: list[float] = []
+    t = 0.0
+    while t < duration_s:
+        offsets.append(t)
+        t += rng.expovariate(rps) if arrival == "poisson" else 1.0 / rps
+    return offsets
 
 
 class Progress:
@@ -306,8 +185,6 @@ class LoadGenerator:
         self._ids = itertools.count()
         self.t0_ns = time.perf_counter_ns()
         self.warmed = False
-        # client CPU seconds and wall seconds of the last phase's traffic window
-        self.last_client: dict[str, float] = {}
 
     def skip_ids_to(self, first_id: int) -> None:
         """Continue request ids at first_id (ids, and so prompts, stay unique across resumes)."""
@@ -403,7 +280,7 @@ class LoadGenerator:
         return req
 
     async def _send_counted(
-        self, client: httpx.AsyncClient, r: Req, sem: asyncio.Semaphore | None, prog: Progress
+        self, client: httpx.AsyncClient | StreamingClient, r: Req, sem: asyncio.Semaphore | None, prog: Progress
     ) -> None:
         """Send within the client-side concurrency limit (if any) and count the result."""
         if sem:
@@ -414,54 +291,52 @@ class LoadGenerator:
             await self.send(client, r)
         prog.tick(r.error is None)
 
-    @contextlib.contextmanager
-    def _client_window(self):
-        """Record the client's CPU and wall time over a phase's traffic (not its parsing)."""
-        c0, w0 = time.process_time(), time.perf_counter()
-        try:
-            yield
-        finally:
-            self.last_client = {"client_cpu_s": time.process_time() - c0,
-                                "client_wall_s": time.perf_counter() - w0}
-
-    def rows(self, reqs: list[Req]) -> list[dict[str, Any]]:
-        return [request_row(r, self.t0_ns, self.isl, self.osl, self.endpoint) for r in reqs]
+    def rows(self, reqs: list[Req], cell_id: str = "", repeat: int = 0) -> list[dict[str, Any]]:
+        return [request_row(r, self.t0_ns, self.isl, self.osl, self.endpoint, cell_id, repeat) for r in reqs]
 
     # -- phases -----------------------------------------------------------------------------
-    async def warmup(self, n: int) -> list[dict[str, Any]]:
+    # Each phase returns what it measured (its requests and the client's CPU over its traffic
+    # window); turning requests into rows (stream decoding) happens afterwards, outside it.
+    async def _timed(self, reqs: list[Req], traffic: Callable[[], Awaitable[None]]) -> Measured:
+        c0, w0 = time.process_time(), time.perf_counter()
+        await traffic()
+        return Measured(reqs, time.process_time() - c0, time.perf_counter() - w0)
+
+    async def warmup(self, n: int) -> list[Req]:
         """Requests whose results are thrown away (they still must succeed)."""
         reqs = self.new_reqs(n, "warmup")
         async with self.client() as client:
             for r in reqs:
                 await self.send(client, r)
         self.warmed = True
-        return self.rows(reqs)
+        return reqs
 
-    async def sequential(self, n: int) -> list[dict[str, Any]]:
+    async def sequential(self, n: int) -> Measured:
         reqs = self.new_reqs(n, "sequential")
         prog = Progress("sequential", n)
-        with self._client_window():
+
+        async def traffic() -> None:
             async with self.client() as client:
                 for r in reqs:
                     await self.send(client, r)
                     prog.tick(r.error is None)
-        return self.rows(reqs)
 
-    async def burst(self, n: int, max_concurrency: int | None = None) -> list[dict[str, Any]]:
+        return await self._timed(reqs, traffic)
+
+    async def burst(self, n: int, max_concurrency: int | None = None) -> Measured:
         """All n requests submitted at t0 (at most max_concurrency in flight if set)."""
         reqs = self.new_reqs(n, "burst")
         prog = Progress("burst", n)
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
-        t0 = time.perf_counter_ns()
 
-        async def one(r: Req) -> None:
-            r.scheduled_ns = t0
-            await self._send_counted(client, r, sem, prog)
-
-        with self._client_window():
+        async def traffic() -> None:
+            t0 = time.perf_counter_ns()
             async with self.client() as client:
-                await asyncio.gather(*(one(r) for r in reqs))
-        return self.rows(reqs)
+                for r in reqs:
+                    r.scheduled_ns = t0
+                await asyncio.gather(*(self._send_counted(client, r, sem, prog) for r in reqs))
+
+        return await self._timed(reqs, traffic)
 
     async def rate(
         self,
@@ -471,32 +346,25 @@ class LoadGenerator:
         arrival: str = "constant",
         seed: int = 0,
         max_concurrency: int | None = None,
-    ) -> list[dict[str, Any]]:
+    ) -> Measured:
         """Open-loop arrivals at `rps` for `duration_s` (constant gaps or Poisson)."""
-        if rps <= 0:
-            raise ValueError(f"rate must be positive, got {rps}")
-        rng = random.Random(seed)
-        offsets: list[float] = []
-        t = 0.0
-        while t < duration_s:
-            offsets.append(t)
-            t += rng.expovariate(rps) if arrival == "poisson" else 1.0 / rps
+        offsets = arrival_offsets(rps, duration_s, arrival, seed)
         reqs = self.new_reqs(len(offsets), "sweep", step, target_rps=rps)
         prog = Progress(f"sweep step {step} @ {rps:.3f} rps", len(reqs))
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
-        async def one(r: Req) -> None:
+        async def one(client: httpx.AsyncClient | StreamingClient, r: Req) -> None:
             # uvloop's timers have millisecond resolution and may fire up to 1 ms early: sleep
             # again for what is left (the last sub-millisecond sleeps are plain yields)
             while (delay := (r.scheduled_ns - time.perf_counter_ns()) / 1e9) > 0:
                 await asyncio.sleep(delay)
             await self._send_counted(client, r, sem, prog)
 
-        with self._client_window():
+        async def traffic() -> None:
             async with self.client() as client:
                 t0 = time.perf_counter_ns()
-                for r, off in zip(reqs, offsets):
+                for r, off in zip(reqs, offsets, strict=True):
                     r.scheduled_ns = t0 + int(off * 1e9)
-                await asyncio.gather(*(one(r) for r in reqs))
-        return self.rows(reqs)
+                await asyncio.gather(*(one(client, r) for r in reqs))
 
+        return await self._timed(reqs, traffic)

@@ -1,4 +1,4 @@
-"""Metric definitions (DESIGN.md / docs/methodology.md), as pure functions.
+"""Metric definitions (docs/methodology.md), as pure functions.
 
 Per request, from the send time and the arrival times of *token-bearing* SSE events:
   ttft_ms = first token-bearing event - send
@@ -22,44 +22,16 @@ from typing import Any
 
 import polars as pl
 
+from .stream import Decoded
+from .tables import CLIENT, PERCENTILES, PHASE_KEYS, PHASES, empty
+
 NS_PER_MS = 1_000_000
 
-PERCENTILES = (50, 90, 95, 99)
 # The client runs on one event loop: above 90% of a core it has no slack left to read and send
 # on time; a p99 send lag above 10 ms means requests left measurably later than the workload
 # said (the TTFT error budget of benchmarks/timing_truth.py at concurrency 64 is 10 ms p99).
 SATURATED_CPU_UTIL = 0.9
 SATURATED_LAG_MS = 10.0
-CLIENT_SCHEMA: dict[str, Any] = {
-    "cell_id": pl.String, "repeat": pl.Int32, "phase": pl.String, "step": pl.Int32,
-    "client_cpu_s": pl.Float64, "client_wall_s": pl.Float64,
-}
-LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
-
-REQUEST_SCHEMA: dict[str, Any] = {
-    "cell_id": pl.String,
-    "repeat": pl.Int32,
-    "phase": pl.String,
-    "step": pl.Int32,
-    "target_rps": pl.Float64,
-    "request_id": pl.Int64,
-    "scheduled_s": pl.Float64,
-    "sent_s": pl.Float64,
-    "end_s": pl.Float64,
-    "send_lag_ms": pl.Float64,
-    "ttft_ms": pl.Float64,
-    "tpot_ms": pl.Float64,
-    "e2e_ms": pl.Float64,
-    "itl_ms": pl.List(pl.Float64),
-    "n_token_events": pl.Int32,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "requested_isl": pl.Int64,
-    "requested_osl": pl.Int64,
-    "token_mismatch": pl.Boolean,
-    "status": pl.String,
-    "error": pl.String,
-}
 
 
 def request_timing(
@@ -78,8 +50,41 @@ def request_timing(
     return {"ttft_ms": ttft, "e2e_ms": e2e, "tpot_ms": tpot, "itl_ms": itl}
 
 
-def requests_frame(rows: list[dict[str, Any]]) -> pl.DataFrame:
-    return pl.DataFrame(rows, schema=REQUEST_SCHEMA)
+def request_outcome(decoded: Decoded, transport_error: str | None, isl: int, osl: int,
+                    endpoint: str) -> dict[str, Any]:
+    """Whether a request counts: `status`, `error` and `token_mismatch` of its row.
+
+    A request is ok only when the transport raised nothing, the stream reported no error, had
+    a token-bearing event, reported `usage` and ended with [DONE], and its token counts are the
+    ones asked for. A mismatch (e.g. a truncated output) is not the workload that was asked for:
+    counted, kept with its numbers, and left out of every latency statistic and rate. The chat
+    endpoint wraps the prompt in a template, so only the completion is checked there."""
+    usage = decoded.usage
+    error = transport_error or decoded.error
+    if error is None:
+        if not decoded.token_ns:
+            error = "no token-bearing event in the stream"
+        elif usage is None:
+            error = "server reported no usage; completion tokens unknown"
+        elif not decoded.done:
+            error = "stream ended without [DONE]"
+    prompt_tokens = usage.get("prompt_tokens") if usage else None
+    completion_tokens = usage.get("completion_tokens") if usage else None
+    mismatch = usage is not None and ((endpoint != "chat" and prompt_tokens != isl) or completion_tokens != osl)
+    if error is None and mismatch:
+        error = (f"token counts differ from the request: prompt {prompt_tokens} (asked {isl}), "
+                 f"completion {completion_tokens} (asked {osl})")
+    return {"token_mismatch": mismatch, "status": "ok" if error is None else "failed", "error": error}
+
+
+def achieved_rps(rows: list[dict[str, Any]]) -> float | None:
+    """A phase's achieved rate from its request rows (the `rps` column's definition below):
+    successful requests / (last successful completion - first send)."""
+    ok_end = [r["end_s"] for r in rows if r["status"] == "ok"]
+    if not ok_end:
+        return None
+    window = max(ok_end) - min(r["sent_s"] for r in rows)
+    return len(ok_end) / window if window > 0 else None
 
 
 def _stat_exprs(col: str, src: pl.Expr) -> list[pl.Expr]:
@@ -94,16 +99,13 @@ def _stat_exprs(col: str, src: pl.Expr) -> list[pl.Expr]:
     return exprs
 
 
-PHASE_KEYS = ["cell_id", "repeat", "phase", "step"]
-
-
 def summarize(requests: pl.DataFrame, client: pl.DataFrame | None = None) -> pl.DataFrame:
     """One row per (cell, repeat, phase, step) with throughput and latency statistics.
 
-    `client` (CLIENT_SCHEMA: the load generator's CPU and wall seconds per phase) adds the
+    `client` (tables.CLIENT: the load generator's CPU and wall seconds per phase) adds the
     client self-check columns; without it they are null and the flag rests on send lag alone."""
     if requests.is_empty():
-        return empty_phases()
+        return empty(PHASES)
     ok = pl.col("status") == "ok"
     window = pl.col("end_s").filter(ok).max() - pl.col("sent_s").min()
     aggs = [
@@ -122,45 +124,13 @@ def summarize(requests: pl.DataFrame, client: pl.DataFrame | None = None) -> pl.
     aggs += _stat_exprs("itl", pl.col("itl_ms").filter(ok).explode())
     out = requests.group_by(PHASE_KEYS, maintain_order=True).agg(aggs)
     if client is None or client.is_empty():
-        client = pl.DataFrame(schema=CLIENT_SCHEMA)
-    out = out.join(client.cast(CLIENT_SCHEMA).select(list(CLIENT_SCHEMA)), on=PHASE_KEYS, how="left")
+        client = empty(CLIENT)
+    out = out.join(client.cast(CLIENT).select(list(CLIENT)), on=PHASE_KEYS, how="left")
     util = pl.col("client_cpu_s") / pl.col("client_wall_s")
     out = out.with_columns(util.alias("client_cpu_util")).with_columns(
         ((pl.col("client_cpu_util") >= SATURATED_CPU_UTIL).fill_null(False)
          | (pl.col("send_lag_p99_ms") > SATURATED_LAG_MS).fill_null(False)).alias("client_saturated"))
-    return out.select(list(PHASE_SCHEMA)).cast(PHASE_SCHEMA)
-
-
-def _phase_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = {
-        "cell_id": pl.String,
-        "repeat": pl.Int32,
-        "phase": pl.String,
-        "step": pl.Int32,
-        "target_rps": pl.Float64,
-        "n_ok": pl.Int64,
-        "n_failed": pl.Int64,
-        "n_token_mismatch": pl.Int64,
-        "duration_s": pl.Float64,
-        "rps": pl.Float64,
-        "output_tok_s": pl.Float64,
-        "send_lag_p99_ms": pl.Float64,
-        "send_lag_max_ms": pl.Float64,
-        "client_cpu_s": pl.Float64,
-        "client_cpu_util": pl.Float64,
-        "client_saturated": pl.Boolean,
-    }
-    for m in LATENCY_METRICS:
-        for s in ("mean", "min", "max", *(f"p{p}" for p in PERCENTILES)):
-            schema[f"{m}_{s}_ms"] = pl.Float64
-    return schema
-
-
-PHASE_SCHEMA = _phase_schema()
-
-
-def empty_phases() -> pl.DataFrame:
-    return pl.DataFrame(schema=PHASE_SCHEMA)
+    return out.select(list(PHASES)).cast(PHASES)
 
 
 def sweep_rates(seq_rps: float, burst_rps: float, k: int) -> list[float]:

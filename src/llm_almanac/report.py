@@ -18,6 +18,7 @@ import plotly.graph_objects as go
 import polars as pl
 
 from .db import frame
+from .files import write_text
 from plotly.subplots import make_subplots
 
 PALETTE = px_colors.qualitative.Plotly
@@ -38,7 +39,7 @@ ORDER BY c.model, c.isl, c.osl, s.slo, c.engine, c.quantization
 """
 
 
-def _curves(con: duckdb.DuckDBPyConnection) -> list[str]:
+def _curves(con: duckdb.DuckDBPyConnection) -> list[go.Figure]:
     rows = frame(con, CURVE_SQL)
     figs = []
     for (model, isl, osl), grp in rows.group_by(["model", "isl", "osl"], maintain_order=True):
@@ -181,10 +182,7 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
 <h2>Cells</h2>{cells_table}
 </body></html>"""
     out = Path(out_path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    tmp.write_text(page)
-    tmp.replace(out)
+    write_text(out, page)
     return out
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from .base import Engine, ServerSpec, UnsupportedQuantization
 from .llamacpp import LlamaCpp
 from .sglang import SGLang
@@ -23,8 +25,13 @@ def get_engine(module: str) -> Engine:
         ) from None
 
 
+def adapter_for(name: str, engine_cfg: dict[str, Any]) -> Engine:
+    """The adapter of a config's engine entry: its `module:`, or the entry's own name."""
+    return get_engine(engine_cfg.get("module", name))
+
+
 def known_engines() -> list[str]:
     return sorted(_REGISTRY)
 
 
-__all__ = ["Engine", "ServerSpec", "UnsupportedQuantization", "get_engine", "known_engines"]
+__all__ = ["Engine", "ServerSpec", "UnsupportedQuantization", "adapter_for", "get_engine", "known_engines"]

@@ -1,0 +1,193 @@
+"""One definition per record: the columns of every table, file and row this project writes.
+
+`cell.json`, the Parquet files of a cell and the DuckDB tables are all built from these
+definitions, so a field is either in all of them or in none (tests/test_tables.py checks it).
+A column added here reaches every surface; a column not here is dropped nowhere by accident,
+because writing a record with a key this module does not know is an error.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import polars as pl
+
+PERCENTILES = (50, 90, 95, 99)
+LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
+STATS = ("mean", "min", "max", *(f"p{p}" for p in PERCENTILES))
+
+#: One row per request (and per repeat of its phase).
+REQUESTS: dict[str, Any] = {
+    "cell_id": pl.String,
+    "repeat": pl.Int32,
+    "phase": pl.String,
+    "step": pl.Int32,
+    "target_rps": pl.Float64,
+    "request_id": pl.Int64,
+    "scheduled_s": pl.Float64,
+    "sent_s": pl.Float64,
+    "end_s": pl.Float64,
+    "send_lag_ms": pl.Float64,
+    "ttft_ms": pl.Float64,
+    "tpot_ms": pl.Float64,
+    "e2e_ms": pl.Float64,
+    "itl_ms": pl.List(pl.Float64),
+    "n_token_events": pl.Int32,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "requested_isl": pl.Int64,
+    "requested_osl": pl.Int64,
+    "token_mismatch": pl.Boolean,
+    "status": pl.String,
+    "error": pl.String,
+}
+
+#: The load generator's own CPU and wall time per phase unit (joined into `phases`).
+CLIENT: dict[str, Any] = {
+    "cell_id": pl.String,
+    "repeat": pl.Int32,
+    "phase": pl.String,
+    "step": pl.Int32,
+    "client_cpu_s": pl.Float64,
+    "client_wall_s": pl.Float64,
+}
+
+PHASE_KEYS = ["cell_id", "repeat", "phase", "step"]
+
+
+def _phases() -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "cell_id": pl.String,
+        "repeat": pl.Int32,
+        "phase": pl.String,
+        "step": pl.Int32,
+        "target_rps": pl.Float64,
+        "n_ok": pl.Int64,
+        "n_failed": pl.Int64,
+        "n_token_mismatch": pl.Int64,
+        "duration_s": pl.Float64,
+        "rps": pl.Float64,
+        "output_tok_s": pl.Float64,
+        "send_lag_p99_ms": pl.Float64,
+        "send_lag_max_ms": pl.Float64,
+        "client_cpu_s": pl.Float64,
+        "client_cpu_util": pl.Float64,
+        "client_saturated": pl.Boolean,
+    }
+    for m in LATENCY_METRICS:
+        for s in STATS:
+            schema[f"{m}_{s}_ms"] = pl.Float64
+    return schema
+
+
+#: One row per phase unit: (cell, repeat, phase, sweep step).
+PHASES: dict[str, Any] = _phases()
+
+#: One row per cell × SLO.
+SLO: dict[str, Any] = {
+    "cell_id": pl.String,
+    "slo": pl.String,
+    "metric": pl.String,
+    "threshold_ms": pl.Float64,
+    "max_rps": pl.Float64,
+    "basis": pl.String,
+    "ci_low_rps": pl.Float64,
+    "ci_high_rps": pl.Float64,
+    "n_points": pl.Int64,
+    "n_repeats": pl.Int64,
+}
+
+#: One row per cell: `cell.json` holds exactly these keys (structured values as JSON, below).
+CELLS: dict[str, Any] = {
+    "cell_id": pl.String,
+    "model": pl.String,
+    "engine": pl.String,
+    "engine_version": pl.String,
+    "server_reported_version": pl.String,
+    "quantization": pl.String,
+    "isl": pl.Int64,
+    "osl": pl.Int64,
+    "status": pl.String,
+    "error": pl.String,
+    "hardware": pl.String,
+    "n_gpus": pl.Int64,
+    "startup_s": pl.Float64,
+    "started_at": pl.String,
+    "finished_at": pl.String,
+    "reproduce": pl.String,
+    "server_command": pl.String,
+    "server_env": pl.String,
+    "server_log": pl.String,
+    "tokenize_check": pl.Int64,
+    "model_origin": pl.String,
+    "notes": pl.String,
+    "bench": pl.String,
+    "python_version": pl.String,
+    "llm_almanac_version": pl.String,
+    "engine_packages": pl.String,
+    "host": pl.String,
+    "slurm_job_id": pl.String,
+    "cuda_visible_devices": pl.String,
+}
+
+#: Fields of `cell.json` kept as structures there and as JSON text in the `cells` table.
+CELL_JSON_FIELDS: dict[str, Any] = {"server_env": {}, "notes": [], "bench": {}, "engine_packages": []}
+
+#: Computed when the database is built (how to rerun the cell from *that* invocation).
+CELL_AGGREGATE_ONLY = frozenset({"reproduce"})
+
+TABLES: dict[str, dict[str, Any]] = {
+    "cells": CELLS, "phases": PHASES, "requests": REQUESTS, "slo": SLO,
+}
+
+#: Primary keys of the DuckDB tables: a duplicate row fails loudly.
+KEYS: dict[str, list[str]] = {
+    "cells": ["cell_id"],
+    "phases": PHASE_KEYS,
+    "requests": ["cell_id", "repeat", "phase", "request_id"],
+    "slo": ["cell_id", "slo"],
+}
+
+
+def empty(schema: Mapping[str, Any]) -> pl.DataFrame:
+    return pl.DataFrame(schema=dict(schema))
+
+
+def frame(schema: Mapping[str, Any], rows: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
+    """Rows (dicts) as a frame of exactly these columns; an unknown key is an error."""
+    rows = list(rows)
+    unknown = {k for r in rows for k in r} - set(schema)
+    if unknown:
+        raise KeyError(f"columns not in the table definition: {sorted(unknown)}")
+    return pl.DataFrame(rows, schema=dict(schema))
+
+
+def conform(schema: Mapping[str, Any], df: pl.DataFrame) -> pl.DataFrame:
+    """`df` with the definition's columns in its order and types; columns it lacks (files
+    written by an older version) become null, columns the definition lacks are dropped."""
+    missing = [pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in df.columns]
+    return df.with_columns(missing).select(list(schema)).cast(dict(schema))
+
+
+def new_cell_record(**values: Any) -> dict[str, Any]:
+    """A `cell.json` record: every column of `cells` (but those computed at aggregate time),
+    None where not given. Unknown keys are refused, so nothing is written that the database
+    would drop."""
+    unknown = set(values) - set(CELLS)
+    if unknown:
+        raise KeyError(f"cell record fields not in the cells table: {sorted(unknown)}")
+    rec = {k: None for k in CELLS if k not in CELL_AGGREGATE_ONLY}
+    for k, empty_value in CELL_JSON_FIELDS.items():
+        rec[k] = type(empty_value)()
+    rec.update(values)
+    return rec
+
+
+def cell_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    """A `cells` row from a `cell.json` record (structured fields as sorted JSON text)."""
+    row = {k: record.get(k) for k in CELLS}
+    for k, empty_value in CELL_JSON_FIELDS.items():
+        row[k] = json.dumps(record.get(k) or empty_value, sort_keys=True)
+    return row
