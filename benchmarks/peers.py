@@ -62,6 +62,7 @@ def sha1(text: str) -> str:
 
 def read_almanac(out: Path, tok: Path, isl: int, seed: int = 0) -> dict[str, tuple[float, float]]:
     import polars as pl
+
     from llm_almanac.prompts import PromptFactory
 
     df = pl.read_parquet(out / "requests.parquet").filter(pl.col("status") == "ok")

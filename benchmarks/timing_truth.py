@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import harness as h
 import peers
+
+import harness as h
 
 ISL, OSL, TTFT_MS, TPOT_MS = 128, 64, 50.0, 10.0
 RUNS = ((1, 30), (64, 256))

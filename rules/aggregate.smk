@@ -13,11 +13,11 @@ rule aggregate:
         slo=expand(f"{CELL_DIR}/slo.parquet", cell=list(CELLS)),
     output:
         db=DB,
+    log:
+        "results/logs/aggregate.log",
     params:
         # How to rerun each cell *from this invocation*; kept out of bench_cell's params so that
         # running under another config file name does not re-measure unchanged cells.
         reproduce={c: reproduce_command(c) for c in CELLS},
-    log:
-        "results/logs/aggregate.log",
     script:
         "../scripts/aggregate.py"

@@ -12,9 +12,9 @@ rule analyse_cell:
         phases=f"{CELL_DIR}/phases.parquet",
     output:
         slo=f"{CELL_DIR}/slo.parquet",
-    params:
-        analysis=config.get("analysis", {}),
     log:
         "results/logs/analyse_cell/{cell}.log",
+    params:
+        analysis=config.get("analysis", {}),
     script:
         "../scripts/analyse_cell.py"

@@ -8,21 +8,21 @@ rule bench_cell:
         cell=f"{CELL_DIR}/cell.json",
         requests=f"{CELL_DIR}/requests.parquet",
         phases=f"{CELL_DIR}/phases.parquet",
+    log:
+        "results/logs/bench_cell/{cell}.log",
+    # bench.retries re-measures a cell that failed as data (see the shim); where it is 0, the
+    # job follows --retries (profiles/slurm: a job killed by the cluster, e.g. out of time).
+    retries: config.get("bench", {}).get("retries") or None
+    threads: cell_threads
+    resources:
+        # gpu, cpus, mem_mb, runtime, ... for a scheduler: llm_almanac.resources, docs/cluster.md
+        **bench_resources(),
+        attempt=lambda wc, attempt: attempt,
     params:
         cell=lambda wc: CELLS[wc.cell].to_dict(),
         engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
         model_cfg=lambda wc: without_resources(config["models"][CELLS[wc.cell].model]),
         # the retry policy is not a measurement setting: changing it re-measures nothing
         bench={k: v for k, v in config.get("bench", {}).items() if k != "retries"},
-    threads: cell_threads
-    # bench.retries re-measures a cell that failed as data (see the shim); where it is 0, the
-    # job follows --retries (profiles/slurm: a job killed by the cluster, e.g. out of time).
-    retries: config.get("bench", {}).get("retries") or None
-    resources:
-        # gpu, cpus, mem_mb, runtime, ... for a scheduler: llm_almanac.resources, docs/cluster.md
-        **bench_resources(),
-        attempt=lambda wc, attempt: attempt,
-    log:
-        "results/logs/bench_cell/{cell}.log",
     script:
         "../scripts/bench_cell.py"

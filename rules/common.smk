@@ -5,14 +5,23 @@ import shlex
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from llm_almanac.config import SCHEMA_PATH, check_local_paths, validate as validate_config
+from llm_almanac.config import (
+    SCHEMA_PATH,
+    check_local_paths,
+    validate as validate_config,
+)
 from llm_almanac.db import DB_PATH
 from llm_almanac.engines import adapter_for
 from llm_almanac.grid import ConfigError, converter_engine, expand_grid, model_needs
 from llm_almanac.install import env_id
-from llm_almanac.resources import ResourceError, cell_resources, settings as resource_settings
+from llm_almanac.resources import (
+    ResourceError,
+    cell_resources,
+    settings as resource_settings,
+)
 
-SCHEMA = str(SCHEMA_PATH)  # package data: the same file from a checkout and from a wheel
+# package data: the same file from a checkout and from a wheel
+SCHEMA = str(SCHEMA_PATH)
 
 try:
     validate_config(config, SCHEMA)  # one precise message naming the bad key
@@ -52,7 +61,10 @@ def get_prepare_inputs(wildcards):
 
 def get_cell_inputs(wildcards):
     c = CELLS[wildcards.cell]
-    return {"installed": installed_json(c.engine), "model": f"results/models/{c.model}/ready.json"}
+    return {
+        "installed": installed_json(c.engine),
+        "model": f"results/models/{c.model}/ready.json",
+    }
 
 
 def reproduce_command(cell_id):
@@ -77,8 +89,13 @@ def cell_request(cell, attempt=1):
     c = CELLS[cell]
     here = workflow.local_exec and not workflow.remote_exec
     try:
-        return cell_resources(c.n_gpus, resource_settings(config, c.model), workflow.cores if here else None,
-                              attempt, cell)
+        return cell_resources(
+            c.n_gpus,
+            resource_settings(config, c.model),
+            workflow.cores if here else None,
+            attempt,
+            cell,
+        )
     except ResourceError as exc:
         raise WorkflowError(str(exc)) from None
 
@@ -90,5 +107,16 @@ def cell_threads(wildcards):
 
 def bench_resources():
     """Resources of rule bench_cell, one function per name (None values are dropped)."""
-    names = ("gpu", "gpu_model", "cpus_per_gpu", "cpus_per_task", "mem_mb", "runtime", "constraint", "slurm_extra")
-    return {n: (lambda wc, attempt, n=n: cell_request(wc.cell, attempt)[n]) for n in names}
+    names = (
+        "gpu",
+        "gpu_model",
+        "cpus_per_gpu",
+        "cpus_per_task",
+        "mem_mb",
+        "runtime",
+        "constraint",
+        "slurm_extra",
+    )
+    return {
+        n: (lambda wc, attempt, n=n: cell_request(wc.cell, attempt)[n]) for n in names
+    }

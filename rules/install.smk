@@ -9,10 +9,10 @@ localrules:
 rule install_engine:
     output:
         installed=f"{ENGINES_DIR}/{{env}}/installed.json",
+    log:
+        "results/logs/install_engine/{env}.log",
     params:
         engine=lambda wc: ENVS[wc.env],
         engine_cfg=lambda wc: engine_cfg(ENVS[wc.env]),
-    log:
-        "results/logs/install_engine/{env}.log",
     script:
         "../scripts/install_engine.py"

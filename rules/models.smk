@@ -10,10 +10,10 @@ rule prepare_model:
         unpack(get_prepare_inputs),
     output:
         ready="results/models/{model}/ready.json",
+    log:
+        "results/logs/prepare_model/{model}.log",
     params:
         model_cfg=lambda wc: without_resources(config["models"][wc.model]),
         needs=lambda wc: model_needs(wc.model, config, CELLS.values()),
-    log:
-        "results/logs/prepare_model/{model}.log",
     script:
         "../scripts/prepare_model.py"

@@ -21,6 +21,7 @@ for MinJobAge (an hour here), far longer than the plugin's status checks are apa
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -101,7 +102,7 @@ class SlurmCluster:
         folder, so `srun` on PATH is a two-line wrapper that sets SLURM_CONF again."""
         return {**os.environ, "SLURM_CONF": str(self.conf), "PATH": f"{self.bin}:{os.environ['PATH']}"}
 
-    def __enter__(self) -> "SlurmCluster":
+    def __enter__(self) -> SlurmCluster:
         try:
             self.start()
         except BaseException:
@@ -185,11 +186,10 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
 """
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.root / "log" / f"{name}.out", "ab")
-        # its own session: stopping it (killpg) reaches it and its children, nothing else
-        self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        log.close()
+        with open(self.root / "log" / f"{name}.out", "ab") as log:
+            # its own session: stopping it (killpg) reaches it and its children, nothing else
+            self.procs[name] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                                start_new_session=True)
 
     def _ok(self, cmd: list[str], expect: str) -> bool:
         p = subprocess.run(cmd, capture_output=True, text=True, env=self.env, timeout=30)
@@ -223,10 +223,8 @@ PartitionName={self.partition} Nodes=localhost Default=YES MaxTime=INFINITE Stat
             if p is not None:
                 _stop_group(p)
         for pid in self.stray_pids():
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
 
     def alive(self) -> list[int]:
         """Pids of this cluster's daemons and job processes that are still running."""

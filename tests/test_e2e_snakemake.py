@@ -18,10 +18,19 @@ import pytest
 import yaml
 
 from conftest import (
-    ROOT, SNAKEMAKE, check_exact_token_counts_on_every_ok_request, check_good_cell_ok_and_bad_flag_cell_failed_with_reason,
-    check_latency_fields_are_consistent, check_no_engine_process_left, check_secrets_never_reach_results_logs_or_db,
-    check_slo_rows_report_and_cli_after_real_run, check_sweep_strictly_between_the_anchors, e2e_config,
-    engine_processes, run_snakemake)
+    ROOT,
+    SNAKEMAKE,
+    check_exact_token_counts_on_every_ok_request,
+    check_good_cell_ok_and_bad_flag_cell_failed_with_reason,
+    check_latency_fields_are_consistent,
+    check_no_engine_process_left,
+    check_secrets_never_reach_results_logs_or_db,
+    check_slo_rows_report_and_cli_after_real_run,
+    check_sweep_strictly_between_the_anchors,
+    e2e_config,
+    engine_processes,
+    run_snakemake,
+)
 
 pytestmark = pytest.mark.e2e
 

@@ -16,6 +16,7 @@ import duckdb
 import psutil
 import pytest
 import yaml
+
 from conftest import make_tokenizer, run_snakemake
 
 ROOT = Path(__file__).resolve().parents[1]

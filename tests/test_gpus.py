@@ -8,10 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import make_tokenizer
 
 from llm_almanac import gpus
 from llm_almanac.hardware import visible_gpus
+
+from conftest import make_tokenizer
 
 
 def test_no_gpus_and_slurm_jobs_are_left_alone(tmp_path):
@@ -29,13 +30,12 @@ def test_cells_take_the_lowest_free_gpus_and_never_share_one(tmp_path):
         assert a == "3,5"
         with gpus.claim(1, env=env, lock_dir=tmp_path) as b:
             assert b == "7"
-            with pytest.raises(gpus.GpuUnavailable, match="no 1 of GPUs 3,5,7 were free within 0.2 s"):
-                with gpus.claim(1, env=env, lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
-                    pass
-        # all or nothing: 2 wanted, only 7 free -> it waits rather than holding 7 alone
-        with pytest.raises(gpus.GpuUnavailable):
-            with gpus.claim(2, env=env, lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
+            with pytest.raises(gpus.GpuUnavailable, match="no 1 of GPUs 3,5,7 were free within 0.2 s"), \
+                    gpus.claim(1, env=env, lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
                 pass
+        # all or nothing: 2 wanted, only 7 free -> it waits rather than holding 7 alone
+        with pytest.raises(gpus.GpuUnavailable), gpus.claim(2, env=env, lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
+            pass
     with gpus.claim(3, env=env, lock_dir=tmp_path, wait_s=0) as c:
         assert c == "3,5,7"
 
@@ -43,12 +43,12 @@ def test_cells_take_the_lowest_free_gpus_and_never_share_one(tmp_path):
 def test_all_gpus_of_the_machine_when_no_cuda_visible_devices(tmp_path):
     with gpus.claim(2, env={}, list_gpus=lambda: ["0", "1", "2", "3"], lock_dir=tmp_path) as v:
         assert v == "0,1"
-    with pytest.raises(gpus.GpuUnavailable, match=r"needs 8 GPU\(s\) but this machine offers 4 \(GPUs listed by nvidia-smi\)"):
-        with gpus.claim(8, env={}, list_gpus=lambda: ["0", "1", "2", "3"], lock_dir=tmp_path):
-            pass
-    with pytest.raises(gpus.GpuUnavailable, match=r"offers 1 \(CUDA_VISIBLE_DEVICES=GPU-ab\)"):
-        with gpus.claim(2, env={"CUDA_VISIBLE_DEVICES": "GPU-ab"}, lock_dir=tmp_path):
-            pass
+    with pytest.raises(gpus.GpuUnavailable, match=r"needs 8 GPU\(s\) but this machine offers 4 \(GPUs listed by nvidia-smi\)"), \
+            gpus.claim(8, env={}, list_gpus=lambda: ["0", "1", "2", "3"], lock_dir=tmp_path):
+        pass
+    with pytest.raises(gpus.GpuUnavailable, match=r"offers 1 \(CUDA_VISIBLE_DEVICES=GPU-ab\)"), \
+            gpus.claim(2, env={"CUDA_VISIBLE_DEVICES": "GPU-ab"}, lock_dir=tmp_path):
+        pass
 
 
 def test_a_killed_cell_frees_its_gpus(tmp_path):
@@ -58,9 +58,9 @@ def test_a_killed_cell_frees_its_gpus(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "0"
-        with pytest.raises(gpus.GpuUnavailable):
-            with gpus.claim(1, env={"CUDA_VISIBLE_DEVICES": "0"}, lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
-                pass
+        with pytest.raises(gpus.GpuUnavailable), \
+                gpus.claim(1, env={"CUDA_VISIBLE_DEVICES": "0"}, lock_dir=tmp_path, wait_s=0.2, poll_s=0.05):
+            pass
         os.kill(p.pid, signal.SIGKILL)
         p.wait(10)
         with gpus.claim(1, env={"CUDA_VISIBLE_DEVICES": "0"}, lock_dir=tmp_path, wait_s=5, poll_s=0.05) as v:

@@ -4,11 +4,12 @@ import pytest
 
 from llm_almanac import metrics, tables
 from llm_almanac.loadgen import LoadGenerator, Req, request_row
-from llm_almanac.stream import parse_stream
 from llm_almanac.sim import SimConfig
+from llm_almanac.stream import parse_stream
 
 from conftest import MS, _ev
 from conftest import rows_of as _rows
+
 
 def test_parse_stream_counts_only_token_bearing_events_and_stamps_completing_read():
     usage = {"prompt_tokens": 8, "completion_tokens": 3}

@@ -1,7 +1,7 @@
 
 import pytest
 
-from llm_almanac import metrics, tables
+from llm_almanac import tables
 from llm_almanac.metrics import request_timing, summarize, sweep_rates
 
 MS = 1_000_000

@@ -1,7 +1,8 @@
 import pytest
-from conftest import make_tokenizer
 
 from llm_almanac.prompts import PromptError, PromptFactory
+
+from conftest import make_tokenizer
 
 
 @pytest.fixture(scope="module")

@@ -224,8 +224,8 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
     cell = tmp_path / "results/cells/smollm2-135m__vllm-cpu__bf16__32-8"
     cmd = [*shared.SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(cfgfile), "--workflow-profile", str(_profile(cluster))]
-    out = open(tmp_path / "snakemake.out", "w")
-    proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True)
+    with open(tmp_path / "snakemake.out", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=cluster.env, start_new_session=True)
     try:
         deadline = time.monotonic() + 900
         while not (cell / "partial/0-burst-0.parquet").exists():
@@ -249,7 +249,6 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGINT)
             proc.wait(120)
-        out.close()
     info = json.loads((cell / "cell.json").read_text())
     assert info["status"] == "ok" and info["slurm_job_id"] != jid
     state = subprocess.run(["squeue", "-h", "-t", "all", "-j", jid, "-o", "%T"], capture_output=True, text=True,

@@ -62,7 +62,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             for name, fname in (("phases", "phases.parquet"), ("requests", "requests.parquet"),
                                 ("slo", "slo.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
-            counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}
+            counts = {n: len(con.table(n)) for n in tables.TABLES}
         finally:
             con.close()
     log.info("wrote %s: %s", db_path, counts)

@@ -84,7 +84,7 @@ def _answer(points: list[dict[str, Any]], conditions: list[dict[str, Any]], idxs
         res = max_rps_under(pts, float(cond["threshold_ms"]))
         if res.max_rps is None:
             return res
-        if best is None or res.max_rps < best.max_rps:
+        if best is None or best.max_rps is None or res.max_rps < best.max_rps:
             best = res
     return best
 

@@ -38,7 +38,7 @@ from .config import defaults
 from .engines import Engine, ServerSpec, adapter_for
 from .files import read_json, write_cell
 from .loadgen import LoadGenerator
-from .phases import Checkpoint, CellFailure, Plan
+from .phases import CellFailure, Checkpoint, Plan
 from .prompts import PromptFactory
 from .redact import redact_args, redact_env, scrub, scrub_file, secret_values, without_secrets
 from .server import Server, ServerStartupError, free_port, log_tail, signals_raise

@@ -14,4 +14,6 @@ DB_PATH = "results/almanac.duckdb"
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:
     """Run a query and return its whole result as a polars DataFrame."""
-    return pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
+    df = pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
+    assert isinstance(df, pl.DataFrame)  # a table, never a single column
+    return df

@@ -80,7 +80,9 @@ def claim(n: int, env: Mapping[str, str] | None = None, list_gpus: Callable[[], 
         yield env.get("CUDA_VISIBLE_DEVICES")  # the scheduler chose them
         return
     if list_gpus is None:
-        from .hardware import gpu_ids as list_gpus
+        from .hardware import gpu_ids
+
+        list_gpus = gpu_ids
     gpus = pool(env, list_gpus)
     if len(gpus) < n:
         where = "CUDA_VISIBLE_DEVICES=" + env["CUDA_VISIBLE_DEVICES"] if "CUDA_VISIBLE_DEVICES" in env \

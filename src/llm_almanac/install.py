@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -78,10 +78,10 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
     if not adapter.needs_install:  # the simulator runs from this package's own environment
         from . import __version__
 
-        info = {"engine": name, "module": adapter.name, "package": "llm-almanac",
-                "version": f"simulator-{__version__}", "python": sys.executable, "pip_freeze": []}
-        write_json(out_json, info)
-        return info
+        sim = {"engine": name, "module": adapter.name, "package": "llm-almanac",
+               "version": f"simulator-{__version__}", "python": sys.executable, "pip_freeze": []}
+        write_json(out_json, sim)
+        return sim
     package, reqs = requirements(name, ecfg)
     t0 = time.monotonic()
     if venv_dir.exists():
@@ -118,7 +118,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
             extra = adapter.post_install(str(python))
         except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
             raise InstallError(f"engine {name!r} installed but its post-install step failed: {exc}") from None
-    info = {
+    info: dict[str, Any] = {
         "engine": name,
         "module": ecfg.get("module", name),
         "package": package,
@@ -128,7 +128,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
         "python": str(python.absolute()),
         "venv": str(venv_dir.absolute()),
         "install_s": round(time.monotonic() - t0, 1),
-        "installed_at": datetime.now(timezone.utc).isoformat(),
+        "installed_at": datetime.now(UTC).isoformat(),
         "pip_freeze": freeze,
         **extra,
     }

@@ -36,10 +36,11 @@ from .fasthttp import HTTPError, StreamingClient
 from .metrics import request_outcome, request_timing
 from .stream import parse_stream
 
+_loop_factory: Callable[[], asyncio.AbstractEventLoop] | None
 try:  # an optional speed-up; the asyncio default loop measures the same things
-    import uvloop
+    from uvloop import new_event_loop as _loop_factory
 except ImportError:  # pragma: no cover - uvloop is a pinned dependency
-    uvloop = None
+    _loop_factory = None
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +51,7 @@ ARRIVALS = ("constant", "poisson")
 
 def run(coro):
     """asyncio.run on uvloop where available (the load generator's event loop)."""
-    factory = uvloop.new_event_loop if uvloop is not None else None
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with asyncio.Runner(loop_factory=_loop_factory) as runner:
         return runner.run(coro)
 
 

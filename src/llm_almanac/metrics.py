@@ -23,7 +23,7 @@ from typing import Any
 import polars as pl
 
 from .stream import Decoded
-from .tables import CLIENT, PERCENTILES, PHASE_KEYS, PHASES, empty
+from .tables import CLIENT, PERCENTILES, PHASE_KEYS, PHASES, conform, empty
 
 NS_PER_MS = 1_000_000
 
@@ -125,12 +125,12 @@ def summarize(requests: pl.DataFrame, client: pl.DataFrame | None = None) -> pl.
     out = requests.group_by(PHASE_KEYS, maintain_order=True).agg(aggs)
     if client is None or client.is_empty():
         client = empty(CLIENT)
-    out = out.join(client.cast(CLIENT).select(list(CLIENT)), on=PHASE_KEYS, how="left")
+    out = out.join(conform(CLIENT, client), on=PHASE_KEYS, how="left")
     util = pl.col("client_cpu_s") / pl.col("client_wall_s")
     out = out.with_columns(util.alias("client_cpu_util")).with_columns(
         ((pl.col("client_cpu_util") >= SATURATED_CPU_UTIL).fill_null(False)
          | (pl.col("send_lag_p99_ms") > SATURATED_LAG_MS).fill_null(False)).alias("client_saturated"))
-    return out.select(list(PHASES)).cast(PHASES)
+    return conform(PHASES, out)
 
 
 def sweep_rates(seq_rps: float, burst_rps: float, k: int) -> list[float]:

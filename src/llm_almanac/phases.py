@@ -62,7 +62,8 @@ class PhaseStore:
         return tables.frame(tables.CLIENT, rows)
 
     def max_request_id(self) -> int:
-        return max((int(df["request_id"].max()) for df in self.units.values() if len(df)), default=-1)
+        return max((int(df.select(pl.max("request_id")).item()) for df in self.units.values() if len(df)),
+                   default=-1)
 
 
 class Checkpoint(PhaseStore):

@@ -16,10 +16,10 @@ import duckdb
 import plotly.colors as px_colors
 import plotly.graph_objects as go
 import polars as pl
+from plotly.subplots import make_subplots
 
 from .db import frame
 from .files import write_text
-from plotly.subplots import make_subplots
 
 PALETTE = px_colors.qualitative.Plotly
 
@@ -69,7 +69,7 @@ def _slo_figures(con: duckdb.DuckDBPyConnection) -> list[go.Figure]:
     for (slo,), g in rows.group_by(["slo"], maintain_order=True):
         labels = [f"{m} {e} {q} {i}/{o}" for m, e, q, i, o in
                   zip(g["model"], g["engine"], g["quantization"], g["isl"], g["osl"])]
-        lo = [(v - l) if l is not None else 0 for v, l in zip(g["max_rps"], g["ci_low_rps"])]
+        lo = [(v - low) if low is not None else 0 for v, low in zip(g["max_rps"], g["ci_low_rps"])]
         hi = [(h - v) if h is not None else 0 for v, h in zip(g["max_rps"], g["ci_high_rps"])]
         fig = go.Figure(go.Bar(x=labels, y=g["max_rps"].to_list(),
                                error_y={"type": "data", "array": hi, "arrayminus": lo},
@@ -128,7 +128,8 @@ def _slo_table(con: duckdb.DuckDBPyConnection) -> str:
 
 
 def _cells_table(con: duckdb.DuckDBPyConnection) -> str:
-    rows = con.execute("SELECT cell_id, status, engine_version, hardware, startup_s, error FROM cells ORDER BY cell_id").fetchall()
+    rows = con.execute(
+        "SELECT cell_id, status, engine_version, hardware, startup_s, error FROM cells ORDER BY cell_id").fetchall()
     body = "".join(
         f"<tr class='{s}'><td>{html.escape(c)}</td><td>{s}</td><td>{html.escape(v or '')}</td>"
         f"<td>{html.escape(h or '')}</td><td class=num>{_fmt(st, 1)}</td>"
@@ -155,7 +156,7 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
         slo_figs = _slo_figures(con)
         slo_table = _slo_table(con)
         cells_table = _cells_table(con)
-        n_cells, n_ok = con.execute("SELECT count(*), count(*) FILTER (WHERE status='ok') FROM cells").fetchone()
+        n_cells, n_ok = frame(con, "SELECT count(*) AS n, count(*) FILTER (WHERE status='ok') AS ok FROM cells").row(0)
     finally:
         con.close()
     embedded = [False]

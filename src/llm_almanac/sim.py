@@ -21,6 +21,7 @@ import os
 import signal
 import socket
 import time
+import typing
 from dataclasses import dataclass
 
 import orjson
@@ -113,9 +114,10 @@ class SimServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
+        assert task is not None  # a handler always runs in its own task
         self._tasks.add(task)
         self.connections += 1
-        proto: _StampingProtocol = writer.transport.get_protocol()
+        proto = typing.cast(_StampingProtocol, writer.transport.get_protocol())
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")

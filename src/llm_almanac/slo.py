@@ -42,6 +42,7 @@ def max_rps_under(points: list[tuple[float, float | None]], threshold: float) ->
     if i == len(pts) - 1:
         return SLOResult(pts[i][0], "above-range")
     (r1, v1), (r2, v2) = pts[i], pts[i + 1]
+    assert v1 is not None  # it meets the SLO
     if v1 == threshold or v2 is None or v2 == v1:
         return SLOResult(r1, "measured")
     rps = r1 + (threshold - v1) * (r2 - r1) / (v2 - v1)

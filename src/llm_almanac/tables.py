@@ -168,7 +168,7 @@ def conform(schema: Mapping[str, Any], df: pl.DataFrame) -> pl.DataFrame:
     """`df` with the definition's columns in its order and types; columns it lacks (files
     written by an older version) become null, columns the definition lacks are dropped."""
     missing = [pl.lit(None, dtype).alias(c) for c, dtype in schema.items() if c not in df.columns]
-    return df.with_columns(missing).select(list(schema)).cast(dict(schema))
+    return df.with_columns(missing).select(list(schema)).cast(pl.Schema(dict(schema)))
 
 
 def new_cell_record(**values: Any) -> dict[str, Any]:

@@ -42,8 +42,9 @@ class Engine:
     startup_timeout_s: float = 900.0
     #: False for the simulator, which runs from this package's own environment.
     needs_install: bool = True
-    #: True only for the test simulator: its cells are labelled so in results.
+    #: True only for test instruments (the simulator): their cells carry LABEL as hardware.
     simulated: bool = False
+    LABEL: str = ""
     #: False for servers that close keep-alive connections without saying so.
     client_keepalive: bool = True
 
