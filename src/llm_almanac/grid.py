@@ -91,6 +91,67 @@ def _check_quant(engine: str, ecfg: dict[str, Any], quant: str, cid: str) -> Non
         raise ConfigError(f"cell {cid}: {exc}; remove it from the grid or exclude it") from None
 
 
+def _check_names(config: dict[str, Any]) -> None:
+    for name in config.get("models") or {}:
+        _check_slug("model", name)
+    for name, ecfg in (config.get("engines") or {}).items():
+        _check_slug("engine", name)
+        if ecfg.get("module", name) == "sim" and not config.get("allow_simulator"):
+            raise ConfigError(
+                f"engine {name!r} uses module 'sim', the test simulator, which is not an engine; "
+                "it is allowed only in test configs that set allow_simulator: true"
+            )
+
+
+def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str, e: str, q: Any,
+               isl: int, osl: int) -> Cell:
+    """One cell of a grid entry, with its engine's arguments and environment (engine, then the
+    entry's, then the model's), checked against the engine and the model's context length."""
+    mcfg, ecfg = config["models"][m], config["engines"][e]
+    cid = cell_id(m, e, q, isl, osl)
+    _check_quant(e, ecfg, q, cid)
+    max_len = mcfg.get("max_model_len")
+    if max_len and isl + osl > max_len:
+        raise ConfigError(
+            f"{where}: cell {cid} needs isl+osl={isl + osl} tokens but model {m!r} has max_model_len "
+            f"{max_len}; drop the shape or raise max_model_len"
+        )
+    args = list(ecfg.get("args") or []) + list(entry.get("engine_args", {}).get(e, []))
+    args += list((mcfg.get("engine_args") or {}).get(e, []))
+    env = dict(ecfg.get("env") or {})
+    env.update((mcfg.get("engine_env") or {}).get(e, {}))
+    return Cell(
+        model=m, engine=e, quantization=str(q), isl=isl, osl=osl,
+        # the grid decides a cell's GPU count once: a CPU engine's cells need none
+        n_gpus=int(mcfg.get("gpus", 1)) if ecfg.get("device", "cuda") != "cpu" else 0,
+        extra_args=tuple(args),
+        extra_env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+    )
+
+
+def _entry_cells(config: dict[str, Any], idx: int, entry: dict[str, Any]) -> list[Cell]:
+    """The cells of grid[idx]: its product minus the exclusions that apply to it."""
+    where = f"grid[{idx}]"
+    models, engines = config.get("models") or {}, config.get("engines") or {}
+    for m in entry["models"]:
+        if m not in models:
+            raise ConfigError(f"{where}: unknown model {m!r}; defined models: {sorted(models)}")
+    for e in entry["engines"]:
+        if e not in engines:
+            raise ConfigError(f"{where}: unknown engine {e!r}; defined engines: {sorted(engines)}")
+    excl = (config.get("exclude") or []) + (entry.get("exclude") or [])
+    cells = []
+    for m, e, q, shape in itertools.product(entry["models"], entry["engines"], entry["quantizations"],
+                                            entry["shapes"]):
+        isl, osl = int(shape["isl"]), int(shape["osl"])
+        if isl <= 0 or osl <= 0:
+            raise ConfigError(f"{where}: shape isl={isl} osl={osl} must be positive")
+        values = {"model": m, "engine": e, "quantization": q, "isl": isl, "osl": osl}
+        if not any(_matches(rule, values) for rule in excl):
+            cells.append(_make_cell(config, entry, where, m, e, q, isl, osl))
+    return cells
+
+
 def expand_grid(config: dict[str, Any]) -> list[Cell]:
     """Return the cells of the config, in config order, without duplicates.
 
@@ -99,67 +160,14 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
     is an error: two entries that claim the same cell with possibly different settings would make
     the measurement ambiguous.
     """
-    models = config.get("models") or {}
-    engines = config.get("engines") or {}
-    for name in models:
-        _check_slug("model", name)
-    for name, ecfg in engines.items():
-        _check_slug("engine", name)
-        if ecfg.get("module", name) == "sim" and not config.get("allow_simulator"):
-            raise ConfigError(
-                f"engine {name!r} uses module 'sim', the test simulator, which is not an engine; "
-                "it is allowed only in test configs that set allow_simulator: true"
-            )
-    global_excl = config.get("exclude") or []
-
+    _check_names(config)
     cells: list[Cell] = []
     seen: dict[str, int] = {}
     for idx, entry in enumerate(config.get("grid") or []):
-        where = f"grid[{idx}]"
-        for m in entry["models"]:
-            if m not in models:
-                raise ConfigError(f"{where}: unknown model {m!r}; defined models: {sorted(models)}")
-        for e in entry["engines"]:
-            if e not in engines:
-                raise ConfigError(
-                    f"{where}: unknown engine {e!r}; defined engines: {sorted(engines)}"
-                )
-        excl = global_excl + (entry.get("exclude") or [])
-        for m, e, q, shape in itertools.product(
-            entry["models"], entry["engines"], entry["quantizations"], entry["shapes"]
-        ):
-            isl, osl = int(shape["isl"]), int(shape["osl"])
-            if isl <= 0 or osl <= 0:
-                raise ConfigError(f"{where}: shape isl={isl} osl={osl} must be positive")
-            values = {"model": m, "engine": e, "quantization": q, "isl": isl, "osl": osl}
-            if any(_matches(rule, values) for rule in excl):
-                continue
-            mcfg, ecfg = models[m], engines[e]
-            _check_quant(e, ecfg, q, cell_id(m, e, q, isl, osl))
-            max_len = mcfg.get("max_model_len")
-            if max_len and isl + osl > max_len:
-                raise ConfigError(
-                    f"{where}: cell {cell_id(m, e, q, isl, osl)} needs isl+osl={isl + osl} tokens "
-                    f"but model {m!r} has max_model_len {max_len}; drop the shape or raise "
-                    "max_model_len"
-                )
-            args = list(ecfg.get("args") or []) + list(entry.get("engine_args", {}).get(e, []))
-            args += list((mcfg.get("engine_args") or {}).get(e, []))
-            env = dict(ecfg.get("env") or {})
-            env.update((mcfg.get("engine_env") or {}).get(e, {}))
-            cell = Cell(
-                model=m,
-                engine=e,
-                quantization=str(q),
-                isl=isl,
-                osl=osl,
-                n_gpus=int(mcfg.get("gpus", 1)) if ecfg.get("device", "cuda") != "cpu" else 0,
-                extra_args=tuple(args),
-                extra_env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
-            )
+        for cell in _entry_cells(config, idx, entry):
             if cell.cell_id in seen:
                 raise ConfigError(
-                    f"cell {cell.cell_id} is listed twice (grid[{seen[cell.cell_id]}] and {where});"
+                    f"cell {cell.cell_id} is listed twice (grid[{seen[cell.cell_id]}] and grid[{idx}]);"
                     " remove one, or exclude it from one entry"
                 )
             seen[cell.cell_id] = idx
