@@ -5,7 +5,11 @@ from snakemake.utils import min_version
 min_version("9.0")
 
 
-configfile: "config/config.yaml"
+# The default grid runs only when no --configfile is given: a user's config stands alone and never
+# inherits the CPU grid's models, engines or bench settings (it gets the schema's defaults).
+if not workflow.overwrite_configfiles:
+
+    configfile: "config/config.yaml"
 
 
 include: "rules/common.smk"

@@ -61,7 +61,6 @@ def matrix(tmp_path_factory):
                   "sweep_duration_s": 1, "request_timeout_s": 2},
         "analysis": {"bootstrap": 20},
     }
-    # the default config.yaml is merged under --configfile: keep only our grid
     cfgfile = work / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
     run_snakemake(work, cfgfile)
