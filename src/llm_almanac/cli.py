@@ -26,7 +26,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import loadgen, logs, phases
+from . import __version__, loadgen, logs, phases
 from .config import defaults
 from .db import DB_PATH, frame
 from .files import write_parquet
@@ -204,6 +204,21 @@ def cmd_show(a: argparse.Namespace) -> int:
     return 0
 
 
+def write_frame(df: pl.DataFrame, fmt: str, digits: int = 3, title: str | None = None) -> None:
+    """A result on stdout: a table for a person (the default in a terminal), CSV (the default
+    into a pipe) or JSON records (lists stay lists)."""
+    if fmt == "auto":
+        fmt = "table" if sys.stdout.isatty() else "csv"
+    if fmt == "table":
+        _print_frame(df, title, digits)
+    elif fmt == "json":
+        sys.stdout.write(json.dumps(df.to_dicts(), default=str, indent=1) + "\n")
+    else:
+        lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
+        sys.stdout.write(df.with_columns(pl.col(c).cast(pl.List(pl.String)).list.join(";") for c in lists)
+                         .write_csv())
+
+
 def cmd_query(a: argparse.Namespace) -> int:
     import duckdb
 
@@ -212,7 +227,7 @@ def cmd_query(a: argparse.Namespace) -> int:
         df = frame(con, a.sql)
     except duckdb.Error as exc:
         raise SystemExit(f"almanac query: {exc}") from None
-    _print_frame(df, digits=a.digits)
+    write_frame(df, a.format, a.digits)
     return 0
 
 
@@ -271,6 +286,7 @@ def cmd_rerun_failed(a: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="almanac", description="LLM engine benchmarks, the Almanac way.")
+    ap.add_argument("--version", action="version", version=f"almanac (llm-almanac) {__version__}")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     b = sub.add_parser("bench", help="run the phases of a cell against a running server")
@@ -322,7 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     q = sub.add_parser("query", help="run SQL on the database")
     q.add_argument("sql")
-    q.add_argument("--digits", type=int, default=3)
+    q.add_argument("--digits", type=int, default=3, help="decimals in the table format (default: %(default)s)")
+    q.add_argument("--format", choices=["auto", "table", "csv", "json"], default="auto",
+                   help="auto: a table in a terminal, CSV into a pipe (default: %(default)s)")
     q.add_argument("--db", default=DB_PATH)
     q.set_defaults(func=cmd_query)
 

@@ -18,7 +18,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .engines import adapter_for
 from .files import write_json
@@ -30,30 +30,54 @@ class InstallError(RuntimeError):
     pass
 
 
-_PROGRESS = ("Collecting", "Downloading", "Building", "Installing", "Successfully", "ERROR")
+# pip's output lines -> the step of the install they start (the full output goes to the log)
+_STEPS = (("Collecting", "resolving"), ("Looking in", "resolving"), ("Downloading", "downloading"),
+          ("Using cached", "downloading"), ("Processing", "downloading"), ("Building wheel", "building"),
+          ("  Building wheel", "building"), ("Installing collected", "installing"),
+          ("Successfully installed", "installed"), ("ERROR", "error"))
 
 
-def _run(cmd: list[str], logf, env: dict[str, str] | None = None) -> int:
-    """Run a command, keeping its full output in logf and echoing pip's milestones as progress."""
-    log.info("$ %s", " ".join(cmd))
+class Progress:
+    """One line per step of an engine's install, naming the engine, with the elapsed time; a
+    heartbeat once a minute while a step prints nothing (a source build is silent for minutes)."""
+
+    def __init__(self, engine: str) -> None:
+        self.engine, self.step, self.t0 = engine, "starting", time.monotonic()
+
+    def line(self) -> str:
+        return f"install {self.engine}: {self.step} ({time.monotonic() - self.t0:.0f} s)"
+
+    def to(self, step: str) -> None:
+        if step != self.step:
+            self.step = step
+            log.info(self.line())
+
+    def feed(self, pip_line: str) -> None:
+        for prefix, step in _STEPS:
+            if pip_line.startswith(prefix):
+                self.to(step)
+                return
+
+
+def _run(cmd: list[str], logf: IO[str], progress: Progress, env: dict[str, str] | None = None) -> int:
+    """Run a command with its full output in logf; pip's milestones move `progress` on."""
+    logf.write(f"$ {' '.join(cmd)}\n")
     logf.flush()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             stdin=subprocess.DEVNULL, text=True, bufsize=1,
                             env={**os.environ, **env} if env else None)
     assert proc.stdout is not None
     done = threading.Event()
-    t0 = time.monotonic()
 
-    def heartbeat() -> None:  # a source build (llama.cpp) prints nothing for minutes
+    def heartbeat() -> None:
         while not done.wait(60):
-            log.info("  ... still running (%.0f min so far)", (time.monotonic() - t0) / 60)
+            log.info(progress.line() + ", still running")
 
     threading.Thread(target=heartbeat, daemon=True).start()
     try:
         for line in proc.stdout:
             logf.write(line)
-            if line.startswith(_PROGRESS):
-                log.info("  %s", line.rstrip()[:160])
+            progress.feed(line)
         return proc.wait()
     finally:
         done.set()
@@ -89,24 +113,28 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
     python = venv_dir / "bin" / "python"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as logf:
-        if _run([sys.executable, "-m", "venv", str(venv_dir)], logf):
+        progress = Progress(name)
+        progress.to("creating its environment")
+        if _run([sys.executable, "-m", "venv", str(venv_dir)], logf, progress):
             raise InstallError(f"could not create a virtual environment at {venv_dir}")
         pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
         log.info("installing %s for engine %r (log: %s)", " ".join(reqs), name, log_path)
-        if _run([*pip, "install", *reqs], logf, adapter.install_env()):
+        if _run([*pip, "install", *reqs], logf, progress, adapter.install_env()):
             raise InstallError(
                 f"pip could not install {' '.join(reqs)} for engine {name!r}; check the version "
                 f"(`pip index versions {package}`) and the last lines of {log_path}"
             )
         remove = list(ecfg.get("pip_remove", []))
-        if remove and _run([*pip, "uninstall", "-y", *remove], logf):
+        progress.to("removing " + " ".join(ecfg.get("pip_remove", [])) if ecfg.get("pip_remove") else "verifying")
+        if remove and _run([*pip, "uninstall", "-y", *remove], logf, progress):
             raise InstallError(f"pip could not remove {remove} for engine {name!r}; see {log_path}")
         version = subprocess.run(
             [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
             capture_output=True, text=True, check=True,
         ).stdout.strip()
         check = ecfg.get("import_check")
-        if check and _run([str(python), "-c", f"import {check}"], logf):
+        progress.to("verifying")
+        if check and _run([str(python), "-c", f"import {check}"], logf, progress):
             raise InstallError(
                 f"engine {name!r} installed but `import {check}` fails in {venv_dir}; "
                 f"see the last lines of {log_path}"

@@ -87,11 +87,12 @@ class LlamaCpp(Engine):
         return len(tokens) if isinstance(tokens, list) else None
 
     def install_env(self) -> dict[str, str]:
-        # The sdist runs `cmake --build . -j` (no number): ~25 compilers at once on 2 cores
-        # (load 40, 9 GB of memory). These variables bound builds that leave -j to the
-        # environment; with a bare -j on the command line make still takes its own default.
+        # The sdist's setup.py runs `cmake --build . -j$LLAMA_CPP_BUILD_JOBS`: unset, that is a
+        # bare -j (~25 compilers at once on 2 cores: load 40-100, 9 GB of memory, seen here).
+        # One compiler per core; and only what the server needs (no tests, no examples).
         jobs = str(os.cpu_count() or 2)
-        return {"CMAKE_BUILD_PARALLEL_LEVEL": jobs, "MAKEFLAGS": f"-j{jobs}"}
+        return {"LLAMA_CPP_BUILD_JOBS": jobs, "CMAKE_BUILD_PARALLEL_LEVEL": jobs, "MAKEFLAGS": f"-j{jobs}",
+                "CMAKE_ARGS": f"{os.environ.get('CMAKE_ARGS', '')} -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF".strip()}
 
     def post_install(self, python: str) -> dict[str, Any]:
         pkg = subprocess.run(
