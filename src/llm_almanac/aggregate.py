@@ -15,8 +15,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from . import metrics
-from .analyse import SLO_SCHEMA
+from . import answers, metrics
+from .analyse import DEFAULT_SLOS, SLO_SCHEMA
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +64,10 @@ def _cell_row(info: dict) -> dict:
     return row
 
 
-def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None) -> dict[str, int]:
+def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None,
+              analysis: dict | None = None, prices: dict | None = None) -> dict[str, int]:
+    """`analysis` (its `slos`) and `prices` are the config's sections: they decide the `answers`
+    table (answers.write_tables)."""
     infos = [json.loads((d / "cell.json").read_text()) for d in cell_dirs]
     for info in infos:
         info["reproduce"] = (reproduce or {}).get(info["cell_id"], info.get("reproduce"))
@@ -101,6 +104,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             con.execute(f"CREATE TABLE {name} ({cols}, {DDL[name]})")
             con.execute(f"INSERT INTO {name} SELECT * FROM {name}_df")
             con.unregister(f"{name}_df")
+        answers.write_tables(con, cells, requests, phases, (analysis or {}).get("slos") or DEFAULT_SLOS, prices)
         counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0]
                   for n, _ in tables}
     finally:
