@@ -149,16 +149,6 @@ def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) ->
     Console(width=max(120, Console().width)).print(t)
 
 
-def _filters(a: argparse.Namespace) -> tuple[str, list]:
-    where, args = [], []
-    for col in ("model", "engine", "quantization", "isl", "osl"):
-        v = getattr(a, col, None)
-        if v is not None:
-            where.append(f"c.{col} = ?")
-            args.append(v)
-    return (" AND " + " AND ".join(where)) if where else "", args
-
-
 def _emit(rows: list[dict], fmt: str, table: list[tuple[str, str]], title: str) -> None:
     """Rows as JSON (every field, full precision), CSV (the same) or a table of `table`
     (header, key) whose values are already text."""
