@@ -303,3 +303,12 @@ def test_cli_summary_markdown(db, capsys, tmp_path):
     assert "doubling the prompt changes capacity by" in out and "doubling the output changes it by" in out
     _cli(capsys, "summary", "--db", str(db), "--out", str(tmp_path / "s.md"))
     assert (tmp_path / "s.md").read_text() == out
+
+
+def test_point_stats_equal_the_one_at_a_time_definitions():
+    from llm_almanac.curve import STATS, _point_stats
+
+    vals = np.random.default_rng(3).lognormal(5, 0.4, 257)
+    for s, (v, lo, hi) in _point_stats(vals).items():
+        assert v == statistic(vals, s) and (lo, hi) == interval(vals, s)
+    assert set(_point_stats(vals)) == set(STATS) and _point_stats(np.array([]))["p95"] == (None, None, None)
