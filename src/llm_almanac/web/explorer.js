@@ -3,6 +3,7 @@
 // modules named next to each function; tests/test_answers_browser.py compares them.
 "use strict";
 
+document.documentElement.dataset.scriptMs = performance.now().toFixed(0);  // page and plotly.js parsed
 const D = JSON.parse(document.getElementById("almanac-data").textContent);
 const OK = D.cells.filter(c => c.status === "ok" && D.curves[c.id]);
 const BELOW_RANGE_TEXT = "not even one request at a time meets it";  // answers.BELOW_RANGE_TEXT
