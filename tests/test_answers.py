@@ -312,3 +312,23 @@ def test_point_stats_equal_the_one_at_a_time_definitions():
     for s, (v, lo, hi) in _point_stats(vals).items():
         assert v == statistic(vals, s) and (lo, hi) == interval(vals, s)
     assert set(_point_stats(vals)) == set(STATS) and _point_stats(np.array([]))["p95"] == (None, None, None)
+
+
+def test_interval_brackets_the_answer_on_random_curves():
+    """The claim the interval rests on: a higher statistic never raises the answer, so the
+    pessimistic and optimistic readings bracket it (non-monotone curves included)."""
+    rng = np.random.default_rng(11)
+    for _ in range(2000):
+        n = int(rng.integers(1, 9))
+        rps = sorted(rng.uniform(0.1, 20, n).tolist())
+        vals = rng.uniform(10, 1000, n)
+        lo, hi = vals * rng.uniform(0.7, 1, n), vals * rng.uniform(1, 1.3, n)
+        conds = [Condition(vals.tolist(), lo.tolist(), hi.tolist(), float(rng.uniform(0, 1100)))]
+        if rng.random() < 0.5:
+            v2 = rng.uniform(5, 60, n)
+            conds.append(Condition(v2.tolist(), (v2 * 0.9).tolist(), (v2 * 1.1).tolist(), float(rng.uniform(0, 70))))
+        a = answer(rps, conds)
+        if a.max_rps is None:
+            assert a.ci_low_rps is None and a.ci_high_rps is None
+            continue
+        assert (a.ci_low_rps or 0.0) <= a.max_rps <= (math.inf if a.ci_high_rps is None else a.ci_high_rps)
