@@ -187,7 +187,7 @@ def _f(v, d: int = 2) -> str:
 
 def cmd_slo(a: argparse.Namespace) -> int:
     from . import answers, best
-    from .summary import ci_text, fmt_usd
+    from .summary import ci_range, fmt_usd
 
     slo, prices = _slo_args(a)
     con = _connect(a.db)
@@ -212,11 +212,11 @@ def cmd_slo(a: argparse.Namespace) -> int:
             b, r = o["best"] or {}, o["runner_up"] or {}
             shown.append({"model": o["model"], "shape": f"{o['isl']}/{o['osl']}", "hw": o["hardware_kind"],
                           "best": best.label(b) if b else "-", "b_rps": b.get("answer", "-"),
-                          "b_ci": ci_text(b) if b else "-", "runner": best.label(r) if r else "-",
-                          "r_rps": r.get("answer", "-"), "r_ci": ci_text(r) if r else "-", "verdict": o["verdict"]})
+                          "b_ci": ci_range(b) if b else "-", "runner": best.label(r) if r else "-",
+                          "r_rps": r.get("answer", "-"), "r_ci": ci_range(r) if r else "-", "verdict": o["verdict"]})
         _emit(shown, "table", [("model", "model"), ("ISL/OSL", "shape"), ("hardware", "hw"), ("best", "best"),
-                               ("max req/s", "b_rps"), ("", "b_ci"), ("runner-up", "runner"),
-                               ("max req/s", "r_rps"), ("", "r_ci"), ("verdict", "verdict")],
+                               ("max req/s", "b_rps"), ("95% CI", "b_ci"), ("runner-up", "runner"),
+                               ("max req/s", "r_rps"), ("95% CI", "r_ci"), ("verdict", "verdict")],
               f"any engine: the best under {slo.text()}")
         return 0
     if a.format != "table":
@@ -224,7 +224,7 @@ def cmd_slo(a: argparse.Namespace) -> int:
         return 0
     for r in rows:
         r["shape"] = f"{r['isl']}/{r['osl']}"
-        r["ci"] = ci_text(r) if r["max_rps"] is not None else "-"
+        r["ci"] = ci_range(r) if r["max_rps"] is not None else "-"
         r["ttft"], r["tpot"] = _f(r["ttft_p95_ms"], 1), _f(r["tpot_p95_ms"])
         r["tok"] = _f(r["output_tok_s"], 1)
         r["usd"] = ("≤ " if r["lower_bound"] and r["usd_per_1m_output_tokens"] else "") + fmt_usd(r["usd_per_1m_output_tokens"])

@@ -32,11 +32,15 @@ def fmt_usd(v: float | None) -> str:
     return f"${v:,.0f}" if v >= 100 else f"${v:.2f}" if v >= 1 else f"${v:#.3g}"
 
 
-def ci_text(row: dict[str, Any]) -> str:
-    """'95% CI 1.50–1.80'; a missing low end is 0 (nothing met it pessimistically), a missing
-    high end ∞ (everything met it optimistically)."""
+def ci_range(row: dict[str, Any]) -> str:
+    """'1.50–1.80'; a missing low end is 0 (nothing met it pessimistically), a missing high end
+    ∞ (everything met it optimistically)."""
     lo, hi = row.get("ci_low_rps"), row.get("ci_high_rps")
-    return f"95% CI {'0' if lo is None else fmt_rps(lo)}–{'∞' if hi is None else fmt_rps(hi)}"
+    return f"{'0' if lo is None else fmt_rps(lo)}–{'∞' if hi is None else fmt_rps(hi)}"
+
+
+def ci_text(row: dict[str, Any]) -> str:
+    return "95% CI " + ci_range(row)
 
 
 def _config(row: dict[str, Any]) -> str:
