@@ -13,6 +13,7 @@ import pytest
 
 from llm_almanac import cli
 from llm_almanac.report import build_report
+from llm_almanac.summary import fmt_usd
 
 import answers_data
 from test_report_cli import CHROME_FLAGS, chromium
@@ -114,8 +115,8 @@ def test_random_thresholds_answer_exactly_as_the_cli(page, tmp_path, capsys):
     assert {"interpolated", "above-range", "below-range"} <= bases  # the thresholds span every case
 
 
-def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path):
-    _, report = page
+def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path, capsys):
+    db, report = page
     script = """
       const plot = id => ({names: document.getElementById(id).data.map(t => t.name),
                            svgTraces: document.querySelectorAll("#" + id + " g.trace").length,
@@ -130,10 +131,16 @@ def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path):
       const t = document.getElementById("f-ttft"); t.value = "100000"; t.dispatchEvent(new Event("input"));
       const q = document.getElementById("f-tpot"); q.value = ""; q.dispatchEvent(new Event("input"));
       out.push({rows: rows(), verdicts: [...document.querySelectorAll(".verdict")].map(v => v.textContent),
-                bars: document.getElementById("plot-shapes").data.map(tr => tr.text)});"""
+                bars: document.getElementById("plot-shapes").data.map(tr => tr.text)});
+      t.value = "700"; t.dispatchEvent(new Event("input"));
+      const price = document.querySelector('input.price[data-kind="h100"]');
+      price.value = "4"; price.dispatchEvent(new Event("input"));
+      const col = [...document.querySelectorAll("#answers-head th")].findIndex(th => th.textContent.startsWith("$/1M out"));
+      out.push({hash: location.hash, cost: Object.fromEntries([...document.querySelectorAll("#answers tr[data-cell-id]")]
+        .map(tr => [tr.dataset.cellId, tr.children[col].textContent]))});"""
     dom = dump(with_probe(report, tmp_path, script).as_uri()
                + "#model=m1&isl=128&osl=32&ttft_ms=700&tpot_ms=40&stat=p95", tmp_path)
-    before, after, high = probed(dom)
+    before, after, high, priced = probed(dom)
     # every engine+quantization, with its version in the legend, p50 and p95, and a star per answer
     assert {"eng-a 0.9.1 bf16 p50", "eng-b 2.0.0 bf16 p95", "eng-b 2.0.0 fp8 p50"} <= set(before["ttft"]["names"])
     assert sum("req/s" in n for n in before["ttft"]["names"]) == 3  # operating points
@@ -149,3 +156,9 @@ def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path):
     assert ok and all(r[1] == "above-range" and r[2].startswith("≥ ") for r in ok)
     assert "≥ " in high["verdicts"][0] and "no clear winner" in high["verdicts"][0]
     assert any(t.startswith("≥ ") for tr in high["bars"] for t in tr if t)
+    # the page's own price wins, as --price does on the command line
+    want = cli_answers(capsys, db, "--ttft-ms", "700", "--model", "m1", "--isl", "128", "--osl", "32",
+                       "--price", "h100=4")
+    assert "price_h100=4" in priced["hash"]
+    assert {k: v for k, v in priced["cost"].items() if k in want} == {
+        k: fmt_usd(r["usd_per_1m_output_tokens"]) for k, r in want.items()}

@@ -108,7 +108,7 @@ def _price_inputs(kinds: list[str], prices: dict[str, cost.Price]) -> str:
         unit = "per machine" if k == "cpu" else "per GPU"
         hint = f"{p.usd_per_hour:g}" if p else "no price"
         title = html.escape(answers.price_note(p, k, 1))
-        out.append(f'<label title="{title}">{html.escape(k)} $/h {unit} <input class="price" data-kind="{html.escape(k)}" '
+        out.append(f'<label title="{title}">{html.escape(k)} {unit} <input class="price" data-kind="{html.escape(k)}" '
                    f'type="number" min="0" step="any" placeholder="{hint}"></label>')
     return "".join(out)
 
@@ -126,7 +126,7 @@ tr.failed{background:#fff0f0} pre{margin:0;white-space:pre-wrap;max-width:60em}
 .verdict{border-left:4px solid #636efa;padding:4px 10px;margin:8px 0;background:#fafafe}
 .vhead{font-weight:600} .vtext{color:#0b5} .op,.cmd{font-size:12.5px;color:#444} code{font-size:11px}
 .price{color:#777} #curves{display:grid;grid-template-columns:1fr 1fr;gap:8px}
-.note{color:#777;font-style:italic} details summary{cursor:pointer}
+.note{color:#777;font-style:italic} details summary{cursor:pointer} #summary>summary{font-size:1.3em;margin:8px 0}
 """
 
 
@@ -141,7 +141,9 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
         con.close()
     rows = answers.answers_frame(cells, points, slos, prices).to_dicts()
     n_cells, n_ok = len(cells), cells.filter(pl.col("status") == "ok").height
-    summary_html = summary.to_html(summary.blocks(rows, slos, n_cells, n_cells - n_ok))
+    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok)
+    summary_html = summary.to_html(blocks[1:])  # its title is the <summary> line
+    summary_open = " open" if len(blocks) <= 40 else ""  # a long one would push the explorer away
     page_cells = _cells(cells, prices)
     data = {"cells": page_cells, "curves": _curves(points), "presets": _presets(slos)}
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
@@ -157,7 +159,8 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
 (latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured
 rate met it); intervals are 95%. Definitions: docs/methodology.md, docs/answers.md.
 Data: {html.escape(str(db_path))}.</p>
-<section id="summary">{summary_html}</section>
+<details id="summary"{summary_open}><summary><b>Executive summary</b> (written from the data by the code
+of <code>almanac summary</code>)</summary>{summary_html}</details>
 <h2>Explorer</h2>
 <div class="pickers">
 <label>model <select id="f-model"></select></label>
@@ -169,7 +172,7 @@ Data: {html.escape(str(db_path))}.</p>
 <label>TPOT ≤ <input id="f-tpot" type="number" min="0" step="any"> ms</label>
 <label>statistic <select id="f-stat"><option>p50</option><option>p90</option><option selected>p95</option><option>p99</option></select></label>
 <span>presets: {presets}</span> <a id="permalink" href="#">link to this view</a>
-<div class="prices">your prices (empty: {html.escape(", ".join(sorted(prices)) or "none")} as configured): {_price_inputs(kinds, prices)}</div>
+<div class="prices">your prices, $/hour (empty: the figure of the config or the example, shown greyed): {_price_inputs(kinds, prices)}</div>
 </div>
 <h3>Answer under <span id="slo-text"></span></h3>
 <div id="verdicts"></div>

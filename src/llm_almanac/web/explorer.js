@@ -16,15 +16,16 @@ const uniq = xs => [...new Set(xs)];
 const esc = s => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g,
   ch => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;", "'": "&#39;"})[ch]);
 
-// --- wording and arithmetic (answers.py, summary.py, cost.py, best.py) ---------------------
+// --- wording and arithmetic (answers.py, summary.py, cost.py, best.py) -----------------------
 function fmtRps(v) { return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2); }
 function answerText(maxRps, basis) {
   if (maxRps === null) return basis === "below-range" ? BELOW_RANGE_TEXT : "no measured point";
   return (basis === "above-range" ? "≥ " : "") + fmtRps(maxRps);
 }
-function ciText(a) {
-  return "95% CI " + (a.ciLow === null ? "0" : fmtRps(a.ciLow)) + "–" + (a.ciHigh === null ? "∞" : fmtRps(a.ciHigh));
+function ciRange(a) {
+  return (a.ciLow === null ? "0" : fmtRps(a.ciLow)) + "–" + (a.ciHigh === null ? "∞" : fmtRps(a.ciHigh));
 }
+function ciText(a) { return "95% CI " + ciRange(a); }
 function fmtUsd(v) {
   if (v === null) return "—";
   if (v >= 100) return "$" + Math.round(v).toLocaleString("en-US");
@@ -179,7 +180,7 @@ const COLUMNS = [  // [header, sort value, html]
   ["ISL/OSL", r => r.cell.isl * 1e6 + r.cell.osl, r => r.cell.isl + "/" + r.cell.osl],
   ["hardware", r => r.cell.kind, r => `<span title="${esc(r.cell.hw)}">${esc(r.cell.kind)}</span>`],
   ["max req/s", r => r.maxRps, r => `<b class="answer">${esc(r.failed ? "failed" : answerText(r.maxRps, r.basis))}</b>`],
-  ["95% CI", r => r.ciLow, r => (r.maxRps === null ? "—" : ciText(r))],
+  ["95% CI", r => r.ciLow, r => (r.maxRps === null ? "—" : ciRange(r))],
   ["basis", r => r.basis, r => esc(r.basis)],
   ["TTFT p50/p95 ms @", r => r.op && r.op.ttft_p95, r => (r.op ? fmt(r.op.ttft_p50, 0) + " / " + fmt(r.op.ttft_p95, 0) : "—")],
   ["TPOT p50/p95 ms @", r => r.op && r.op.tpot_p95, r => (r.op ? fmt(r.op.tpot_p50, 1) + " / " + fmt(r.op.tpot_p95, 1) : "—")],
