@@ -73,3 +73,9 @@ def by_group(rows: list[dict[str, Any]], keys: tuple[str, ...] = GROUP) -> dict[
     for r in rows:
         groups.setdefault(tuple(r[k] for k in keys), []).append(r)
     return {k: verdict(g) for k, g in groups.items()}
+
+
+def table(rows: list[dict[str, Any]], keys: tuple[str, ...] = GROUP) -> list[dict[str, Any]]:
+    """`by_group` as records: the group's keys, best, runner_up (answer rows), overlap, verdict."""
+    return [{**dict(zip(keys, k)), "best": v.best, "runner_up": v.runner_up, "overlap": v.overlap,
+             "verdict": v.text} for k, v in by_group(rows, keys).items()]

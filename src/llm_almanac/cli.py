@@ -195,10 +195,7 @@ def cmd_slo(a: argparse.Namespace) -> int:
     rows = answers.compute(con, [slo], prices, where).to_dicts()
     con.close()
     if a.best:
-        out = []
-        for (model, isl, osl, kind), v in best.by_group(rows).items():
-            out.append({"model": model, "isl": isl, "osl": osl, "hardware_kind": kind,
-                        "best": v.best, "runner_up": v.runner_up, "overlap": v.overlap, "verdict": v.text})
+        out = best.table(rows)
         if a.format != "table":
             if a.format == "csv":  # one line per group: the two configurations' key numbers
                 out = [{"model": o["model"], "isl": o["isl"], "osl": o["osl"], "hardware_kind": o["hardware_kind"],
