@@ -7,6 +7,7 @@ import json
 import random
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -67,7 +68,11 @@ def test_url_hash_answers_equal_the_cli(page, tmp_path, capsys):
     db, report = page
     dom = dump(report.as_uri() + "#model=m1&engine=any&quant=any&isl=128&osl=32&hw=any&ttft_ms=700&stat=p95", tmp_path)
     rows = {m[0]: m[1:] for m in ROW.findall(dom)}
-    want = cli_answers(capsys, db, "--ttft-ms", "700", "--model", "m1", "--isl", "128", "--osl", "32")
+    # the CLI as a user runs it, in its own process
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "slo", "--ttft-ms", "700", "--model", "m1", "--isl",
+                        "128", "--osl", "32", "--format", "json", "--db", str(db)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    want = {r["cell_id"]: r for r in json.loads(p.stdout)}
     assert set(rows) == set(want) | {"m1__eng-c__bf16__128-32"} and len(want) == 3
     assert rows["m1__eng-c__bf16__128-32"][:2] == ("", "failed")
     for cid, r in want.items():
@@ -123,7 +128,12 @@ def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path, cap
                            shapes: (document.getElementById(id).layout.shapes || []).map(s => s.y0)});
       const rows = () => [...document.querySelectorAll("#answers tr[data-cell-id]")].map(tr =>
         [tr.dataset.cellId, tr.dataset.basis, tr.querySelector(".answer").textContent]);
-      out.push({ttft: plot("plot-ttft"), tpot: plot("plot-tpot"), rows: rows(), hash: location.hash});
+      const maxes = () => [...document.querySelectorAll("#answers tr[data-cell-id]")].map(tr => tr.dataset.maxRps);
+      const sorted = [maxes()];
+      const th = [...document.querySelectorAll("#answers-head th")].find(h => h.textContent.startsWith("max req/s"));
+      th.click();
+      sorted.push(maxes());
+      out.push({ttft: plot("plot-ttft"), tpot: plot("plot-tpot"), rows: rows(), hash: location.hash, sorted});
       const eng = document.getElementById("f-engine"); eng.value = "eng-a"; eng.dispatchEvent(new Event("change"));
       out.push({ttft: plot("plot-ttft"), tpot: plot("plot-tpot"), rows: rows(), hash: location.hash,
                 shapesPlot: document.getElementById("plot-shapes").data.map(t => t.name)});
@@ -145,6 +155,9 @@ def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path, cap
     assert {"eng-a 0.9.1 bf16 p50", "eng-b 2.0.0 bf16 p95", "eng-b 2.0.0 fp8 p50"} <= set(before["ttft"]["names"])
     assert sum("req/s" in n for n in before["ttft"]["names"]) == 3  # operating points
     assert before["ttft"]["shapes"] == [700] and before["tpot"]["shapes"] == [40]  # the SLO lines
+    # the table sorts by max req/s, highest first, and a click on its header turns the order round
+    down, up = ([float(x) for x in xs if x] for xs in before["sorted"])
+    assert len(down) == 3 and down == sorted(down, reverse=True) and up == sorted(down)
     # engine picker -> only eng-a is drawn, in the DOM as well, and the URL says so
     assert after["ttft"]["names"] and all(n.startswith("eng-a") for n in after["ttft"]["names"])
     assert 0 < after["ttft"]["svgTraces"] < before["ttft"]["svgTraces"]
