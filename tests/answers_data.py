@@ -60,7 +60,8 @@ def curve(rates: list[float], ttfts: list[float], tpots: list[float]) -> list[tu
 
 def build(root: Path, prices: dict | None = None) -> Path:
     """Two models; m1 on one H100 at three shapes (two differ only in output length, two only in
-    prompt length) on three engine+quantization configurations and a failed one; m2 on a CPU."""
+    prompt length) on three engine+quantization configurations and a failed one; m2 on a CPU, with
+    a cell that is ok but measured no point (its answer: no-data)."""
     cells = root / "cells"
     dirs = []
     for isl, osl, slow in ((128, 32, 1.0), (128, 128, 2.5), (1024, 128, 3.2)):
@@ -74,6 +75,7 @@ def build(root: Path, prices: dict | None = None) -> Path:
             [1.6, 3.1, 4.6, 6.2], [x * slow for x in (95, 190, 320, 700)],
             [x * slow for x in (5, 8, 13, 21)]), version="2.0.0", seed=1))
     dirs.append(write_cell(cells, "m1", "eng-c", "bf16", 128, 32, [], status="failed"))
+    dirs.append(write_cell(cells, "m2", "eng-z", "q4", 512, 64, [], hardware=CPU, n_gpus=0))  # ok, no point
     dirs.append(write_cell(cells, "m2", "eng-a", "q4", 512, 64, curve(
         [0.8, 1.2, 1.6, 2.0], [300, 500, 900, 1600], [20, 26, 34, 48]), hardware=CPU, n_gpus=0))
     db = root / "almanac.duckdb"

@@ -269,6 +269,7 @@ def test_cli_slo_json_equals_answers_table_and_best(db, capsys):
     assert g["best"]["engine"] == "eng-b" and g["runner_up"]["engine"] == "eng-b"
     assert g["overlap"] is True and g["verdict"].startswith("no clear winner")  # bf16 and fp8 curves nearly equal
     assert groups[("m2", 512, 64)]["verdict"] == "only eng-a q4 meets it"
+    assert rows["m2__eng-z__q4__512-64"]["basis"] == "no-data" and rows["m2__eng-z__q4__512-64"]["answer"] == "no measured point"
     rc, out, _ = _cli(capsys, "slo", "--ttft-ms", "1000", "--best", "--db", str(db))
     assert "no clear winner" in out and "eng-a q4" in out
 
@@ -298,7 +299,7 @@ def test_cli_plan_table_json_and_messages(db, capsys):
 def test_cli_summary_markdown(db, capsys, tmp_path):
     rc, out, _ = _cli(capsys, "summary", "--db", str(db))
     assert rc == 0 and out.startswith("# Executive summary\n")
-    assert "10 of 11 configurations measured (1 failed)" in out
+    assert "11 of 12 configurations measured (1 failed)" in out
     assert "## m1" in out and "### ISL 128 / OSL 32 on h100" in out and "**no clear winner**" in out
     assert "doubling the prompt changes capacity by" in out and "doubling the output changes it by" in out
     _cli(capsys, "summary", "--db", str(db), "--out", str(tmp_path / "s.md"))

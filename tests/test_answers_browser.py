@@ -117,7 +117,7 @@ def test_random_thresholds_answer_exactly_as_the_cli(page, tmp_path, capsys):
         got = {r[0]: (_num(r[1]), r[2], _num(r[3]), _num(r[4])) for r in rows}
         assert got == {k: (r["max_rps"], r["basis"], r["ci_low_rps"], r["ci_high_rps"]) for k, r in want.items()}, case
         bases |= {r[1] for r in got.values()}
-    assert {"interpolated", "above-range", "below-range"} <= bases  # the thresholds span every case
+    assert {"interpolated", "above-range", "below-range", "no-data"} <= bases  # the thresholds span every case
 
 
 def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path, capsys):

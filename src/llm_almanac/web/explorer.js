@@ -5,7 +5,8 @@
 
 document.documentElement.dataset.scriptMs = performance.now().toFixed(0);  // page and plotly.js parsed
 const D = JSON.parse(document.getElementById("almanac-data").textContent);
-const OK = D.cells.filter(c => c.status === "ok" && D.curves[c.id]);
+const OK = D.cells.filter(c => c.status === "ok");  // as answers.answers_frame: every ok cell
+const NO_POINTS = {rps: [], ph: []};
 const BELOW_RANGE_TEXT = "not even one request at a time meets it";  // answers.BELOW_RANGE_TEXT
 const STATS = ["p50", "p90", "p95", "p99"];
 const PALETTE = ["#636efa", "#EF553B", "#00cc96", "#ab63fa", "#FFA15A", "#19d3f3", "#FF6692",
@@ -140,12 +141,12 @@ function readPickers() {
 
 // --- answers -----------------------------------------------------------------------------
 function answerFor(cell) {
-  const c = D.curves[cell.id];
+  const c = D.curves[cell.id] || NO_POINTS;  // no point measured: "no-data", as in Python
   const conds = [];
   for (const [m, lim] of [["ttft", state.ttft], ["tpot", state.tpot]]) {
     if (lim === null) continue;
     const k = m + "_" + state.stat;
-    conds.push({values: c[k], lo: c[k + "_lo"], hi: c[k + "_hi"], threshold: lim});
+    conds.push({values: c[k] || [], lo: c[k + "_lo"] || [], hi: c[k + "_hi"] || [], threshold: lim});
   }
   const a = sloAnswer(c.rps, conds);
   const at = k => (a.maxRps === null ? null : valueAt(c.rps, c[k], a.maxRps));
@@ -260,7 +261,7 @@ function renderCurves(rows) {
   $("curves-note").textContent = specific ? "" : "Pick one model and one shape to see their curves.";
   for (const [m, div, lim] of [["ttft", "plot-ttft", state.ttft], ["tpot", "plot-tpot", state.tpot]]) {
     const traces = [];
-    for (const r of specific ? rows.filter(x => !x.failed) : []) {
+    for (const r of specific ? rows.filter(x => !x.failed && D.curves[x.cell.id]) : []) {
       const c = D.curves[r.cell.id], color = colorOf(r.cell);
       const stats = ["p50", "p95"].concat(["p50", "p95"].includes(state.stat) ? [] : [state.stat]);
       for (const s of stats) {
