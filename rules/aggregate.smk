@@ -19,5 +19,8 @@ rule aggregate:
         # How to rerun each cell *from this invocation*; kept out of bench_cell's params so that
         # running under another config file name does not re-measure unchanged cells.
         reproduce={c: reproduce_command(c) for c in CELLS},
+        # The answers table: its SLOs and the prices of its costs.
+        analysis=config.get("analysis", {}),
+        prices=config.get("prices", {}),
     script:
         "../scripts/aggregate.py"

@@ -6,4 +6,5 @@ from llm_almanac.aggregate import aggregate
 
 sm = snakemake  # noqa: F821 - injected by Snakemake
 logs.setup(sm.log[0])
-aggregate([Path(p).parent for p in sm.input.cells], Path(sm.output.db), sm.params.reproduce)
+aggregate([Path(p).parent for p in sm.input.cells], Path(sm.output.db), sm.params.reproduce,
+          sm.params.analysis, sm.params.prices)

@@ -79,11 +79,14 @@ def test_cli_show_query_export(fixture_db, tmp_path):
     out = _almanac("show", "m__eng-a__bf16__128-32", "--db", str(fixture_db))
     assert "sequential" in out and "burst" in out and "ttft_p95<=1000ms" in out
     out = _almanac("query", "SELECT count(*) AS n FROM requests", "--db", str(fixture_db))
-    assert "│ 560 │" in out.replace(" 560 ", " 560 ").replace("┃", "│") or " 560 " in out
+    assert out.splitlines() == ["n", "560"]  # into a pipe: CSV
+    out = _almanac("query", "SELECT count(*) AS n FROM requests", "--format", "table", "--db", str(fixture_db))
+    assert "│ 560 │" in out.replace("┃", "│")
     _almanac("export", "--format", "csv", "--out", str(tmp_path / "x"), "--db", str(fixture_db))
     header, first = (tmp_path / "x" / "requests.csv").read_text().splitlines()[:2]
     assert "itl_ms" in header and "[10.0,10.0,10.0]" in first.replace(", ", ",")
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["cells.csv", "phases.csv", "requests.csv", "slo.csv"]
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
+        "answers.csv", "cells.csv", "curve.csv", "phases.csv", "prices.csv", "requests.csv", "slo.csv"]
 
 
 
@@ -93,16 +96,18 @@ def test_report_renders_plots_and_filters_in_chromium(fixture_db, tmp_path):
     out = build_report(fixture_db, tmp_path / "report.html")
     text = out.read_text()
     # self-contained: plotly.js inline, no script or stylesheet fetched from the network
-    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=", text) and "Plotly.newPlot" in text
+    assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=", text)
+    assert "* plotly.js v" in text and "Plotly.react(" in text
     dom, png = render(out, tmp_path)
-    # plotly drew its SVGs: one curve figure (one model/shape) + 4 SLO bar charts, 2 svg layers each
-    assert dom.count('class="main-svg"') >= 2 * (1 + 3)
-    assert dom.count('class="scatterlayer') >= 1 and 'class="barlayer' in dom
-    for col in ("model", "engine", "quantization", "shape", "slo"):
+    # plotly drew its SVGs: the TTFT and TPOT curves and the cross-shape bars, 2 svg layers each
+    assert dom.count('class="main-svg"') >= 2 * 3
+    assert dom.count('class="scatterlayer') >= 2 and 'class="barlayer' in dom
+    for col in ("model", "engine", "quantization", "shape", "hardware", "ttft", "tpot", "stat"):
         assert f'id="f-{col}"' in dom
     assert '<option value="eng-b">eng-b</option>' in dom
-    assert dom.count("<tr data-model=") == 8  # 2 ok cells x 4 default SLOs
-    assert "ServerStartupError: bad flag" in dom
+    # the first preset SLO answered for both ok cells, the failed one listed with its reason
+    assert len(re.findall(r'<tr class="answer-row[^"]*" data-cell-id="m__', dom)) == 3 and 'data-basis="failed"' in dom
+    assert "TTFT p95 ≤ 1000 ms" in dom and "ServerStartupError: bad flag" in dom
     assert png.stat().st_size > 30_000  # a page with plots, not a blank one
 
 

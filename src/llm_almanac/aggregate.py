@@ -16,7 +16,9 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from . import tables
+from . import answers, tables
+from .config import defaults
+from .db import frame
 from .files import read_json, replacing
 
 log = logging.getLogger(__name__)
@@ -44,8 +46,11 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]
     con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src}")
 
 
-def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None) -> dict[str, int]:
-    """Write every cell's files into one database at db_path; returns the row count per table."""
+def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None,
+              analysis: dict[str, Any] | None = None, prices: dict[str, Any] | None = None) -> dict[str, int]:
+    """Write every cell's files into one database at db_path; returns the row count per table.
+    `analysis` (its `slos`) and `prices` are the config's sections: they decide the `answers`
+    table (answers.write_tables)."""
     rows = []
     for d in cell_dirs:
         record = read_json(d / "cell.json")
@@ -62,6 +67,9 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             for name, fname in (("phases", "phases.parquet"), ("requests", "requests.parquet"),
                                 ("slo", "slo.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
+            slos = (analysis or {}).get("slos") or defaults("analysis")["slos"]
+            answers.write_tables(con, cells, frame(con, "SELECT * FROM requests"),
+                                 frame(con, "SELECT * FROM phases"), slos, prices)
             counts = {n: len(con.table(n)) for n in tables.TABLES}
         finally:
             con.close()

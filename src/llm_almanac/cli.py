@@ -1,7 +1,11 @@
 """`almanac`: the command-line entry point.
 
-  almanac slo --ttft-ms 300 [--tpot-ms 100] [--model M --engine E --isl N --osl N]
-                 max requests/s under an SLO, per cell (from results/almanac.duckdb)
+  almanac slo --ttft-ms 300 [--tpot-ms 100] [--model M --engine E --isl N --osl N] [--best]
+                 max requests/s under an SLO, per cell (from results/almanac.duckdb), with the latency,
+                 tokens/s and cost at that load; --best: the best engine per model and shape
+  almanac plan --qps 400 --ttft-ms 300 --isl 1024 --osl 128 [--model M] [--price h100=2.5]
+                 replicas and $/hour, $/month for a target load under an SLO, per configuration
+  almanac summary       the executive summary (markdown), written from the data
   almanac show CELL     a cell's status and phases
   almanac query "SQL"   any SQL on the database
   almanac export --format parquet|csv|jsonl --out DIR   every table, for analysis elsewhere
@@ -142,44 +146,150 @@ def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) ->
     Console(width=max(120, Console().width)).print(t)
 
 
-def _filters(a: argparse.Namespace) -> tuple[str, list]:
-    where, args = [], []
-    for col in ("model", "engine", "quantization", "isl", "osl"):
-        v = getattr(a, col, None)
-        if v is not None:
-            where.append(f"c.{col} = ?")
-            args.append(v)
-    return (" AND " + " AND ".join(where)) if where else "", args
+def _emit(rows: list[dict], fmt: str, table: list[tuple[str, str]], title: str) -> None:
+    """Rows as JSON (every field, full precision), CSV (the same) or a table of `table`
+    (header, key) whose values are already text."""
+    if fmt == "json":
+        print(json.dumps(rows, indent=1, ensure_ascii=False))
+    elif fmt == "csv":
+        import csv
+
+        w = csv.DictWriter(sys.stdout, fieldnames=list(rows[0]) if rows else [h for h, _ in table])
+        w.writeheader()
+        w.writerows(rows)
+    else:
+        t = Table(title=title)
+        for header, _ in table:
+            t.add_column(header)
+        for r in rows:
+            t.add_row(*[str(r.get(k, "")) for _, k in table])
+        Console(width=max(160, Console().width)).print(t)
+
+
+def _slo_args(a: argparse.Namespace):
+    from .answers import SLO
+    from .cost import parse_overrides
+
+    if a.ttft_ms is None and a.tpot_ms is None:
+        raise SystemExit(f"almanac {a.cmd}: give --ttft-ms and/or --tpot-ms")
+    try:
+        return SLO.from_limits(a.ttft_ms, a.tpot_ms, a.percentile), parse_overrides(a.price)
+    except ValueError as exc:
+        raise SystemExit(f"almanac {a.cmd}: {exc}") from None
+
+
+def _f(v, d: int = 2) -> str:
+    return "-" if v is None else f"{v:.{d}f}"
 
 
 def cmd_slo(a: argparse.Namespace) -> int:
-    from .analyse import analyse  # the same definitions as the pipeline
+    from . import answers, best
+    from .summary import ci_range, fmt_usd
 
-    if a.ttft_ms is None and a.tpot_ms is None:
-        raise SystemExit("almanac slo: give --ttft-ms and/or --tpot-ms")
-    conds = []
-    if a.ttft_ms is not None:
-        conds.append({"metric": f"ttft_{a.percentile}_ms", "threshold_ms": a.ttft_ms})
-    if a.tpot_ms is not None:
-        conds.append({"metric": f"tpot_{a.percentile}_ms", "threshold_ms": a.tpot_ms})
+    slo, prices = _slo_args(a)
     con = _connect(a.db)
-    where, args = _filters(a)
-    cells = con.execute(f"SELECT c.cell_id, c.model, c.engine, c.quantization, c.isl, c.osl FROM cells c "
-                        f"WHERE c.status = 'ok'{where} ORDER BY c.model, c.isl, c.osl, c.engine", args).fetchall()
-    rows = []
-    for cid, model, engine, quant, isl, osl in cells:
-        req = frame(con, "SELECT * FROM requests WHERE cell_id = ?", [cid])
-        ph = frame(con, "SELECT * FROM phases WHERE cell_id = ?", [cid])
-        r = analyse(req, ph, [{"name": "slo", "conditions": conds}], bootstrap=a.bootstrap).row(0, named=True)
-        rows.append({"model": model, "engine": engine, "quantization": quant, "shape": f"{isl}/{osl}",
-                     "max_rps": r["max_rps"], "ci_low": r["ci_low_rps"], "ci_high": r["ci_high_rps"],
-                     "basis": r["basis"]})
+    where = {c: getattr(a, c) for c in ("model", "engine", "quantization", "isl", "osl")}
+    rows = answers.compute(con, [slo], prices, where).to_dicts()
     con.close()
-    title = " and ".join(f"{c['metric']} <= {c['threshold_ms']:g} ms" for c in conds)
-    _print_frame(pl.DataFrame(rows, schema={"model": pl.String, "engine": pl.String, "quantization": pl.String,
-                                            "shape": pl.String, "max_rps": pl.Float64, "ci_low": pl.Float64,
-                                            "ci_high": pl.Float64, "basis": pl.String}),
-                 f"max requests/s with {title}")
+    if a.best:
+        out = best.table(rows)
+        if a.format != "table":
+            if a.format == "csv":  # one line per group: the two configurations' key numbers
+                out = [{"model": o["model"], "isl": o["isl"], "osl": o["osl"], "hardware_kind": o["hardware_kind"],
+                        **{f"{w}_{k}": (o[w] or {}).get(k) for w in ("best", "runner_up")
+                           for k in ("cell_id", "max_rps", "basis", "ci_low_rps", "ci_high_rps")},
+                        "overlap": o["overlap"], "verdict": o["verdict"]} for o in out]
+            _emit(out, a.format, [], "")
+            return 0
+        shown = []
+        for o in out:
+            b, r = o["best"] or {}, o["runner_up"] or {}
+            shown.append({"model": o["model"], "shape": f"{o['isl']}/{o['osl']}", "hw": o["hardware_kind"],
+                          "best": best.label(b) if b else "-", "b_rps": b.get("answer", "-"),
+                          "b_ci": ci_range(b) if b else "-", "runner": best.label(r) if r else "-",
+                          "r_rps": r.get("answer", "-"), "r_ci": ci_range(r) if r else "-", "verdict": o["verdict"]})
+        _emit(shown, "table", [("model", "model"), ("ISL/OSL", "shape"), ("hardware", "hw"), ("best", "best"),
+                               ("max req/s", "b_rps"), ("95% CI", "b_ci"), ("runner-up", "runner"),
+                               ("max req/s", "r_rps"), ("95% CI", "r_ci"), ("verdict", "verdict")],
+              f"any engine: the best under {slo.text()}")
+        return 0
+    if a.format != "table":
+        _emit(rows, a.format, [], "")
+        return 0
+    for r in rows:
+        r["shape"] = f"{r['isl']}/{r['osl']}"
+        r["ci"] = ci_range(r) if r["max_rps"] is not None else "-"
+        r["ttft"], r["tpot"] = _f(r["ttft_p95_ms"], 1), _f(r["tpot_p95_ms"])
+        r["tok"] = _f(r["output_tok_s"], 1)
+        r["usd"] = ("≤ " if r["lower_bound"] and r["usd_per_1m_output_tokens"] else "") + fmt_usd(r["usd_per_1m_output_tokens"])
+    _emit(rows, "table", [("model", "model"), ("engine", "engine"), ("version", "engine_version"),
+                          ("quant", "quantization"), ("ISL/OSL", "shape"), ("hardware", "hardware_kind"),
+                          ("max req/s", "answer"), ("95% CI", "ci"), ("basis", "basis"),
+                          ("TTFT p95 ms @", "ttft"), ("TPOT p95 ms @", "tpot"), ("out tok/s @", "tok"),
+                          ("$/1M out tok", "usd")],
+          f"max requests/s with {slo.text()} (latency and cost at that load)")
+    return 0
+
+
+def cmd_plan(a: argparse.Namespace) -> int:
+    from . import answers
+    from .plan import PLAN_COLUMNS, plan
+    from .summary import fmt_usd
+
+    slo, prices = _slo_args(a)
+    con = _connect(a.db)
+    rows = answers.compute(con, [slo], prices).to_dicts()
+    con.close()
+    try:
+        p = plan(rows, a.qps, slo, a.isl, a.osl, a.model)
+    except ValueError as exc:
+        raise SystemExit(f"almanac plan: {exc}") from None
+    if not p.rows:
+        print(f"almanac plan: {p.message}", file=sys.stderr)
+        return 1
+    if a.format != "table":
+        _emit([{k: r[k] for k in PLAN_COLUMNS} for r in p.rows], a.format, [], "")
+    else:
+        shown = []
+        for r in p.rows:
+            le = "≤ " if r["upper_bound"] else ""
+            shown.append({**r, "reps": f"{le}{r['replicas']}",
+                          "cons": "-" if r["replicas_conservative"] is None else f"{le}{r['replicas_conservative']}",
+                          "gpus_t": "-" if not r["gpus"] else f"{le}{r['gpus']}",
+                          "usd_h": ("" if r["usd_per_hour"] is None else le) + fmt_usd(r["usd_per_hour"]),
+                          "usd_m": ("" if r["usd_per_month"] is None else le) + fmt_usd(r["usd_per_month"]),
+                          "usd_mc": ("" if r["usd_per_month_conservative"] is None else le)
+                          + fmt_usd(r["usd_per_month_conservative"])})
+        _emit(shown, "table", [("model", "model"), ("engine", "engine"), ("version", "engine_version"),
+                               ("quant", "quantization"), ("hardware", "hardware_kind"),
+                               ("max req/s", "answer"), ("replicas", "reps"), ("conservative", "cons"),
+                               ("GPUs", "gpus_t"), ("$/hour", "usd_h"), ("$/month", "usd_m"),
+                               ("$/month conservative", "usd_mc"), ("price", "price")],
+              f"{a.qps:g} req/s of ISL {a.isl} / OSL {a.osl} with {slo.text()}")
+    if p.message:
+        print(f"note: {p.message}", file=sys.stderr)
+    return 0
+
+
+def cmd_summary(a: argparse.Namespace) -> int:
+    from . import answers, summary
+    from .cost import parse_overrides
+
+    try:
+        prices = parse_overrides(a.price)
+    except ValueError as exc:
+        raise SystemExit(f"almanac summary: {exc}") from None
+    con = _connect(a.db)
+    slos = answers.load_slos(con)
+    rows = answers.compute(con, slos, prices).to_dicts()
+    n_cells, n_failed = con.execute("SELECT count(*), count(*) FILTER (WHERE status <> 'ok') FROM cells").fetchall()[0]
+    con.close()
+    text = summary.to_markdown(summary.blocks(rows, slos, n_cells, n_failed))
+    if a.out:
+        Path(a.out).write_text(text)
+        print(f"wrote {a.out}")
+    else:
+        print(text, end="")
     return 0
 
 
@@ -325,11 +435,35 @@ def build_parser() -> argparse.ArgumentParser:
     sl.add_argument("--ttft-ms", type=float)
     sl.add_argument("--tpot-ms", type=float)
     sl.add_argument("--percentile", default="p95", choices=["p50", "p90", "p95", "p99", "mean"])
-    sl.add_argument("--bootstrap", type=int, default=defaults("analysis")["bootstrap"])
+    sl.add_argument("--bootstrap", type=int, default=200, help=argparse.SUPPRESS)  # ignored since intervals stopped resampling
     for col, typ in (("model", str), ("engine", str), ("quantization", str), ("isl", int), ("osl", int)):
         sl.add_argument(f"--{col}", type=typ)
+    sl.add_argument("--best", action="store_true",
+                    help="per model x shape x hardware: the best engine+quantization, its runner-up, and "
+                         "whether their 95%% intervals overlap")
+    sl.add_argument("--price", action="append", metavar="KIND=USD", help="$/hour per GPU (per machine for cpu)")
+    sl.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sl.add_argument("--db", default=DB_PATH)
     sl.set_defaults(func=cmd_slo)
+
+    pl_ = sub.add_parser("plan", help="replicas and cost for a target load under an SLO")
+    pl_.add_argument("--qps", type=float, required=True, help="target requests per second")
+    pl_.add_argument("--ttft-ms", type=float)
+    pl_.add_argument("--tpot-ms", type=float)
+    pl_.add_argument("--percentile", default="p95", choices=["p50", "p90", "p95", "p99", "mean"])
+    pl_.add_argument("--isl", type=int, required=True)
+    pl_.add_argument("--osl", type=int, required=True)
+    pl_.add_argument("--model")
+    pl_.add_argument("--price", action="append", metavar="KIND=USD", help="$/hour per GPU (per machine for cpu)")
+    pl_.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pl_.add_argument("--db", default=DB_PATH)
+    pl_.set_defaults(func=cmd_plan)
+
+    su = sub.add_parser("summary", help="the executive summary, in markdown, written from the data")
+    su.add_argument("--price", action="append", metavar="KIND=USD", help="$/hour per GPU (per machine for cpu)")
+    su.add_argument("--out", help="write it to this file instead of printing it")
+    su.add_argument("--db", default=DB_PATH)
+    su.set_defaults(func=cmd_summary)
 
     sh = sub.add_parser("show", help="a cell's status, phases and SLOs")
     sh.add_argument("cell")

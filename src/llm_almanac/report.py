@@ -1,186 +1,193 @@
-"""results/report.html: one self-contained page (plotly.js embedded; opens without network).
+"""results/report.html: one self-contained page (plotly.js inline; opens without network).
 
-- latency-throughput curves: TTFT and TPOT (p50 and p95) against achieved rps, one panel pair
-  per (model, shape), engines and quantizations overlaid;
-- SLO-bounded throughput: max rps per cell and SLO with its confidence interval as error bars;
-- the SLO table with filters (model, engine, quantization, shape, SLO) and every cell's
-  reproduce command; failed cells with their reason.
+- the executive summary (summary.py), written from the data;
+- an explorer: pickers for model, engine ("any" included), quantization, shape, hardware kind and
+  the SLO (free TTFT/TPOT limits on p50|p90|p95|p99, presets from the config) drive the answer
+  panel (best, runner-up, "no clear winner"), the curves (TTFT and TPOT p50/p95 against achieved
+  req/s, one colour per engine+quantization, the SLO as a line, each operating point a star), a
+  sortable table of answers (`#answers`) and capacity across shapes. State lives in the URL hash.
+- every cell's status, with the reason of a failure.
+
+The page carries each ok cell's curve points (curve.py: rates, tokens/s, and the TTFT/TPOT
+percentiles with their 95% intervals) and answers any SLO in the browser with web/slo.js, a port
+of slo.py, so its answers equal `almanac slo`'s. Python writes no answer into the page except the
+summary: one definition, computed where the user asks.
 """
 
 from __future__ import annotations
 
 import html
+import json
+import math
+from importlib import resources
 from pathlib import Path
+from typing import Any
 
 import duckdb
-import plotly.colors as px_colors
-import plotly.graph_objects as go
+import plotly.offline
 import polars as pl
-from plotly.subplots import make_subplots
 
-from .db import frame
+from . import answers, cost, summary
 from .files import write_text
 
-PALETTE = px_colors.qualitative.Plotly
-
-CURVE_SQL = """
-SELECT c.cell_id, c.model, c.engine, c.quantization, c.isl, c.osl, p.phase, p.step,
-       p.rps, p.ttft_p50_ms, p.ttft_p95_ms, p.tpot_p50_ms, p.tpot_p95_ms
-FROM phases p JOIN cells c USING (cell_id)
-WHERE c.status = 'ok' AND p.n_ok > 0
-ORDER BY c.model, c.isl, c.osl, c.engine, c.quantization, p.rps
-"""
-
-SLO_SQL = """
-SELECT c.model, c.engine, c.quantization, c.isl, c.osl, s.slo, s.max_rps, s.ci_low_rps,
-       s.ci_high_rps, s.basis, c.cell_id, c.reproduce
-FROM slo s JOIN cells c USING (cell_id)
-ORDER BY c.model, c.isl, c.osl, s.slo, c.engine, c.quantization
-"""
+CURVE_KEYS = {"rps": "rps", "output_tok_s": "out", "input_tok_s": "in"}
+PAGE_METRICS = ("ttft", "tpot")
+PAGE_STATS = ("p50", "p90", "p95", "p99")
 
 
-def _curves(con: duckdb.DuckDBPyConnection) -> list[go.Figure]:
-    rows = frame(con, CURVE_SQL)
-    figs = []
-    for (model, isl, osl), grp in rows.group_by(["model", "isl", "osl"], maintain_order=True):
-        fig = make_subplots(rows=1, cols=2, subplot_titles=("TTFT vs throughput", "TPOT vs throughput"))
-        for i, ((engine, quant), g) in enumerate(grp.group_by(["engine", "quantization"], maintain_order=True)):
-            color = PALETTE[i % len(PALETTE)]  # one colour per engine+quantization in both panels
-            for col, metric in enumerate(("ttft", "tpot"), start=1):
-                for stat, d in (("p50", "solid"), ("p95", "dot")):
-                    fig.add_trace(go.Scatter(
-                        x=g["rps"].to_list(), y=g[f"{metric}_{stat}_ms"].to_list(),
-                        mode="lines+markers", line={"dash": d, "color": color},
-                        name=f"{engine} {quant} {stat}", legendgroup=f"{engine}{quant}{stat}",
-                        showlegend=col == 1,
-                        hovertext=[f"{p}[{s}]" for p, s in zip(g["phase"], g["step"])],
-                    ), row=1, col=col)
-        fig.update_xaxes(title_text="achieved requests/s")
-        fig.update_yaxes(title_text="TTFT (ms)", row=1, col=1)
-        fig.update_yaxes(title_text="TPOT (ms)", row=1, col=2)
-        fig.update_layout(title=f"{model} — ISL {isl} / OSL {osl}", height=420, margin={"t": 70})
-        figs.append(fig)
-    return figs
+def _web(name: str) -> str:
+    return resources.files("llm_almanac").joinpath("web", name).read_text()
 
 
-def _slo_figures(con: duckdb.DuckDBPyConnection) -> list[go.Figure]:
-    rows = frame(con, SLO_SQL).filter(pl.col("max_rps").is_not_null())
-    figs = []
-    for (slo,), g in rows.group_by(["slo"], maintain_order=True):
-        labels = [f"{m} {e} {q} {i}/{o}" for m, e, q, i, o in
-                  zip(g["model"], g["engine"], g["quantization"], g["isl"], g["osl"])]
-        lo = [(v - low) if low is not None else 0 for v, low in zip(g["max_rps"], g["ci_low_rps"])]
-        hi = [(h - v) if h is not None else 0 for v, h in zip(g["max_rps"], g["ci_high_rps"])]
-        fig = go.Figure(go.Bar(x=labels, y=g["max_rps"].to_list(),
-                               error_y={"type": "data", "array": hi, "arrayminus": lo},
-                               hovertext=g["basis"].to_list()))
-        fig.update_layout(title=f"max requests/s under {slo} (95% CI)", yaxis_title="requests/s",
-                          height=380)
-        figs.append(fig)
-    return figs
+def _finite(xs: list) -> list:
+    return [x if x is None or math.isfinite(x) else None for x in xs]
 
 
-_FILTER_JS = """
-function applyFilters() {
-  const sel = {};
-  document.querySelectorAll('select.flt').forEach(s => { sel[s.dataset.col] = s.value; });
-  let shown = 0;
-  document.querySelectorAll('#slo-table tbody tr').forEach(tr => {
-    const ok = Object.entries(sel).every(([c, v]) => !v || tr.dataset[c] === v);
-    tr.style.display = ok ? '' : 'none';
-    shown += ok;
-  });
-  document.getElementById('slo-count').textContent = shown;
-}
-"""
+def _curves(points: pl.DataFrame) -> dict[str, dict[str, list]]:
+    """Per ok cell, the columns the browser needs (exact floats: JSON keeps every bit)."""
+    out: dict[str, dict[str, list]] = {}
+    for (cid,), g in points.group_by(["cell_id"], maintain_order=True):
+        d: dict[str, list] = {short: _finite(g[col].to_list()) for col, short in CURVE_KEYS.items()}
+        d["ph"] = [p if p != "sweep" else f"sweep[{s}]" for p, s in zip(g["phase"], g["step"])]
+        for m in PAGE_METRICS:
+            for s in PAGE_STATS:
+                for suffix in ("", "_lo", "_hi"):
+                    d[f"{m}_{s}{suffix}"] = _finite(g[f"{m}_{s}{suffix}_ms"].to_list())
+        out[cid] = d
+    return out
 
 
-def _fmt(v, d=3):
-    return "—" if v is None else f"{v:.{d}f}"
+def _cells(cells: pl.DataFrame, prices: dict[str, cost.Price]) -> list[dict[str, Any]]:
+    out = []
+    for c in cells.iter_rows(named=True):
+        kind = cost.hardware_kind(c["hardware"], c["n_gpus"])
+        n = int(c["n_gpus"] or 0)
+        out.append({
+            "id": c["cell_id"], "model": c["model"], "engine": c["engine"], "version": c["engine_version"],
+            "quant": c["quantization"], "isl": c["isl"], "osl": c["osl"], "hw": c["hardware"], "kind": kind,
+            "gpus": n, "usd_h": cost.replica_usd_per_hour(prices.get(kind), n),
+            "price": answers.price_note(prices.get(kind), kind, n), "reproduce": c["reproduce"],
+            "server": c["server_command"], "status": c["status"], "error": (c["error"] or "")[:600],
+        })
+    return out
 
 
-def _slo_table(con: duckdb.DuckDBPyConnection) -> str:
-    rows = frame(con, SLO_SQL)
-    filters = []
-    for col, label in (("model", "model"), ("engine", "engine"), ("quantization", "quantization"),
-                       ("shape", "shape"), ("slo", "SLO")):
-        vals = sorted({f"{i}/{o}" for i, o in zip(rows["isl"], rows["osl"])}) if col == "shape" \
-            else sorted(set(rows[col].to_list()))
-        opts = "".join(f'<option value="{html.escape(str(v))}">{html.escape(str(v))}</option>' for v in vals)
-        filters.append(f'<label>{label} <select class="flt" id="f-{col}" data-col="{col}" '
-                       f'onchange="applyFilters()"><option value="">all</option>{opts}</select></label>')
-    body = []
-    for r in rows.iter_rows(named=True):
-        shape = f"{r['isl']}/{r['osl']}"
-        ci = "—" if r["ci_low_rps"] is None else f"{r['ci_low_rps']:.3f} – {r['ci_high_rps']:.3f}"
-        data = " ".join(f'data-{k}="{html.escape(str(v))}"' for k, v in (
-            ("model", r["model"]), ("engine", r["engine"]), ("quantization", r["quantization"]),
-            ("shape", shape), ("slo", r["slo"])))
-        body.append(
-            f"<tr {data}><td>{html.escape(r['model'])}</td><td>{html.escape(r['engine'])}</td>"
-            f"<td>{html.escape(r['quantization'])}</td><td>{shape}</td><td>{html.escape(r['slo'])}</td>"
-            f"<td class=num>{_fmt(r['max_rps'])}</td><td class=num>{ci}</td><td>{r['basis']}</td>"
-            f"<td><code>{html.escape(r['reproduce'] or '')}</code></td></tr>")
-    return (f'<div class="filters">{"".join(filters)} <span><b id="slo-count">{len(rows)}</b> rows</span></div>'
-            '<table id="slo-table"><thead><tr><th>model</th><th>engine</th><th>quant</th><th>ISL/OSL</th>'
-            '<th>SLO</th><th>max rps</th><th>95% CI</th><th>basis</th><th>reproduce</th></tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+def _presets(slos: list[answers.SLO]) -> list[dict[str, Any]]:
+    """The configured SLOs the explorer's inputs can express (TTFT and/or TPOT, one statistic)."""
+    out = []
+    for s in slos:
+        limits: dict[str, float] = {}
+        stats = set()
+        for metric, t in s.conditions:
+            name, stat, _ = metric.split("_")
+            if name not in PAGE_METRICS or stat not in PAGE_STATS or name in limits:
+                break
+            limits[name] = t
+            stats.add(stat)
+        else:
+            if len(stats) == 1:
+                out.append({"name": s.name, "text": s.text(), "stat": stats.pop(),
+                            "ttft_ms": limits.get("ttft"), "tpot_ms": limits.get("tpot")})
+    return out
 
 
-def _cells_table(con: duckdb.DuckDBPyConnection) -> str:
-    rows = con.execute(
-        "SELECT cell_id, status, engine_version, hardware, startup_s, error FROM cells ORDER BY cell_id").fetchall()
+def _cells_table(cells: pl.DataFrame) -> str:
     body = "".join(
-        f"<tr class='{s}'><td>{html.escape(c)}</td><td>{s}</td><td>{html.escape(v or '')}</td>"
-        f"<td>{html.escape(h or '')}</td><td class=num>{_fmt(st, 1)}</td>"
-        f"<td><pre>{html.escape((e or '')[:600])}</pre></td></tr>"
-        for c, s, v, h, st, e in rows)
+        f"<tr class='{html.escape(r['status'])}'><td>{html.escape(r['cell_id'])}</td><td>{html.escape(r['status'])}</td>"
+        f"<td>{html.escape(r['engine_version'] or '')}</td><td>{html.escape(r['hardware'] or '')}</td>"
+        f"<td class=num>{'—' if r['startup_s'] is None else format(r['startup_s'], '.1f')}</td>"
+        f"<td><pre>{html.escape((r['error'] or '')[:600])}</pre></td></tr>"
+        for r in cells.sort("cell_id").iter_rows(named=True))
     return ("<table id='cells-table'><thead><tr><th>cell</th><th>status</th><th>engine version</th>"
             f"<th>hardware</th><th>startup s</th><th>error</th></tr></thead><tbody>{body}</tbody></table>")
 
 
+def _price_inputs(kinds: list[str], prices: dict[str, cost.Price]) -> str:
+    out = []
+    for k in kinds:
+        p = prices.get(k)
+        unit = "per machine" if k == "cpu" else "per GPU"
+        hint = f"{p.usd_per_hour:g}" if p else "no price"
+        title = html.escape(answers.price_note(p, k, 1))
+        out.append(f'<label title="{title}">{html.escape(k)} {unit} <input class="price" data-kind="{html.escape(k)}" '
+                   f'type="number" min="0" step="any" placeholder="{hint}"></label>')
+    return "".join(out)
+
+
 CSS = """
-body{font-family:system-ui,sans-serif;margin:24px;color:#222}
-table{border-collapse:collapse;font-size:13px;margin:8px 0 24px}
-th,td{border:1px solid #ddd;padding:4px 8px;text-align:left;vertical-align:top}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+body{font-family:system-ui,sans-serif;margin:20px;color:#222;max-width:1500px}
+table{border-collapse:collapse;font-size:12.5px;margin:8px 0 24px}
+th,td{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top}
+#answers th{cursor:pointer;background:#f6f6f6;white-space:nowrap} #answers th.asc:after{content:" ▲"}
+#answers th.desc:after{content:" ▼"} td.num{text-align:right}
 tr.failed{background:#fff0f0} pre{margin:0;white-space:pre-wrap;max-width:60em}
-.filters label{margin-right:14px} code{font-size:11px}
+.pickers{display:flex;flex-wrap:wrap;gap:8px 16px;align-items:center;padding:10px;background:#f4f6fa;
+  border-radius:6px;position:sticky;top:0;z-index:10}
+.pickers input[type=number]{width:6em} .prices{font-size:12px;color:#555}
+.verdict{border-left:4px solid #636efa;padding:4px 10px;margin:8px 0;background:#fafafe}
+.vhead{font-weight:600} .vtext{color:#0b5} .op,.cmd{font-size:12.5px;color:#444} code{font-size:11px}
+.price{color:#777} #curves{display:grid;grid-template-columns:1fr 1fr;gap:8px}
+.note{color:#777;font-style:italic} details summary{cursor:pointer} #summary>summary{font-size:1.3em;margin:8px 0}
 """
 
 
 def build_report(db_path: str | Path, out_path: str | Path) -> Path:
     con = duckdb.connect(str(db_path), read_only=True)
     try:
-        curve_figs = _curves(con)
-        slo_figs = _slo_figures(con)
-        slo_table = _slo_table(con)
-        cells_table = _cells_table(con)
-        n_cells, n_ok = frame(con, "SELECT count(*) AS n, count(*) FILTER (WHERE status='ok') AS ok FROM cells").row(0)
+        cells = answers.load_cells(con)
+        points = answers.load_points(con)
+        prices = answers.load_prices(con)
+        slos = answers.load_slos(con)
     finally:
         con.close()
-    embedded = [False]
-
-    def render(figs: list[go.Figure], empty: str) -> str:
-        if not figs:
-            return f"<p>{empty}</p>"
-        out = []
-        for fig in figs:  # plotly.js goes inline once, with the first figure
-            out.append(fig.to_html(full_html=False, include_plotlyjs=not embedded[0],
-                                   config={"displaylogo": False}))
-            embedded[0] = True
-        return "".join(out)
-
-    curves_html = render(curve_figs, "No successful cell to plot.")
-    slo_html = render(slo_figs, "No cell meets any SLO.")
+    rows = answers.answers_frame(cells, points, slos, prices).to_dicts()
+    n_cells, n_ok = len(cells), cells.filter(pl.col("status") == "ok").height
+    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok)
+    summary_html = summary.to_html(blocks[1:])  # its title is the <summary> line
+    summary_open = " open" if len(blocks) <= 40 else ""  # a long one would push the explorer away
+    page_cells = _cells(cells, prices)
+    data: dict[str, Any] = {"cells": page_cells, "curves": _curves(points), "presets": _presets(slos)}
+    payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
+    presets = "".join(
+        f'<button class="preset" data-ttft="{p["ttft_ms"] if p["ttft_ms"] is not None else ""}" '
+        f'data-tpot="{p["tpot_ms"] if p["tpot_ms"] is not None else ""}" data-stat="{p["stat"]}">'
+        f'{html.escape(p["text"])}</button>' for p in data["presets"])
+    kinds = sorted({c["kind"] for c in page_cells if c["status"] == "ok"})
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-almanac report</title>
-<style>{CSS}</style><script>{_FILTER_JS}</script></head><body>
+<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>
 <h1>llm-almanac report</h1>
-<p>{n_ok} of {n_cells} cells ok. Definitions: docs/methodology.md. Data: {html.escape(str(db_path))}.</p>
-<h2>Latency vs throughput</h2>{curves_html}
-<h2>Requests per second under latency SLOs</h2>{slo_html}
-{slo_table}
-<h2>Cells</h2>{cells_table}
+<p>{n_ok} of {n_cells} cells ok. Capacity = the most requests/s one replica holds under the SLO
+(latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured
+rate met it); intervals are 95%. Definitions: docs/methodology.md, docs/answers.md.
+Data: {html.escape(str(db_path))}.</p>
+<details id="summary"{summary_open}><summary><b>Executive summary</b> (written from the data by the code
+of <code>almanac summary</code>)</summary>{summary_html}</details>
+<h2>Explorer</h2>
+<div class="pickers">
+<label>model <select id="f-model"></select></label>
+<label>engine <select id="f-engine"></select></label>
+<label>quantization <select id="f-quantization"></select></label>
+<label>ISL/OSL <select id="f-shape"></select></label>
+<label>hardware <select id="f-hardware"></select></label>
+<label>TTFT ≤ <input id="f-ttft" type="number" min="0" step="any"> ms</label>
+<label>TPOT ≤ <input id="f-tpot" type="number" min="0" step="any"> ms</label>
+<label>statistic <select id="f-stat"><option>p50</option><option>p90</option>
+<option selected>p95</option><option>p99</option></select></label>
+<span>presets: {presets}</span> <a id="permalink" href="#">link to this view</a>
+<div class="prices">your prices, $/hour (empty: the figure of the config or the example, shown greyed):
+{_price_inputs(kinds, prices)}</div>
+</div>
+<h3>Answer under <span id="slo-text"></span></h3>
+<div id="verdicts"></div>
+<p class="note" id="curves-note"></p>
+<div id="curves"><div id="plot-ttft"></div><div id="plot-tpot"></div></div>
+<section id="answers"><h3>Answers (<span id="answers-count">0</span>; click a header to sort)</h3>
+<table id="answers-table"><thead id="answers-head"></thead><tbody id="answers-body"></tbody></table></section>
+<h3>Across shapes</h3><p class="note" id="shapes-note"></p><div id="plot-shapes"></div>
+<h2>Cells</h2><details><summary>every cell's status ({n_cells - n_ok} failed)</summary>{_cells_table(cells)}</details>
+<script type="application/json" id="almanac-data">{payload}</script>
+<script>{_web("slo.js")}</script>
+<script>{_web("explorer.js")}</script>
 </body></html>"""
     out = Path(out_path)
     write_text(out, page)

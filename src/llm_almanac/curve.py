@@ -1,0 +1,152 @@
+"""A cell's latency-throughput curve: its measured points, each with its statistics and their
+95% intervals. Every SLO answer (the `slo` and `answers` tables, `almanac slo|plan|summary`,
+the report's in-browser answers) is read from these points, so they are computed in one place.
+
+A point is one phase or sweep step: the sequential phase, each sweep step, the burst. With
+repeats it pools the successful requests of every repeat (percentiles of the pooled requests,
+not a median of percentiles) and its rates are means over the repeats (`math.fsum`, so the
+result does not depend on row order: the aggregate and the per-cell analysis get the same bits).
+
+Intervals (why not a bootstrap: the report answers any threshold in the browser, and it cannot
+carry every request to resample; these need two numbers per point and statistic):
+- percentiles: distribution-free, from order statistics. The number of observations at or below
+  the true q-quantile is Binomial(n, q); with its normal approximation the 95% interval is
+  [X_(r), X_(s)] with r = floor(nq - z*sd), s = ceil(nq + z*sd) + 1 (1-based ranks,
+  sd = sqrt(nq(1-q)), z = 1.96), clamped to the sample, so with few requests an end is the
+  sample's minimum or maximum and the interval is narrower than 95% (e.g. p95 of 8 requests).
+- mean: mean +- z * s / sqrt(n) (s with n - 1; none below two observations).
+- min, max: none (None): an extreme has no distribution-free interval.
+ITL statistics pool every gap of every request and treat the gaps as independent, which they
+are not within one request: their intervals are too narrow.
+
+Latency statistics and their bounds are kept to the microsecond (rounded to 0.001 ms): far below
+the client's own timing error (docs/benchmarks.md) and what lets the report carry every point of
+an Almanac-sized grid in a few megabytes. Every surface reads these rounded values.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import polars as pl
+
+Z95 = 1.959963984540054
+METRICS = ("ttft", "tpot", "itl", "e2e")
+STATS = ("mean", "p50", "p90", "p95", "p99", "min", "max")
+INTERVAL_STATS = ("mean", "p50", "p90", "p95", "p99")
+
+
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = {
+        "cell_id": pl.String, "phase": pl.String, "step": pl.Int64, "rps": pl.Float64,
+        "output_tok_s": pl.Float64, "input_tok_s": pl.Float64, "n_ok": pl.Int64, "n_repeats": pl.Int64,
+    }
+    for m in METRICS:
+        for s in STATS:
+            schema[f"{m}_{s}_ms"] = pl.Float64
+            if s in INTERVAL_STATS:
+                schema[f"{m}_{s}_lo_ms"] = pl.Float64
+                schema[f"{m}_{s}_hi_ms"] = pl.Float64
+    return schema
+
+
+CURVE_SCHEMA = _schema()
+
+
+def statistic(values: np.ndarray, stat: str) -> float | None:
+    """mean, min, max or pNN of the values (numpy's linear interpolation between closest ranks,
+    as the phases table and `vllm bench serve` use); None without values."""
+    if values.size == 0:
+        return None
+    if stat == "mean":
+        return float(values.mean())
+    if stat == "min":
+        return float(values.min())
+    if stat == "max":
+        return float(values.max())
+    return float(np.percentile(values, float(stat[1:]), method="linear"))
+
+
+def interval(values: np.ndarray, stat: str, ordered: np.ndarray | None = None,
+             est: float | None = None) -> tuple[float | None, float | None]:
+    """The 95% interval of `statistic(values, stat)` (module docstring); (None, None) if none.
+    `ordered` (the values sorted) and `est` (the statistic) save recomputing them."""
+    n = values.size
+    if n == 0 or stat in ("min", "max"):
+        return None, None
+    est = statistic(values, stat) if est is None else est
+    assert est is not None  # values is not empty
+    if stat == "mean":
+        if n < 2:
+            return None, None
+        half = Z95 * float(values.std(ddof=1)) / math.sqrt(n)
+        return est - half, est + half
+    q = float(stat[1:]) / 100
+    sd = math.sqrt(n * q * (1 - q))
+    r = min(n, max(1, math.floor(n * q - Z95 * sd)))
+    s = min(n, max(1, math.ceil(n * q + Z95 * sd) + 1))
+    ordered = np.sort(values) if ordered is None else ordered
+    return min(float(ordered[r - 1]), est), max(float(ordered[s - 1]), est)
+
+
+def _point_stats(values: np.ndarray) -> dict[str, tuple[float | None, float | None, float | None]]:
+    """stat -> (value, low, high) for every stat, sorting once and asking numpy for all
+    percentiles in one call (the same numbers as `statistic`, a hundred times faster)."""
+    if values.size == 0:
+        return {s: (None, None, None) for s in STATS}
+    ordered = np.sort(values)
+    pct = np.percentile(values, [float(s[1:]) for s in STATS if s.startswith("p")], method="linear")
+    est = {"mean": float(values.mean()), "min": float(ordered[0]), "max": float(ordered[-1]),
+           **{s: float(v) for s, v in zip([s for s in STATS if s.startswith("p")], pct)}}
+    return {s: (est[s], *interval(values, s, ordered, est[s])) for s in STATS}
+
+
+def _us(ms: float | None) -> float | None:
+    """Milliseconds kept to the microsecond (module docstring)."""
+    return None if ms is None else round(ms, 3)
+
+
+def _mean(xs: list[float | None]) -> float | None:
+    vals = [x for x in xs if x is not None]
+    return math.fsum(vals) / len(vals) if vals else None
+
+
+def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
+    """One row per (cell, phase, step) of `phases` (CURVE_SCHEMA), ordered by cell and rate.
+
+    rps and output_tok_s are the phases' own (means over repeats); input_tok_s is the ok
+    requests' server-reported prompt tokens over the same window (phases.duration_s)."""
+    if phases.is_empty():
+        return pl.DataFrame(schema=CURVE_SCHEMA)
+    keys = ["cell_id", "repeat", "phase", "step"]
+    ok = requests.filter(pl.col("status") == "ok")
+    prompt = ok.group_by(keys).agg(pl.col("prompt_tokens").sum().alias("prompt_tokens"))
+    per_rep = phases.select([*keys, "rps", "output_tok_s", "duration_s"]).join(prompt, on=keys, how="left")
+    per_rep = per_rep.with_columns(
+        (pl.col("prompt_tokens").fill_null(0) / pl.col("duration_s")).alias("input_tok_s"))
+    reps = per_rep.group_by(["cell_id", "phase", "step"]).agg(
+        pl.col("rps"), pl.col("output_tok_s"), pl.col("input_tok_s"), pl.col("repeat").n_unique().alias("n"))
+    lat = ok.group_by(["cell_id", "phase", "step"]).agg(
+        pl.col("ttft_ms").drop_nulls(), pl.col("tpot_ms").drop_nulls(), pl.col("e2e_ms").drop_nulls(),
+        pl.col("itl_ms").explode().drop_nulls())
+    rows = []
+    lat_by_key = {(r["cell_id"], r["phase"], r["step"]): r for r in lat.iter_rows(named=True)}
+    for rep in reps.iter_rows(named=True):
+        key = (rep["cell_id"], rep["phase"], rep["step"])
+        got = lat_by_key.get(key, {})
+        row: dict[str, Any] = {
+            "cell_id": key[0], "phase": key[1], "step": key[2],
+            "rps": _mean(rep["rps"]), "output_tok_s": _mean(rep["output_tok_s"]),
+            "input_tok_s": _mean(rep["input_tok_s"]), "n_ok": len(got.get("ttft_ms") or []),
+            "n_repeats": rep["n"],
+        }
+        for m in METRICS:
+            for s, (v, lo, hi) in _point_stats(np.asarray(got.get(f"{m}_ms") or [], dtype=float)).items():
+                row[f"{m}_{s}_ms"] = _us(v)
+                if s in INTERVAL_STATS:
+                    row[f"{m}_{s}_lo_ms"], row[f"{m}_{s}_hi_ms"] = _us(lo), _us(hi)
+        rows.append(row)
+    out = pl.DataFrame(rows, schema=CURVE_SCHEMA)
+    return out.sort(["cell_id", "rps", "phase", "step"], nulls_last=True)
