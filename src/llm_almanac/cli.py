@@ -26,7 +26,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, loadgen, logs, phases
+from . import __version__, enginemetrics, loadgen, logs, phases
 from .config import defaults
 from .db import DB_PATH, frame
 from .files import write_parquet
@@ -88,15 +88,19 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         extras=extras, request_timeout_s=a.request_timeout, transport=a.transport)
     notes: list[str] = []
     store = phases.PhaseStore()
+    names = enginemetrics.names_for(a.engine_metrics) if a.engine_metrics else None
+    scraper = enginemetrics.Scraper(base, names) if names else None
     try:
-        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label))
+        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label, scraper=scraper))
     except (CellFailure, ValueError) as exc:
         print(f"almanac bench: {exc}", file=sys.stderr)
         return 2
-    requests, summary, more = phases.results(store, a.label)
+    requests, summary, more = phases.results(store, a.label, a.max_concurrency or None)
     out = Path(a.out)
     write_parquet(out / "requests.parquet", requests)
     write_parquet(out / "phases.parquet", summary)
+    if scraper:
+        write_parquet(out / "engine_metrics.parquet", store.engine_frame(a.label))
     print_phases(summary)
     for n in notes + more:
         print(f"note: {n}", file=sys.stderr)
@@ -313,6 +317,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request/response shape of that /tokenize")
     b.add_argument("--transport", choices=list(TRANSPORTS), default=BENCH_DEFAULTS["transport"],
                    help="HTTP client: fast (asyncio + llhttp, default) or httpx")
+    b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
+                   help="scrape this engine's Prometheus metrics around and during each phase "
+                        "(writes engine_metrics.parquet; adds the engine columns to phases)")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
     b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
     b.set_defaults(func=cmd_bench)
