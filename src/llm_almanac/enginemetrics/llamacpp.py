@@ -7,7 +7,9 @@ ratio of counters, 1000 x delta(tokens_predicted_seconds_total) / delta(tokens_p
 the slots' generation time per generated token (ms), which is the mean TPOT weighted by tokens
 (equal to the per-request mean when every request has the same output length, as here).
 There is no engine TTFT, E2E or queue time, so only the TPOT gap is checked for this engine.
-Prefix cache: `prompt_tokens_cached_total` of `prompt_tokens_total`; running and waiting are
+Prefix cache: hits are `prompt_tokens_cached_total`; llama.cpp's `prompt_tokens_total` counts
+only the prompt tokens it processed (cached ones excluded), so "queries" here is hits + that
+counter's delta only when hits are zero, which is what the guard needs. Running and waiting are
 `requests_processing` and `requests_deferred`; no KV-cache usage gauge.
 """
 
