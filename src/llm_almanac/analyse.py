@@ -7,7 +7,12 @@ percentiles) and its rate is the mean achieved rate across repeats.
 
 The confidence interval resamples requests with replacement within each point (rates held at
 their measured values), recomputes the statistic of every point and the interpolated max rps,
-and reports the 2.5th and 97.5th percentiles of those answers.
+and reports the 2.5th and 97.5th percentiles of those answers. With two or more repeats it is a
+two-level bootstrap: each draw first resamples the repeats (with replacement), then requests
+within each drawn repeat, and a point's rate is the mean of the drawn repeats' rates; so
+run-to-run drift of the machine or the engine widens the interval instead of hiding in it.
+`repeat_cv` is the between-repeat coefficient of variation of the answer (each repeat's curve
+answered alone). Every answer carries a trust grade (trust.py, docs/methodology.md).
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from typing import Any
 import numpy as np
 import polars as pl
 
-from . import tables
+from . import tables, trust
 from .config import defaults
 from .files import read_json
 from .slo import max_rps_under
@@ -48,19 +53,23 @@ def statistic(values: np.ndarray, stat: str) -> float | None:
 
 
 def _points(requests: pl.DataFrame, phases: pl.DataFrame) -> list[dict[str, Any]]:
-    """One entry per (phase, step): mean achieved rps and the ok requests' latency arrays."""
+    """One entry per (phase, step): mean achieved rps, the ok requests' latency arrays (aligned
+    per request; NaN where undefined), each request's repeat and each repeat's own rate."""
     ok = requests.filter(pl.col("status") == "ok")
     rates = phases.group_by(["phase", "step"]).agg(pl.col("rps").mean(), pl.col("repeat").n_unique().alias("n"))
     out = []
     for row in rates.sort("rps").iter_rows(named=True):
         sel = ok.filter((pl.col("phase") == row["phase"]) & (pl.col("step") == row["step"]))
         itl = [np.asarray(x if x is not None else [], dtype=float) for x in sel["itl_ms"].to_list()]
+        per = phases.filter((pl.col("phase") == row["phase"]) & (pl.col("step") == row["step"]))
         out.append({
             "phase": row["phase"], "step": row["step"], "rps": row["rps"],
-            "ttft": sel["ttft_ms"].drop_nulls().to_numpy(),
-            "tpot": sel["tpot_ms"].drop_nulls().to_numpy(),
-            "e2e": sel["e2e_ms"].drop_nulls().to_numpy(),
+            "ttft": sel["ttft_ms"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+            "tpot": sel["tpot_ms"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
+            "e2e": sel["e2e_ms"].cast(pl.Float64).fill_null(np.nan).to_numpy(),
             "itl": itl,
+            "repeat": sel["repeat"].to_numpy(),
+            "repeat_rps": dict(zip(per["repeat"].to_list(), per["rps"].to_list(), strict=True)),
         })
     return out
 
@@ -72,14 +81,16 @@ def _value(point: dict[str, Any], metric: str, idx: np.ndarray | None = None) ->
         vals = np.concatenate(lists) if lists else np.empty(0)
     else:
         vals = point[name] if idx is None else point[name][idx[idx < point[name].size]]
+        vals = vals[~np.isnan(vals)]
     return statistic(vals, stat)
 
 
-def _answer(points: list[dict[str, Any]], conditions: list[dict[str, Any]], idxs=None):
-    """The SLO's answer: the lowest max-rps over its conditions (all must hold)."""
+def _answer(points: list[dict[str, Any]], conditions: list[dict[str, Any]], idxs=None, rates=None):
+    """The SLO's answer: the lowest max-rps over its conditions (all must hold). `idxs`: per
+    point, the requests to use (a resample); `rates`: per point, the rate to use."""
     best = None
     for cond in conditions:
-        pts = [(p["rps"], _value(p, cond["metric"], None if idxs is None else idxs[i]))
+        pts = [(p["rps"] if rates is None else rates[i], _value(p, cond["metric"], None if idxs is None else idxs[i]))
                for i, p in enumerate(points)]
         res = max_rps_under(pts, float(cond["threshold_ms"]))
         if res.max_rps is None:
@@ -87,6 +98,48 @@ def _answer(points: list[dict[str, Any]], conditions: list[dict[str, Any]], idxs
         if best is None or best.max_rps is None or res.max_rps < best.max_rps:
             best = res
     return best
+
+
+def _two_level_draw(points: list[dict[str, Any]], repeats: list[int], rng: np.random.Generator):
+    """One draw of the two-level bootstrap: repeats with replacement, then requests within each
+    drawn repeat; a point's rate is the mean of the drawn repeats' rates."""
+    drawn = rng.choice(repeats, size=len(repeats), replace=True)
+    idxs, rates = [], []
+    for p in points:
+        parts = []
+        for r in drawn:
+            own = np.flatnonzero(p["repeat"] == r)
+            if own.size:
+                parts.append(own[rng.integers(0, own.size, own.size)])
+        idxs.append(np.concatenate(parts) if parts else np.empty(0, dtype=int))
+        rs = [p["repeat_rps"][r] for r in drawn if p["repeat_rps"].get(r) is not None]
+        rates.append(float(np.mean(rs)) if rs else p["rps"])
+    return idxs, rates
+
+
+def _repeat_cv(points: list[dict[str, Any]], conds: list[dict[str, Any]], repeats: list[int]) -> float | None:
+    """Between-repeat coefficient of variation of the answer (each repeat's curve alone)."""
+    answers = []
+    for r in repeats:
+        idxs = [np.flatnonzero(p["repeat"] == r) for p in points]
+        rates = [p["repeat_rps"].get(r) for p in points]
+        if any(x is None for x in rates):
+            continue
+        res = _answer(points, conds, idxs, rates)
+        if res.max_rps is not None:
+            answers.append(res.max_rps)
+    if len(answers) < 2 or not np.mean(answers):
+        return None
+    return float(np.std(answers, ddof=1) / np.mean(answers))
+
+
+def _answer_trust(points, conds, res, ci, phases: pl.DataFrame, repeat_cv: float | None) -> tuple[str, str | None]:
+    grades = []
+    if "trust_grade" in phases.columns:
+        grades = [(g, why) for g, why in phases.select("trust_grade", "trust_reasons").iter_rows() if g]
+    dips = any(trust.nonmonotone([_value(p, c["metric"]) for p in points]) for c in conds)
+    reasons = trust.answer_reasons(grades, res.max_rps, ci, dips, repeat_cv)
+    return trust.grade(reasons), trust.fmt(reasons)
 
 
 def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, Any]] | None = None,
@@ -99,6 +152,7 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
     cell = phases["cell_id"][0]
     points = _points(requests, phases)
     n_rep = int(phases["repeat"].n_unique())
+    repeats = sorted(phases["repeat"].unique().to_list())
     rng = np.random.default_rng(seed)
     rows = []
     for slo in slos:
@@ -106,12 +160,17 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
         res = _answer(points, conds)
         boots = []
         for _ in range(bootstrap if res.max_rps is not None else 0):
-            # resample each point's requests (ITL lists move with their request)
-            idxs = [rng.integers(0, max(1, len(p["itl"])), len(p["itl"])) for p in points]
-            b = _answer(points, conds, idxs)
+            if n_rep >= 2:  # repeats first, then requests within them
+                idxs, rates = _two_level_draw(points, repeats, rng)
+                b = _answer(points, conds, idxs, rates)
+            else:  # resample each point's requests (ITL lists move with their request)
+                idxs = [rng.integers(0, max(1, len(p["itl"])), len(p["itl"])) for p in points]
+                b = _answer(points, conds, idxs)
             if b.max_rps is not None:
                 boots.append(b.max_rps)
         lo, hi = (np.percentile(boots, [2.5, 97.5]).tolist() if boots else (None, None))
+        cv = _repeat_cv(points, conds, repeats) if n_rep >= 2 else None
+        grade, why = _answer_trust(points, conds, res, (lo, hi), phases, cv)
         rows.append({
             "cell_id": cell,
             "slo": slo.get("name") or "+".join(f"{c['metric']}<={c['threshold_ms']:g}" for c in conds),
@@ -120,6 +179,7 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
             "max_rps": res.max_rps, "basis": res.basis,
             "ci_low_rps": lo, "ci_high_rps": hi,
             "n_points": len(points), "n_repeats": n_rep,
+            "repeat_cv": cv, "trust_grade": grade, "trust_reasons": why,
         })
     return tables.frame(tables.SLO, rows)
 

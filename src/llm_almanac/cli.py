@@ -48,7 +48,8 @@ def _tokenizer_file(path: str) -> Path:
 def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
     t = Table(title="phases")
     for col in ("phase", "step", "target rps", "rps", "out tok/s", "ok", "failed", "mismatch",
-                "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU"):
+                "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU",
+                "client-engine TTFT", "client-engine TPOT", "trust"):
         t.add_column(col, justify="right")
 
     def f(v, d=1):
@@ -60,8 +61,14 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
                   f(r["ttft_p50_ms"]), f(r["ttft_p95_ms"]), f(r["tpot_p50_ms"], 2),
                   f(r["tpot_p95_ms"], 2), f(r["e2e_p50_ms"]),
                   ("-" if r["client_cpu_util"] is None else f"{r['client_cpu_util']:.0%}")
-                  + (" SATURATED" if r["client_saturated"] else ""))
-    (console or Console(width=200)).print(t)
+                  + (" SATURATED" if r["client_saturated"] else ""),
+                  f(r.get("client_minus_engine_ttft_ms")), f(r.get("client_minus_engine_tpot_ms"), 2),
+                  r.get("trust_grade") or "-")
+    (console or Console(width=240)).print(t)
+    for r in phases.iter_rows(named=True):  # why a phase is not graded A (trust.py)
+        if r.get("trust_reasons"):
+            (console or Console(width=240)).print(f"trust {r['trust_grade']} {r['phase']}[{r['step']}] "
+                                                  f"(repeat {r['repeat']}): {r['trust_reasons']}")
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -177,12 +184,14 @@ def cmd_slo(a: argparse.Namespace) -> int:
         r = analyse(req, ph, [{"name": "slo", "conditions": conds}], bootstrap=a.bootstrap).row(0, named=True)
         rows.append({"model": model, "engine": engine, "quantization": quant, "shape": f"{isl}/{osl}",
                      "max_rps": r["max_rps"], "ci_low": r["ci_low_rps"], "ci_high": r["ci_high_rps"],
-                     "basis": r["basis"]})
+                     "basis": r["basis"], "repeat_cv": r["repeat_cv"], "trust": r["trust_grade"],
+                     "why": r["trust_reasons"]})
     con.close()
     title = " and ".join(f"{c['metric']} <= {c['threshold_ms']:g} ms" for c in conds)
     _print_frame(pl.DataFrame(rows, schema={"model": pl.String, "engine": pl.String, "quantization": pl.String,
                                             "shape": pl.String, "max_rps": pl.Float64, "ci_low": pl.Float64,
-                                            "ci_high": pl.Float64, "basis": pl.String}),
+                                            "ci_high": pl.Float64, "basis": pl.String,
+                                            "repeat_cv": pl.Float64, "trust": pl.String, "why": pl.String}),
                  f"max requests/s with {title}")
     return 0
 
@@ -201,7 +210,8 @@ def cmd_show(a: argparse.Namespace) -> int:
     Console().print(f"server: {c['server_command']}\nreproduce: {c['reproduce']}")
     ph = frame(con, "SELECT * FROM phases WHERE cell_id = ? ORDER BY rps", [a.cell])
     print_phases(ph)
-    slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis FROM slo WHERE cell_id = ?", [a.cell])
+    slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis, repeat_cv, trust_grade, trust_reasons "
+                     "FROM slo WHERE cell_id = ?", [a.cell])
     if not slo.is_empty():
         _print_frame(slo, "SLOs")
     con.close()
