@@ -202,3 +202,25 @@ def test_phases_with_engine_metrics_against_the_simulator(sim, tmp_path):
     assert burst["engine_running_peak"] == 4 and burst["burst_guard"] == "capped-by-engine"
     assert burst["burst_capped_by"] == 4 and burst["engine_queue_mean_ms"] > 0
     assert seq["prefix_cache_guard"] == "ok" and seq["trust_grade"] == "A"
+
+
+def test_engine_metrics_reach_the_cell_files_and_duckdb(tmp_path):
+    from llm_almanac.aggregate import aggregate
+    from llm_almanac.files import write_cell
+
+    n = names_for("vllm")
+    em = tables.frame(tables.ENGINE_METRICS, rows(
+        _scrape(_read("vllm_cpu_before.txt"), _read("vllm_cpu_after.txt")), n, "c1", 0, "sequential", 0))
+    rec = tables.new_cell_record(cell_id="c1", status="ok")
+    write_cell(tmp_path / "c1", rec, tables.empty(tables.REQUESTS), tables.empty(tables.PHASES), em)
+    counts = aggregate([tmp_path / "c1"], tmp_path / "db.duckdb")
+    assert counts["engine_metrics"] == len(em) > 10
+
+
+def test_cell_scrapes_real_engines_only():
+    from llm_almanac.cell import engine_scraper
+    from llm_almanac.engines import get_engine
+
+    s = engine_scraper(get_engine("trtllm"), "http://h:1/")
+    assert s is not None and s.url == "http://h:1/prometheus/metrics"
+    assert engine_scraper(get_engine("sim"), "http://h:1") is None
