@@ -197,8 +197,9 @@ def test_phases_with_engine_metrics_against_the_simulator(sim, tmp_path):
     seq = phases.filter(pl.col("phase") == "sequential").row(0, named=True)
     burst = phases.filter(pl.col("phase") == "burst").row(0, named=True)
     assert seq["engine_requests"] == 3 and burst["engine_requests"] == 8
-    # the client's TTFT includes the loopback HTTP path the sim's does not: small, positive
-    assert 0 <= seq["client_minus_engine_ttft_ms"] < 10
+    # the client's TTFT includes the loopback HTTP path the sim's does not: positive (one clock:
+    # the sim stamps arrival after the client's send and writes before the client reads), small
+    assert 0 <= seq["client_minus_engine_ttft_ms"] < 50
     assert burst["engine_running_peak"] == 4 and burst["burst_guard"] == "capped-by-engine"
     assert burst["burst_capped_by"] == 4 and burst["engine_queue_mean_ms"] > 0
     assert seq["prefix_cache_guard"] == "ok" and seq["trust_grade"] == "A"
