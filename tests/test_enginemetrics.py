@@ -27,7 +27,8 @@ def _read(name: str) -> str:
 
 def _missing(engine: str, text: str) -> set[str]:
     present = {name for name, _ in parse(text)}
-    return set(names_for(engine).wanted()) - present
+    n = names_for(engine)
+    return set(n.wanted()) - present - set(n.optional.values())
 
 
 # -- real text, per engine ----------------------------------------------------------------
@@ -61,6 +62,26 @@ def test_llamacpp_real_text_has_every_name():
     v = phase_values(rows(_scrape(before, after), n, "c", 0, "sequential", 0), n)
     assert v["engine_tpot_mean_ms"] > 0
     assert v["engine_prefix_cache_queries"] > 0
+    # llama.cpp exports its speculative counters even without a draft model: zero, so no rate
+    assert set(n.optional.values()) <= {name for name, _ in parse(after)}
+    assert v["engine_spec_acceptance_rate"] is None and v["engine_spec_mean_accepted_len"] is None
+
+
+SPEC = """# TYPE vllm:spec_decode_num_drafts counter
+vllm:spec_decode_num_drafts_total{{engine="0"}} {d}
+# TYPE vllm:spec_decode_num_draft_tokens counter
+vllm:spec_decode_num_draft_tokens_total{{engine="0"}} {t}
+# TYPE vllm:spec_decode_num_accepted_tokens counter
+vllm:spec_decode_num_accepted_tokens_total{{engine="0"}} {a}
+"""
+
+
+def test_speculative_decoding_acceptance_from_counter_deltas():
+    n = names_for("vllm")
+    v = phase_values(rows(_scrape(SPEC.format(d=10, t=30, a=12), SPEC.format(d=110, t=330, a=192)), n,
+                          "c", 0, "sequential", 0), n)
+    assert v["engine_spec_acceptance_rate"] == pytest.approx(180 / 300)  # accepted / draft tokens
+    assert v["engine_spec_mean_accepted_len"] == pytest.approx(1 + 180 / 100)  # per verification step
 
 
 def test_unknown_engine_has_no_names():

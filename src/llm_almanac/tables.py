@@ -88,6 +88,8 @@ ENGINE_PHASE: dict[str, Any] = {
     "engine_prefix_cache_queries": pl.Float64,
     "engine_prefix_cache_hits": pl.Float64,
     "engine_preemptions": pl.Float64,
+    "engine_spec_acceptance_rate": pl.Float64,
+    "engine_spec_mean_accepted_len": pl.Float64,
     "engine_kv_cache_usage_peak": pl.Float64,
     "engine_running_peak": pl.Float64,
     "engine_waiting_peak": pl.Float64,

@@ -36,6 +36,8 @@ ENGINES = ("vllm", "sglang", "trtllm", "llamacpp")
 
 HISTOGRAM_ROLES = ("ttft", "tpot", "e2e", "queue")
 COUNTER_ROLES = ("prefix_queries", "prefix_hits", "preemptions", "requests")
+#: Speculative decoding counters: exported only while speculation is on (Names.optional).
+SPEC_ROLES = ("spec_drafts", "spec_draft_tokens", "spec_accepted")
 GAUGE_ROLES = ("kv_usage", "running", "waiting")
 
 
@@ -54,6 +56,8 @@ class Names:
     #: of the engine module (e.g. llama.cpp's seconds-per-token sums): role -> (numerator,
     #: denominator, scale); the phase value is scale * delta(numerator) / delta(denominator).
     ratios: dict[str, tuple[str, str, float]] = field(default_factory=dict)
+    #: Counters the engine exports only with a feature on (speculative decoding: SPEC_ROLES).
+    optional: dict[str, str] = field(default_factory=dict)
 
     def wanted(self) -> dict[str, tuple[str, str]]:
         """sample name -> (role, kind) for every sample this engine's module asks for."""
@@ -65,6 +69,8 @@ class Names:
             out[name] = (role, "counter")
         for role, name in self.gauges.items():
             out[name] = (role, "gauge")
+        for role, name in self.optional.items():
+            out[name] = (role, "counter")
         for role, (num, den, _) in self.ratios.items():
             out.setdefault(num, (f"{role}_num", "counter"))
             out.setdefault(den, (f"{role}_den", "counter"))
@@ -206,6 +212,11 @@ def phase_values(rows_: list[dict[str, Any]], names: Names | None = None) -> dic
     out["engine_prefix_cache_queries"] = delta.get(("prefix_queries", "counter"))
     out["engine_prefix_cache_hits"] = delta.get(("prefix_hits", "counter"))
     out["engine_preemptions"] = delta.get(("preemptions", "counter"))
+    # speculative decoding: acceptance rate = accepted / draft tokens; mean accepted length =
+    # 1 + accepted / drafts (tokens per verification step, counting the target's own token)
+    drafts, dtoks, acc = (delta.get((r, "counter")) for r in SPEC_ROLES)
+    out["engine_spec_acceptance_rate"] = acc / dtoks if acc is not None and dtoks else None
+    out["engine_spec_mean_accepted_len"] = 1 + acc / drafts if acc is not None and drafts else None
     for role, col in (("kv_usage", "engine_kv_cache_usage_peak"), ("running", "engine_running_peak"),
                       ("waiting", "engine_waiting_peak")):
         series = gauges.get(role)

@@ -25,5 +25,10 @@ NAMES = Names(
         "running": "llamacpp:requests_processing",
         "waiting": "llamacpp:requests_deferred",
     },
+    optional={  # exported always (zero without a draft model); see the captured text
+        "spec_drafts": "llamacpp:spec_decode_num_drafts_total",
+        "spec_draft_tokens": "llamacpp:spec_decode_num_draft_tokens_total",
+        "spec_accepted": "llamacpp:spec_decode_num_accepted_tokens_total",
+    },
     ratios={"tpot": ("llamacpp:tokens_predicted_seconds_total", "llamacpp:tokens_predicted_total", 1000.0)},
 )
