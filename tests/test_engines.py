@@ -81,10 +81,10 @@ LLAMA_GOLDEN = [
     (dict(quantization="q4_1", binary="/env/llama-server", model_path="/models/m.gguf",
           extra_args=("--parallel", "4", "--ctx-size", "8192", "--no-webui", "--no-cache-prompt")),
      ["/env/llama-server", "--model", "/models/m.gguf", "--alias", "m", "--host", "127.0.0.1",
-      "--port", "8000", "--parallel", "4", "--ctx-size", "8192", "--no-webui", "--no-cache-prompt"]),
+      "--port", "8000", "--metrics", "--parallel", "4", "--ctx-size", "8192", "--no-webui", "--no-cache-prompt"]),
     (dict(quantization="q8_0", binary="/env/llama-server", model_path="/models/m.gguf", tensor_parallel=2),
      ["/env/llama-server", "--model", "/models/m.gguf", "--alias", "m", "--host", "127.0.0.1",
-      "--port", "8000", "--split-mode", "layer", "--n-gpu-layers", "999"]),
+      "--port", "8000", "--metrics", "--split-mode", "layer", "--n-gpu-layers", "999"]),
 ]
 
 

@@ -103,8 +103,8 @@ def _cell_dir(root, cid, status="ok", n=3):
 def test_aggregate_is_idempotent_and_keeps_failed_cells(tmp_path):
     dirs = [_cell_dir(tmp_path / "cells", "a"), _cell_dir(tmp_path / "cells", "b", status="failed")]
     db = tmp_path / "almanac.duckdb"
-    assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3, "slo": 0}
-    assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3, "slo": 0}  # rebuilt, not appended
+    assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3, "slo": 0, "engine_metrics": 0}
+    assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3, "slo": 0, "engine_metrics": 0}  # rebuilt, not appended
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT cell_id, status, error FROM cells ORDER BY 1").fetchall() == [
         ("a", "ok", None), ("b", "failed", "ServerStartupError: x")]

@@ -86,7 +86,8 @@ def test_cli_show_query_export(fixture_db, tmp_path):
     header, first = (tmp_path / "x" / "requests.csv").read_text().splitlines()[:2]
     assert "itl_ms" in header and "[10.0,10.0,10.0]" in first.replace(", ", ",")
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
-        "answers.csv", "cells.csv", "curve.csv", "phases.csv", "prices.csv", "requests.csv", "slo.csv"]
+        "answers.csv", "cells.csv", "curve.csv", "engine_metrics.csv", "phases.csv", "prices.csv", "requests.csv",
+        "slo.csv"]
 
 
 

@@ -66,3 +66,24 @@ def test_analyse_rejects_unknown_metric():
 
     with pytest.raises(ValueError, match="'ttft_p42_ms' is not of the form"):
         parse_metric("ttft_p42_ms")
+
+
+def test_drift_between_repeats_shows_as_cv_and_lowers_the_grade():
+    import polars as pl
+
+    from llm_almanac.analyse import analyse
+
+    pts = [("sequential", 0, 1.0, 200.0), ("sweep", 0, 2.0, 600.0), ("sweep", 1, 3.0, 1400.0), ("burst", 0, 4.0, 5000.0)]
+    slo = [{"name": "t1000", "conditions": [{"metric": "ttft_p95_ms", "threshold_ms": 1000}]}]
+    req, ph = frames(pts)
+    steady = analyse(req, ph, slo, bootstrap=200).row(0, named=True)
+    # the same cell, but the engine drifted: repeat 1 is 40 % slower at every point
+    slow = pl.col("repeat") == 1
+    req2 = req.with_columns(pl.when(slow).then(pl.col("ttft_ms") * 1.4).otherwise(pl.col("ttft_ms")).alias("ttft_ms"))
+    from llm_almanac import metrics
+    drift = analyse(req2, metrics.summarize(req2), slo, bootstrap=200).row(0, named=True)
+    assert steady["repeat_cv"] < 0.05 and drift["repeat_cv"] > 0.1
+    assert drift["trust_grade"] in "BCD" and "repeats differ" in drift["trust_reasons"]
+    # one repeat: no CV
+    one = analyse(req.filter(pl.col("repeat") == 0), ph.filter(pl.col("repeat") == 0), slo, bootstrap=50).row(0, named=True)
+    assert one["repeat_cv"] is None and one["n_repeats"] == 1 and one["trust_grade"] is not None

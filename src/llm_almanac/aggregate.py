@@ -65,7 +65,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             con.register("cells_df", cells.to_arrow())
             con.execute("INSERT INTO cells SELECT * FROM cells_df")
             for name, fname in (("phases", "phases.parquet"), ("requests", "requests.parquet"),
-                                ("slo", "slo.parquet")):
+                                ("slo", "slo.parquet"), ("engine_metrics", "engine_metrics.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
             slos = (analysis or {}).get("slos") or defaults("analysis")["slos"]
             answers.write_tables(con, cells, frame(con, "SELECT * FROM requests"),

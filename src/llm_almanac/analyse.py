@@ -4,19 +4,26 @@ The curve's points are the cell's phases (sequential, every sweep step, burst) w
 statistics and intervals (curve.py: with repeats, a point pools the requests of all repeats);
 each SLO's answer and interval come from slo.answer, through answers.slo_answer, the same
 function every other surface uses, so the `slo` and `answers` tables agree to the bit.
+
+With two or more repeats, `repeat_cv` is the between-repeat coefficient of variation of the
+answer (each repeat's own curve answered alone): run-to-run drift of the machine or the engine
+shows there and lowers the answer's trust grade (trust.py, docs/methodology.md) instead of
+hiding in pooled requests.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import polars as pl
 
-from . import curve, tables
-from .answers import SLO, curves_by_cell, slo_answer
+from . import curve, tables, trust
+from .answers import SLO, Curve, curves_by_cell, slo_answer
 from .config import defaults
 from .curve import statistic  # noqa: F401 - kept importable from here
 from .files import read_json
+from .slo import SLOAnswer
 
 _STATS = set(curve.STATS)
 
@@ -29,6 +36,32 @@ def parse_metric(metric: str) -> tuple[str, str]:
             f"SLO metric {metric!r} is not of the form <ttft|tpot|itl|e2e>_<mean|p50|p90|p95|p99|min|max>_ms"
         )
     return parts[0], parts[1]
+
+
+def _repeat_cv(requests: pl.DataFrame, phases: pl.DataFrame, slo: SLO) -> float | None:
+    """Between-repeat coefficient of variation of the answer: each repeat's curve alone."""
+    answers = []
+    for r in sorted(phases["repeat"].unique().to_list()):
+        ph = phases.filter(pl.col("repeat") == r)
+        crv = curves_by_cell(curve.points(requests.filter(pl.col("repeat") == r), ph)).get(ph["cell_id"][0])
+        res = slo_answer(crv, slo) if crv else None
+        if res is not None and res.max_rps is not None:
+            answers.append(res.max_rps)
+    if len(answers) < 2 or not np.mean(answers):
+        return None
+    return float(np.std(answers, ddof=1) / np.mean(answers))
+
+
+def _answer_trust(crv: Curve, slo: SLO, res: SLOAnswer, phases: pl.DataFrame,
+                  repeat_cv: float | None) -> tuple[str, str | None]:
+    """The answer's trust grade and its reasons (trust.py): its phases' grades, the interval's
+    width, a non-monotone curve and the spread between repeats."""
+    grades = []
+    if "trust_grade" in phases.columns:
+        grades = [(g, why) for g, why in phases.select("trust_grade", "trust_reasons").iter_rows() if g]
+    dips = any(trust.nonmonotone(crv.column(metric)) for metric, _ in slo.conditions)
+    reasons = trust.answer_reasons(grades, res.max_rps, (res.ci_low_rps, res.ci_high_rps), dips, repeat_cv)
+    return trust.grade(reasons), trust.fmt(reasons)
 
 
 def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, Any]] | None = None,
@@ -50,6 +83,8 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
         slo = SLO.from_config(spec)
         res = slo_answer(crv, slo)
         conds = spec["conditions"]
+        cv = _repeat_cv(requests, phases, slo) if n_rep >= 2 else None
+        grade, why = _answer_trust(crv, slo, res, phases, cv)
         rows.append({
             "cell_id": cell, "slo": slo.name,
             "metric": "+".join(c["metric"] for c in conds),
@@ -57,6 +92,7 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
             "max_rps": res.max_rps, "basis": res.basis,
             "ci_low_rps": res.ci_low_rps, "ci_high_rps": res.ci_high_rps,
             "n_points": len(points), "n_repeats": n_rep,
+            "repeat_cv": cv, "trust_grade": grade, "trust_reasons": why,
         })
     return tables.frame(tables.SLO, rows)
 

@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from . import __version__, gpus, hardware, loadgen, phases
+from . import __version__, enginemetrics, gpus, hardware, loadgen, phases
 from .config import defaults
 from .engines import Engine, ServerSpec, adapter_for
 from .files import read_json, write_cell
@@ -224,7 +224,14 @@ def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log:
             if rep:
                 log.info("cell %s: repeat %d of %d", cell["cell_id"], rep + 1, bench["repeats"])
             plan = Plan(bench, repeat=rep, rates=rates)
-            rates = loadgen.run(phases.run_phases(gen, plan, store, info["notes"], cell["cell_id"], check))
+            rates = loadgen.run(phases.run_phases(gen, plan, store, info["notes"], cell["cell_id"], check,
+                                                  engine_scraper(adapter, base_url)))
+
+
+def engine_scraper(adapter: Engine, base_url: str) -> enginemetrics.Scraper | None:
+    """The scraper of the engine's own /metrics (None for engines without a names module)."""
+    names = enginemetrics.names_for(adapter.name)
+    return enginemetrics.Scraper(base_url, names) if names else None
 
 
 def run_cell(
@@ -269,9 +276,9 @@ def run_cell(
             info["notes"].append(f"phases measured before the failure are kept: {', '.join(sorted(store.units))}")
     info["finished_at"] = datetime.now(UTC).isoformat()
     scrub_file(server_log, secrets_in_cell)
-    requests, summary, notes = phases.results(store, cid)
+    requests, summary, notes = phases.results(store, cid, int(ci.bench.get("max_concurrency") or 0) or None)
     info["notes"] += notes
-    write_cell(out_dir, info, requests, summary)
+    write_cell(out_dir, info, requests, summary, store.engine_frame(cid))
     if info["status"] == "ok":
         store.clear()  # only once the cell's own files hold every unit
     _log_summary(cid, summary)

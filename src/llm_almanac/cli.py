@@ -30,7 +30,7 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from . import __version__, loadgen, logs, phases
+from . import __version__, enginemetrics, loadgen, logs, phases
 from .config import defaults
 from .db import DB_PATH, frame
 from .files import write_parquet
@@ -52,7 +52,8 @@ def _tokenizer_file(path: str) -> Path:
 def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
     t = Table(title="phases")
     for col in ("phase", "step", "target rps", "rps", "out tok/s", "ok", "failed", "mismatch",
-                "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU"):
+                "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU",
+                "client-engine TTFT", "client-engine TPOT", "trust"):
         t.add_column(col, justify="right")
 
     def f(v, d=1):
@@ -64,8 +65,14 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
                   f(r["ttft_p50_ms"]), f(r["ttft_p95_ms"]), f(r["tpot_p50_ms"], 2),
                   f(r["tpot_p95_ms"], 2), f(r["e2e_p50_ms"]),
                   ("-" if r["client_cpu_util"] is None else f"{r['client_cpu_util']:.0%}")
-                  + (" SATURATED" if r["client_saturated"] else ""))
-    (console or Console(width=200)).print(t)
+                  + (" SATURATED" if r["client_saturated"] else ""),
+                  f(r.get("client_minus_engine_ttft_ms")), f(r.get("client_minus_engine_tpot_ms"), 2),
+                  r.get("trust_grade") or "-")
+    (console or Console(width=240)).print(t)
+    for r in phases.iter_rows(named=True):  # why a phase is not graded A (trust.py)
+        if r.get("trust_reasons"):
+            (console or Console(width=240)).print(f"trust {r['trust_grade']} {r['phase']}[{r['step']}] "
+                                                  f"(repeat {r['repeat']}): {r['trust_reasons']}")
 
 
 def cmd_bench(a: argparse.Namespace) -> int:
@@ -92,15 +99,19 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         extras=extras, request_timeout_s=a.request_timeout, transport=a.transport)
     notes: list[str] = []
     store = phases.PhaseStore()
+    names = enginemetrics.names_for(a.engine_metrics) if a.engine_metrics else None
+    scraper = enginemetrics.Scraper(base, names) if names else None
     try:
-        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label))
+        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label, scraper=scraper))
     except (CellFailure, ValueError) as exc:
         print(f"almanac bench: {exc}", file=sys.stderr)
         return 2
-    requests, summary, more = phases.results(store, a.label)
+    requests, summary, more = phases.results(store, a.label, a.max_concurrency or None)
     out = Path(a.out)
     write_parquet(out / "requests.parquet", requests)
     write_parquet(out / "phases.parquet", summary)
+    if scraper:
+        write_parquet(out / "engine_metrics.parquet", store.engine_frame(a.label))
     print_phases(summary)
     for n in notes + more:
         print(f"note: {n}", file=sys.stderr)
@@ -307,7 +318,8 @@ def cmd_show(a: argparse.Namespace) -> int:
     Console().print(f"server: {c['server_command']}\nreproduce: {c['reproduce']}")
     ph = frame(con, "SELECT * FROM phases WHERE cell_id = ? ORDER BY rps", [a.cell])
     print_phases(ph)
-    slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis FROM slo WHERE cell_id = ?", [a.cell])
+    slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis, repeat_cv, trust_grade, trust_reasons "
+                     "FROM slo WHERE cell_id = ?", [a.cell])
     if not slo.is_empty():
         _print_frame(slo, "SLOs")
     con.close()
@@ -423,6 +435,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request/response shape of that /tokenize")
     b.add_argument("--transport", choices=list(TRANSPORTS), default=BENCH_DEFAULTS["transport"],
                    help="HTTP client: fast (asyncio + llhttp, default) or httpx")
+    b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
+                   help="scrape this engine's Prometheus metrics around and during each phase "
+                        "(writes engine_metrics.parquet; adds the engine columns to phases)")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
     b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
     b.set_defaults(func=cmd_bench)

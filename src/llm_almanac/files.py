@@ -51,7 +51,8 @@ def read_json(path: str | Path) -> Any:
 CELL_FILES = ("cell.json", "requests.parquet", "phases.parquet")
 
 
-def write_cell(out_dir: Path, record: dict[str, Any], requests: pl.DataFrame, phases: pl.DataFrame) -> None:
+def write_cell(out_dir: Path, record: dict[str, Any], requests: pl.DataFrame, phases: pl.DataFrame,
+               engine_metrics: pl.DataFrame | None = None) -> None:
     """A cell's files, each in its table's columns; `cell.json` last, since it marks the cell
     as done for Snakemake and for `almanac rerun-failed`."""
     unknown = set(record) - set(tables.CELLS)
@@ -59,4 +60,6 @@ def write_cell(out_dir: Path, record: dict[str, Any], requests: pl.DataFrame, ph
         raise KeyError(f"cell.json fields not in the cells table: {sorted(unknown)}")
     write_parquet(out_dir / "requests.parquet", tables.conform(tables.REQUESTS, requests))
     write_parquet(out_dir / "phases.parquet", tables.conform(tables.PHASES, phases))
+    if engine_metrics is not None:  # the engine's own /metrics per phase (enginemetrics/)
+        write_parquet(out_dir / "engine_metrics.parquet", tables.conform(tables.ENGINE_METRICS, engine_metrics))
     write_json(out_dir / "cell.json", record)

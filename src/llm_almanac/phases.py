@@ -18,7 +18,7 @@ from typing import Any
 
 import polars as pl
 
-from . import metrics, tables
+from . import enginemetrics, metrics, tables, trust
 from .files import read_json, write_json, write_parquet
 from .loadgen import LoadGenerator, Measured
 
@@ -42,14 +42,25 @@ class PhaseStore:
     def __init__(self) -> None:
         self.units: dict[str, pl.DataFrame] = {}
         self.clients: dict[str, dict[str, float]] = {}  # the load generator's CPU per unit
+        self.engine: dict[str, pl.DataFrame] = {}  # the engine's own metrics per unit
 
     def get(self, key: str) -> pl.DataFrame | None:
         return self.units.get(key)
 
-    def put(self, key: str, df: pl.DataFrame, client: dict[str, float] | None = None) -> None:
+    def put(self, key: str, df: pl.DataFrame, client: dict[str, float] | None = None,
+            engine: pl.DataFrame | None = None) -> None:
         self.units[key] = df
         if client:
             self.clients[key] = client
+        if engine is not None:
+            self.engine[key] = engine
+
+    def engine_frame(self, cell_id: str) -> pl.DataFrame:
+        """Every unit's engine_metrics rows (tables.ENGINE_METRICS), labelled with the cell."""
+        if not self.engine:
+            return tables.empty(tables.ENGINE_METRICS)
+        df = pl.concat([tables.conform(tables.ENGINE_METRICS, d) for d in self.engine.values()])
+        return df.with_columns(pl.lit(cell_id).alias("cell_id"))
 
     def frame(self) -> pl.DataFrame:
         return pl.concat(list(self.units.values())) if self.units else tables.empty(tables.REQUESTS)
@@ -80,16 +91,24 @@ class Checkpoint(PhaseStore):
         directory.mkdir(parents=True, exist_ok=True)
         fp.write_text(fingerprint)
         for f in sorted(directory.glob("*.parquet")):
+            if "." in f.stem:  # a unit's side file (KEY.engine.parquet), read with its unit
+                continue
             self.units[f.stem] = pl.read_parquet(f)
+            e = directory / f"{f.stem}.engine.parquet"
+            if e.exists():
+                self.engine[f.stem] = pl.read_parquet(e)
             c = directory / f"{f.stem}.client.json"
             if c.exists():
                 self.clients[f.stem] = read_json(c)
 
-    def put(self, key: str, df: pl.DataFrame, client: dict[str, float] | None = None) -> None:
+    def put(self, key: str, df: pl.DataFrame, client: dict[str, float] | None = None,
+            engine: pl.DataFrame | None = None) -> None:
         if client:  # written first: a unit's parquet is what marks it as done
             write_json(self.dir / f"{key}.client.json", client)
+        if engine is not None:
+            write_parquet(self.dir / f"{key}.engine.parquet", engine)
         write_parquet(self.dir / f"{key}.parquet", df)
-        super().put(key, df, client)
+        super().put(key, df, client, engine)
 
     def clear(self) -> None:
         for f in self.dir.glob("*"):
@@ -98,6 +117,7 @@ class Checkpoint(PhaseStore):
             self.dir.rmdir()
         self.units = {}
         self.clients = {}
+        self.engine = {}
 
 
 @dataclass
@@ -119,12 +139,14 @@ class Plan:
 
 
 async def run_phases(gen: LoadGenerator, plan: Plan, store: PhaseStore, notes: list[str],
-                     cell_id: str = "", check: Check | None = None) -> list[float]:
+                     cell_id: str = "", check: Check | None = None,
+                     scraper: enginemetrics.Scraper | None = None) -> list[float]:
     """Run the plan's phases into `store`; return the sweep rates used.
 
     A unit already in `store` is reused, not measured again; a measured unit goes into the store
     only after `check` passes, so a unit cut short by a crash is never kept. Warm-up runs once
-    per generator, just before its first measured unit."""
+    per generator, just before its first measured unit. With a `scraper`, the engine's own
+    metrics are scraped just before and after each unit and sampled during it."""
     plan.validate()
     bench = plan.bench
     conc = int(bench.get("max_concurrency") or 0) or None
@@ -140,16 +162,31 @@ async def run_phases(gen: LoadGenerator, plan: Plan, store: PhaseStore, notes: l
             bad = [r for r in gen.rows(await gen.warmup(int(bench["warmup_requests"]))) if r["status"] != "ok"]
             if bad:
                 raise CellFailure(f"warm-up failed: {bad[0]['error']}")
+        scrape = None
         try:
             async with asyncio.timeout(phase_timeout):
-                measured = await measure()
+                if scraper:
+                    measured, scrape = await scraper.around(measure)
+                else:
+                    measured = await measure()
         except TimeoutError:
             raise CellFailure(f"{phase}[{step}] exceeded phase_timeout_s={phase_timeout:g}") from None
         rows = gen.rows(measured.reqs, cell_id, plan.repeat)
         if check:
             check(f"{phase}[{step}]", sum(r["status"] != "ok" for r in rows))
         df = tables.frame(tables.REQUESTS, rows)
-        store.put(key, df, measured.client)
+        engine = None
+        if scraper and scrape:
+            if scrape.errors:
+                msg = f"engine metrics of {phase}[{step}]: {scrape.errors[0]} ({len(scrape.errors)} failed scrapes)"
+                log.warning(msg)
+                if msg not in notes:
+                    notes.append(msg)
+            engine = tables.frame(tables.ENGINE_METRICS, enginemetrics.rows(
+                scrape, scraper.names, cell_id, plan.repeat, phase, step))
+            log.info("%s[%d]: %d engine metric series, %d gauge samples, sampler CPU %.1f ms", phase, step,
+                     len(engine), len(scrape.samples), scrape.sampler_cpu_s * 1e3)
+        store.put(key, df, measured.client, engine)
         return df
 
     anchors: dict[str, float | None] = {}
@@ -191,11 +228,30 @@ def saturation_notes(phases: pl.DataFrame) -> list[str]:
     return notes
 
 
-def results(store: PhaseStore, cell_id: str) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
-    """The store's requests and their phase summary (with the client self-check), plus the
-    notes the summary calls for: what both the pipeline and `almanac bench` write."""
+def engine_phase_values(engine: pl.DataFrame) -> pl.DataFrame:
+    """One row per phase unit (PHASE_KEYS) with the engine-side columns (enginemetrics)."""
+    rows = []
+    for keys, g in engine.group_by(tables.PHASE_KEYS, maintain_order=True):
+        names = enginemetrics.names_for(str(g["engine"][0]))
+        rows.append({**dict(zip(tables.PHASE_KEYS, keys, strict=True)),
+                     **enginemetrics.phase_values(g.to_dicts(), names)})
+    cols = {k: tables.PHASES[k] for k in tables.PHASE_KEYS}
+    cols.update({k: tables.PHASES[k] for k in rows[0] if k not in cols} if rows else {})
+    return pl.DataFrame(rows, schema=cols) if rows else pl.DataFrame(schema=cols)
+
+
+def results(store: PhaseStore, cell_id: str, burst_limit: int | None = None
+            ) -> tuple[pl.DataFrame, pl.DataFrame, list[str]]:
+    """The store's requests and their phase summary (with the client self-check, the engine's
+    own metrics and the trust checks), plus the notes the summary calls for: what both the
+    pipeline and `almanac bench` write. The engine rows are `store.engine_frame(cell_id)`."""
     requests = store.frame().with_columns(pl.lit(cell_id).alias("cell_id"))
     phases = metrics.summarize(requests, store.client_frame(cell_id))
+    engine = engine_phase_values(store.engine_frame(cell_id))
+    if len(phases) and len(engine):
+        phases = tables.conform(tables.PHASES, phases.drop([c for c in engine.columns if c not in tables.PHASE_KEYS])
+                                .join(engine, on=tables.PHASE_KEYS, how="left"))
+    phases = trust.check_phases(phases, burst_limit)
     notes = []
     if len(phases):
         n_bad, n_mis = int(phases["n_failed"].sum()), int(phases["n_token_mismatch"].sum())

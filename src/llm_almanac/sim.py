@@ -73,6 +73,10 @@ class SimServer:
         self.records: list[dict] = []
         self._tasks: set[asyncio.Task] = set()
         self._served = 0
+        # a fake Prometheus /metrics in vLLM's names, from the sim's own clock (a test instrument:
+        # it lets tests run the engine-metrics path end to end; see enginemetrics/)
+        self.running = self.waiting = 0
+        self.prom: dict[str, float] = {}
         self.connections = 0  # TCP connections accepted (tests check keep-alive use)
         self._unix_offset_ns = time.time_ns() - time.perf_counter_ns()
         self._frames: dict[tuple[int, bool], bytes] = {}
@@ -127,7 +131,9 @@ class SimServer:
                 headers = {k.lower(): v.strip() for k, v in (ln.split(":", 1) for ln in lines[1:] if ":" in ln)}
                 body = await reader.readexactly(int(headers.get("content-length", "0")))
                 proto.first_ns = 0  # the next request's first bytes get a fresh stamp
-                if method == "GET" and path in ("/health", "/v1/models"):
+                if method == "GET" and path == "/metrics":
+                    await self._respond(writer, 200, self.metrics_text().encode())
+                elif method == "GET" and path in ("/health", "/v1/models"):
                     ok = self.cfg.fault != "no_health"
                     body = (orjson.dumps({"object": "list", "data": [
                         {"id": self.cfg.model_name, "object": "model", "owned_by": "llm-almanac-sim"}]})
@@ -174,8 +180,13 @@ class SimServer:
         n_out = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
         started = arrived  # the TTFT clock starts when the request arrived...
         if self._sem:
-            await self._sem.acquire()
+            self.waiting += 1
+            try:
+                await self._sem.acquire()
+            finally:
+                self.waiting -= 1
             started = max(arrived, time.perf_counter_ns())  # ...or when a slot freed
+        self.running += 1
         events: list[int] = []
         now = time.perf_counter_ns
         try:
@@ -212,14 +223,39 @@ class SimServer:
             writer.write(self._framed(b"[DONE]") + b"0\r\n\r\n")
             await writer.drain()
         finally:
+            self.running -= 1
             if self._sem:
                 self._sem.release()
+        if events:
+            p = self.prom
+            for stat, v in (("ttft", (events[0] - arrived) / 1e9), ("e2e", (events[-1] - arrived) / 1e9),
+                         ("queue", (started - arrived) / 1e9),
+                         ("tpot", (events[-1] - events[0]) / 1e9 / max(1, sent - 1))):
+                p[f"{stat}_sum"] = p.get(f"{stat}_sum", 0.0) + v
+                p[f"{stat}_count"] = p.get(f"{stat}_count", 0.0) + 1
         self._record({"arrived_ns": arrived, "started_ns": started, "event_ns": events,
                       "tokens": sent, "prompt_tokens": n_prompt,
                       # pairing keys for clients that log wall-clock times or their prompts
                       "arrived_unix_ns": arrived + self._unix_offset_ns,
                       "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest(),
                       "x_request_id": request_id})
+
+    def metrics_text(self) -> str:
+        """The sim's state as Prometheus text under vLLM's metric names (no buckets)."""
+        p, lab = self.prom, '{model_name="' + self.cfg.model_name + '"}'
+        hist = {"ttft": "vllm:time_to_first_token_seconds", "e2e": "vllm:e2e_request_latency_seconds",
+                "queue": "vllm:request_queue_time_seconds", "tpot": "vllm:request_time_per_output_token_seconds"}
+        out = []
+        for k, name in hist.items():
+            out += [f"# TYPE {name} histogram", f"{name}_sum{lab} {p.get(f'{k}_sum', 0.0)}",
+                    f"{name}_count{lab} {p.get(f'{k}_count', 0.0)}"]
+        for name, v in (("vllm:request_success", p.get("e2e_count", 0.0)), ("vllm:prefix_cache_queries", 0.0),
+                        ("vllm:prefix_cache_hits", 0.0), ("vllm:num_preemptions", 0.0)):
+            out += [f"# TYPE {name} counter", f"{name}_total{lab} {v}"]
+        for name, v in (("vllm:num_requests_running", self.running), ("vllm:num_requests_waiting", self.waiting),
+                        ("vllm:kv_cache_usage_perc", 0.0)):
+            out += [f"# TYPE {name} gauge", f"{name}{lab} {float(v)}"]
+        return "\n".join(out) + "\n"
 
     @staticmethod
     def _framed(obj: bytes) -> bytes:

@@ -56,6 +56,55 @@ CLIENT: dict[str, Any] = {
 
 PHASE_KEYS = ["cell_id", "repeat", "phase", "step"]
 
+#: The engine's own Prometheus metrics per phase unit (enginemetrics/): one row per series of
+#: a sample the engine's module names. `role` is what it measures (ttft, running, ...);
+#: counters and histogram sums/counts carry before/after/delta, gauges their samples (before,
+#: about once a second during, after) and their peak.
+ENGINE_METRICS: dict[str, Any] = {
+    "cell_id": pl.String,
+    "repeat": pl.Int32,
+    "phase": pl.String,
+    "step": pl.Int32,
+    "engine": pl.String,
+    "role": pl.String,
+    "metric": pl.String,
+    "labels": pl.String,
+    "kind": pl.String,
+    "before": pl.Float64,
+    "after": pl.Float64,
+    "delta": pl.Float64,
+    "peak": pl.Float64,
+    "samples": pl.List(pl.Float64),
+}
+
+#: Per phase unit, from ENGINE_METRICS (enginemetrics.phase_values) and the checks on it
+#: (trust.py). Null where the engine exports no such metric.
+ENGINE_PHASE: dict[str, Any] = {
+    "engine_ttft_mean_ms": pl.Float64,
+    "engine_tpot_mean_ms": pl.Float64,
+    "engine_e2e_mean_ms": pl.Float64,
+    "engine_queue_mean_ms": pl.Float64,
+    "engine_requests": pl.Float64,
+    "engine_prefix_cache_queries": pl.Float64,
+    "engine_prefix_cache_hits": pl.Float64,
+    "engine_preemptions": pl.Float64,
+    "engine_spec_acceptance_rate": pl.Float64,
+    "engine_spec_mean_accepted_len": pl.Float64,
+    "engine_kv_cache_usage_peak": pl.Float64,
+    "engine_running_peak": pl.Float64,
+    "engine_waiting_peak": pl.Float64,
+    "engine_n_samples": pl.Int64,
+    "client_minus_engine_ttft_ms": pl.Float64,
+    "client_minus_engine_tpot_ms": pl.Float64,
+    "engine_gap_flag": pl.Boolean,
+    "burst_expected_concurrency": pl.Int64,
+    "burst_capped_by": pl.Int64,
+    "burst_guard": pl.String,
+    "prefix_cache_guard": pl.String,
+    "trust_grade": pl.String,
+    "trust_reasons": pl.String,
+}
+
 
 def _phases() -> dict[str, Any]:
     schema: dict[str, Any] = {
@@ -79,7 +128,7 @@ def _phases() -> dict[str, Any]:
     for m in LATENCY_METRICS:
         for s in STATS:
             schema[f"{m}_{s}_ms"] = pl.Float64
-    return schema
+    return {**schema, **ENGINE_PHASE}
 
 
 #: One row per phase unit: (cell, repeat, phase, sweep step).
@@ -97,6 +146,9 @@ SLO: dict[str, Any] = {
     "ci_high_rps": pl.Float64,
     "n_points": pl.Int64,
     "n_repeats": pl.Int64,
+    "repeat_cv": pl.Float64,
+    "trust_grade": pl.String,
+    "trust_reasons": pl.String,
 }
 
 #: One row per cell: `cell.json` holds exactly these keys (structured values as JSON, below).
@@ -140,6 +192,7 @@ CELL_AGGREGATE_ONLY = frozenset({"reproduce"})
 
 TABLES: dict[str, dict[str, Any]] = {
     "cells": CELLS, "phases": PHASES, "requests": REQUESTS, "slo": SLO,
+    "engine_metrics": ENGINE_METRICS,
 }
 
 #: Primary keys of the DuckDB tables: a duplicate row fails loudly.
@@ -148,6 +201,7 @@ KEYS: dict[str, list[str]] = {
     "phases": PHASE_KEYS,
     "requests": ["cell_id", "repeat", "phase", "request_id"],
     "slo": ["cell_id", "slo"],
+    "engine_metrics": [*PHASE_KEYS, "metric", "labels"],
 }
 
 

@@ -71,6 +71,7 @@ class LlamaCpp(Engine):
             "--alias", spec.served_name,
             "--host", spec.host,
             "--port", str(spec.port),
+            "--metrics",  # the Prometheus /metrics endpoint (enginemetrics/llamacpp.py); off by default
         ]
         if spec.tensor_parallel > 1:
             cmd += ["--split-mode", "layer", "--n-gpu-layers", "999"]
