@@ -1,7 +1,7 @@
 """How each client under comparison is started, and how its per-request results are read.
 
 Each reader returns {pairing key: (ttft_ms, tpot_ms)}; keys match the simulator's log:
-  almanac   prompt sha1 (prompts are unique per request id; rebuilt from the same tokenizer/seed)
+  almanac   the X-Request-Id header it sends ("almanac-<request_id>", loadgen.request_id_header)
   vllm      the x-request-id header it sends ("<prefix>-<i>" <-> index i of its detailed JSON)
   guidellm  prompt sha1 (the prompt is in each record's request_args)
 """
@@ -60,15 +60,13 @@ def sha1(text: str) -> str:
     return hashlib.sha1(text.encode()).hexdigest()
 
 
-def read_almanac(out: Path, tok: Path, isl: int, seed: int = 0) -> dict[str, tuple[float, float]]:
+def read_almanac(out: Path) -> dict[str, tuple[float, float]]:
     import polars as pl
 
-    from llm_almanac.prompts import PromptFactory
+    from llm_almanac.loadgen import request_id_header
 
     df = pl.read_parquet(out / "requests.parquet").filter(pl.col("status") == "ok")
-    prompts = PromptFactory.from_file(tok / "tokenizer.json", isl, seed)
-    return {sha1(prompts.make(r["request_id"])): (r["ttft_ms"], r["tpot_ms"])
-            for r in df.iter_rows(named=True)}
+    return {request_id_header(r["request_id"]): (r["ttft_ms"], r["tpot_ms"]) for r in df.iter_rows(named=True)}
 
 
 def read_vllm(out: Path) -> dict[str, tuple[float, float]]:
@@ -104,9 +102,9 @@ def count_ok(name: str, out: Path) -> int:
 
 def read(name: str, out: Path, tok: Path, isl: int) -> dict[str, tuple[float, float]]:
     if name.startswith("almanac"):
-        return read_almanac(out, tok, isl)
+        return read_almanac(out)
     return {"vllm": read_vllm, "guidellm": read_guidellm}[name](out)
 
 
 def sim_key(name: str, rec: dict) -> str | None:
-    return rec.get("x_request_id") if name == "vllm" else rec.get("prompt_sha1")
+    return rec.get("x_request_id") if name == "vllm" or name.startswith("almanac") else rec.get("prompt_sha1")

@@ -142,6 +142,64 @@ def test_fast_client_stamps_reads_before_parsing():
         sim.close()
 
 
+class HeaderServer:
+    """Records the raw request head of every request it answers (one tiny streamed response)."""
+
+    def __init__(self):
+        self.heads: list[bytes] = []
+
+    async def start(self):
+        self.server = await asyncio.start_server(self.handle, "127.0.0.1", 0)
+        return self.server.sockets[0].getsockname()[1]
+
+    async def handle(self, reader, writer):
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                self.heads.append(head)
+                n = int([ln for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length")][0]
+                        .split(b":")[1])
+                await reader.readexactly(n)
+                body = b"data: [DONE]\n\n"
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body))
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            writer.close()
+
+
+@pytest.mark.parametrize("transport", ["fast", "httpx"])
+def test_each_request_carries_its_request_id_header(transport):
+    """X-Request-Id = 'almanac-<request_id>' (what a server logs can be joined with the row)."""
+    async def go():
+        srv = HeaderServer()
+        port = await srv.start()
+        gen = LoadGenerator(f"http://127.0.0.1:{port}", "m", 1, 1, str, transport=transport)
+        gen.skip_ids_to(40)
+        reqs = gen.new_reqs(3, "sequential")
+        async with gen.client() as c:
+            for r in reqs:
+                await gen.send(c, r)
+        srv.server.close()
+        return [r.request_id for r in reqs], srv.heads
+
+    ids, heads = asyncio.run(go())
+    assert ids == [40, 41, 42]
+    got = [[ln.split(b":", 1)[1].strip() for ln in h.split(b"\r\n") if ln.lower().startswith(b"x-request-id:")]
+           for h in heads]
+    assert got == [[b"almanac-40"], [b"almanac-41"], [b"almanac-42"]]
+    assert loadgen.request_id_header(41) == "almanac-41"
+
+
+def test_fast_client_request_id_header_is_one_line():
+    c = StreamingClient("http://127.0.0.1:9")
+    head = c.request_bytes("/v1/completions", b"{}", "almanac-7").split(b"\r\n\r\n")[0].split(b"\r\n")
+    assert b"X-Request-Id: almanac-7" in head and head[-1] == b"Content-Length: 2"
+    assert b"X-Request-Id" not in c.request_bytes("/v1/completions", b"{}")
+    for bad in ("a\r\nX-Evil: 1", "", "a\nb"):
+        with pytest.raises(ValueError, match="X-Request-Id"):
+            c.request_bytes("/v1/completions", b"{}", bad)
+
+
 # -- the saturation self-check ----------------------------------------------------------------
 def _phase(util_cpu, wall, lags):
     rows = [{"cell_id": "c", "repeat": 0, "phase": "sweep", "step": 0, "target_rps": 5.0, "request_id": i,

@@ -78,6 +78,7 @@ def test_timing_matches_simulator_log(sim, transport):
     for row, rec in zip(rows, sim.srv.records):
         assert row["completion_tokens"] == 16 and row["prompt_tokens"] == 5
         assert row["n_token_events"] == len(rec["event_ns"]) == 6  # ceil(16/3) chunks
+        assert rec["x_request_id"] == f"almanac-{row['request_id']}"  # joins the server's log
         assert not row["token_mismatch"]
         # measured TTFT vs the server's own first-event time (client adds only loopback latency)
         true_ttft = (rec["event_ns"][0] - rec["arrived_ns"]) / MS

@@ -104,7 +104,7 @@ class StreamingClient:
         self._head = ("POST {path} HTTP/1.1\r\nHost: " + host_hdr + "\r\n"
                       "Content-Type: application/json\r\nAccept: text/event-stream\r\n"
                       + ("" if keepalive else "Connection: close\r\n")
-                      + "Content-Length: {n}\r\n\r\n")
+                      + "{extra}Content-Length: {n}\r\n\r\n")
 
     async def __aenter__(self) -> StreamingClient:
         return self
@@ -142,16 +142,23 @@ class StreamingClient:
             self._all.discard(c)
         return None
 
-    def request_bytes(self, path: str, body: bytes) -> bytes:
-        return self._head.format(path=self.prefix + path, n=len(body)).encode() + body
+    def request_bytes(self, path: str, body: bytes, request_id: str | None = None) -> bytes:
+        extra = ""
+        if request_id is not None:
+            if not request_id.isprintable() or not request_id.strip():
+                raise ValueError(f"not a valid X-Request-Id header value: {request_id!r}")
+            extra = f"X-Request-Id: {request_id}\r\n"
+        return self._head.format(path=self.prefix + path, extra=extra, n=len(body)).encode() + body
 
-    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]], on_send=None) -> int:
+    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]], on_send=None,
+                   request_id: str | None = None) -> int:
         """Send one request; fill `raw` with (arrival ns, body piece); return the HTTP status.
 
         `on_send()` is called just before the request's bytes are written (to stamp the send
-        time). A pooled connection that the server had already closed is replaced once,
-        transparently, if nothing of the response had arrived on it."""
-        data = self.request_bytes(path, body)
+        time); `request_id` goes out as the `X-Request-Id` header. A pooled connection that the
+        server had already closed is replaced once, transparently, if nothing of the response
+        had arrived on it."""
+        data = self.request_bytes(path, body, request_id)
         conn = self._take_idle()
         reused = conn is not None
         for attempt in (0, 1):

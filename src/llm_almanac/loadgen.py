@@ -49,6 +49,13 @@ TRANSPORTS = ("fast", "httpx")
 ARRIVALS = ("constant", "poisson")
 
 
+def request_id_header(request_id: int) -> str:
+    """The `X-Request-Id` a request is sent with (as `vllm bench serve` does): the row's
+    `request_id` with a prefix, unique within a cell (ids continue across phases, repeats and
+    resumes), so a request can be found in the server's own logs and traces."""
+    return f"almanac-{request_id}"
+
+
 def run(coro):
     """asyncio.run on uvloop where available (the load generator's event loop)."""
     with asyncio.Runner(loop_factory=_loop_factory) as runner:
@@ -236,7 +243,8 @@ class LoadGenerator:
             req.scheduled_ns = req.picked_ns
         if isinstance(client, StreamingClient):
             return await self._send_fast(client, req)
-        headers = {"content-type": "application/json", "accept": "text/event-stream"}
+        headers = {"content-type": "application/json", "accept": "text/event-stream",
+                   "x-request-id": request_id_header(req.request_id)}
         req.sent_ns = time.perf_counter_ns()
         try:
             async with asyncio.timeout(self.request_timeout_s):
@@ -264,7 +272,8 @@ class LoadGenerator:
 
         try:
             async with asyncio.timeout(self.request_timeout_s):
-                status = await client.post(self.path, req.body, req.raw, on_send=stamp)
+                status = await client.post(self.path, req.body, req.raw, on_send=stamp,
+                                           request_id=request_id_header(req.request_id))
             req.http_status = status
             if status != 200:
                 text = b"".join(c for _, c in req.raw).decode(errors="replace")
