@@ -32,9 +32,10 @@ class _Conn(asyncio.Protocol):
                  "idle_since", "_ts", "received", "lost_exc")
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
+        # set by connection_made, which create_connection calls before it returns the protocol
+        self.transport: asyncio.Transport
         self.parser = httptools.HttpResponseParser(self)
-        self.raw: list[tuple[int, bytes]] | None = None
+        self.raw: list[tuple[int, bytes]] = []  # the current request's body pieces
         self.waiter: asyncio.Future | None = None
         self.status = 0
         self.keep_alive = False
@@ -186,8 +187,9 @@ class StreamingClient:
                 conn.transport.close()
                 raise
             break
+        assert conn is not None  # the loop ends with a response on a connection, or raises
         conn.waiter = None
-        conn.raw = None
+        conn.raw = []
         if self.keepalive and conn.keep_alive and not conn.closed:
             conn.idle_since = _now()
             self._idle.append(conn)
