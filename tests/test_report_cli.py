@@ -83,7 +83,8 @@ def test_cli_show_query_export(fixture_db, tmp_path):
     _almanac("export", "--format", "csv", "--out", str(tmp_path / "x"), "--db", str(fixture_db))
     header, first = (tmp_path / "x" / "requests.csv").read_text().splitlines()[:2]
     assert "itl_ms" in header and "[10.0,10.0,10.0]" in first.replace(", ", ",")
-    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["almanac_meta.csv", "almanac_schema.csv", "cells.csv", "phases.csv", "requests.csv", "slo.csv"]
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
+        "almanac_meta.csv", "almanac_schema.csv", "cells.csv", "phases.csv", "requests.csv", "slo.csv"]
 
 
 
