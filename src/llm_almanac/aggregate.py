@@ -111,6 +111,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
     with replacing(db_path) as tmp:
         con = duckdb.connect(str(tmp))
         try:
+            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole build
             for name in tables.TABLES:
                 con.execute(ddl(name))
             for stmt in schema_ddl():
@@ -123,6 +124,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
                                 ("slo", "slo.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
             con.execute("INSERT INTO almanac_meta VALUES ('inputs', ?)", [fingerprint])
+            con.execute("COMMIT")
             counts = {n: len(con.table(n)) for n in tables.TABLES}
         finally:
             con.close()

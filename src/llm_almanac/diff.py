@@ -10,7 +10,13 @@ Per matched cell it reports the relative change (new / base − 1) of
     both sides, so the change is the engine's and not the load's),
 with a bootstrap confidence interval of the change: the requests of both sides are resampled
 with replacement (within each phase point, achieved rates held at their measured values) and
-the change recomputed; the CI is the 2.5th–97.5th percentile.
+the change recomputed; the CI is the 2.5th–97.5th percentile. A point's achieved rate is itself
+a measurement of n requests, so each resample also draws it as rate × Poisson(n) / n (the count
+noise of a rate measured from n events); holding rates fixed gave CIs of max req/s far narrower
+than the spread between reruns of the same simulator, and false alarms.
+A percentile needs samples beyond it: p95 is compared only with at least 5 requests above it
+(100 sequential requests) on both sides, otherwise it is *too-few-samples* (shown, never gated):
+the bootstrap cannot say how far a p95 of 16 requests — their maximum — may move.
 
 A metric *regressed* when it got worse by more than the threshold and its CI excludes zero;
 *improved* likewise the other way; otherwise *unchanged*. A max req/s that is a bound on either
@@ -36,6 +42,7 @@ from .db import frame
 from .merge import merge
 
 LATENCY = (("ttft", "p50"), ("ttft", "p95"), ("tpot", "p50"), ("tpot", "p95"))
+MIN_TAIL = 5  # samples beyond a percentile needed to compare it
 COLUMNS: dict[str, Any] = {
     **{k: pl.Int64 if k in ("isl", "osl") else pl.String for k in identity.MATCH_KEY},
     "metric": pl.String, "base": pl.Float64, "new": pl.Float64, "change_pct": pl.Float64,
@@ -121,12 +128,17 @@ def compare_cell(base: dict[str, Any], new: dict[str, Any], slos: list[dict[str,
         for _ in range(n_boot):
             bi = [rng.integers(0, max(1, len(p["itl"])), len(p["itl"])) for p in base["points"]]
             ni = [rng.integers(0, max(1, len(p["itl"])), len(p["itl"])) for p in new["points"]]
-            r = _ratio(_answer(base["points"], slo["conditions"], bi).max_rps,
-                       _answer(new["points"], slo["conditions"], ni).max_rps)
+            r = _ratio(_answer(_rates_drawn(base["points"], rng), slo["conditions"], bi).max_rps,
+                       _answer(_rates_drawn(new["points"], rng), slo["conditions"], ni).max_rps)
             boots.append(-1.0 if r is None else r)  # an answer lost in a resample: as bad as it gets
         rows.append(_row(metric, b.max_rps, n.max_rps, boots, False, threshold))
     for name, stat in LATENCY:
         if not (base[name].size and new[name].size):
+            continue
+        if min(base[name].size, new[name].size) * (1 - float(stat[1:]) / 100) < MIN_TAIL:
+            rows.append({"metric": f"{name}_{stat}_ms", "base": _pct(base, name, stat), "new": _pct(new, name, stat),
+                         "change_pct": 100 * (_ratio(_pct(base, name, stat), _pct(new, name, stat)) or 0.0),
+                         "ci_low_pct": None, "ci_high_pct": None, "status": "too-few-samples"})
             continue
         boots = []
         for _ in range(n_boot):
@@ -137,6 +149,15 @@ def compare_cell(base: dict[str, Any], new: dict[str, Any], slos: list[dict[str,
         rows.append(_row(f"{name}_{stat}_ms", _pct(base, name, stat), _pct(new, name, stat), boots, True,
                          threshold))
     return rows
+
+
+def _rates_drawn(points: list[dict[str, Any]], rng: np.random.Generator) -> list[dict[str, Any]]:
+    """The points with each achieved rate redrawn as rate × Poisson(n) / n (n: its requests)."""
+    out = []
+    for p in points:
+        n = max(1, len(p["itl"]))
+        out.append({**p, "rps": p["rps"] * max(1, rng.poisson(n)) / n})
+    return out
 
 
 def _row(metric: str, b: float | None, n: float | None, boots: list[float], worse_if_up: bool,

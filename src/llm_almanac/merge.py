@@ -167,8 +167,11 @@ def _fingerprints(con: duckdb.DuckDBPyConnection, alias: str) -> None:
 
 
 @contextlib.contextmanager
-def _attached(con: duckdb.DuckDBPyConnection, path: Path, alias: str) -> Iterator[None]:
-    con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
+def _attached(con: duckdb.DuckDBPyConnection, path: Path, alias: str, name: str) -> Iterator[None]:
+    try:
+        con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise RefusedInput(f"{name}: unreadable or corrupt ({type(exc).__name__}: {exc})") from exc
     try:
         yield
     finally:
@@ -183,6 +186,7 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
     with tempfile.TemporaryDirectory(prefix="almanac-merge-") as td, replacing(out) as tmp:
         sources = [resolve(s, Path(td)) for s in srcs]
         con = duckdb.connect(str(tmp))
+        stack = contextlib.ExitStack()
         try:
             for name in tables.TABLES:
                 con.execute(ddl(name))
@@ -190,37 +194,39 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                 con.execute(stmt)
             con.execute(SOURCES_DDL)
             con.execute("CREATE TEMP TABLE seen (measurement_id VARCHAR PRIMARY KEY, fp UBIGINT, source VARCHAR)")
-            # check every source first: a refusal comes before any work on the output
+            # attach and check every source first: a refusal comes before any work on the output
             for i, s in enumerate(sources):
-                with _attached(con, s.db, f"s{i}"):
-                    s.version = _version(con, f"s{i}", s.name)
-                    _views(con, f"s{i}", s.version)
-                    _check(con, f"s{i}", s.name)
+                stack.enter_context(_attached(con, s.db, f"s{i}", s.name))
+                s.version = _version(con, f"s{i}", s.name)
+                _views(con, f"s{i}", s.version)
+                _check(con, f"s{i}", s.name)
             duplicates = 0
+            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole merge
             for i, s in enumerate(sources):
                 a = f"s{i}"
-                with _attached(con, s.db, a):
-                    _views(con, a, s.version)
-                    _fingerprints(con, a)
-                    clash = con.execute(
-                        f"SELECT f.measurement_id, seen.source FROM {a}_fp AS f JOIN seen USING (measurement_id) "
-                        "WHERE f.fp <> seen.fp LIMIT 1").fetchone()
-                    if clash:
-                        raise RefusedInput(
-                            f"{s.name}: inconsistent with {clash[1]}: measurement {clash[0]!r} is in both with "
-                            "different content")
-                    con.execute(f"CREATE OR REPLACE TEMP TABLE {a}_new AS SELECT measurement_id, fp FROM {a}_fp "
-                                "ANTI JOIN seen USING (measurement_id)")
-                    duplicates += con.execute(f"SELECT count(*) FROM {a}_fp").fetchone()[0]  # type: ignore[index]
-                    duplicates -= con.execute(f"SELECT count(*) FROM {a}_new").fetchone()[0]  # type: ignore[index]
-                    for name in tables.TABLES:
-                        con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} "
-                                    f"SEMI JOIN {a}_new USING (measurement_id)")
-                    con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
-                    con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
+                _fingerprints(con, a)
+                clash = con.execute(
+                    f"SELECT f.measurement_id, seen.source FROM {a}_fp AS f JOIN seen USING (measurement_id) "
+                    "WHERE f.fp <> seen.fp LIMIT 1").fetchone()
+                if clash:
+                    raise RefusedInput(
+                        f"{s.name}: inconsistent with {clash[1]}: measurement {clash[0]!r} is in both with "
+                        "different content")
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {a}_new AS SELECT measurement_id, fp FROM {a}_fp "
+                            "ANTI JOIN seen USING (measurement_id)")
+                duplicates += con.execute(f"SELECT count(*) FROM {a}_fp").fetchone()[0]  # type: ignore[index]
+                duplicates -= con.execute(f"SELECT count(*) FROM {a}_new").fetchone()[0]  # type: ignore[index]
+                for name in tables.TABLES:
+                    con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} "
+                                f"SEMI JOIN {a}_new USING (measurement_id)")
+                con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
+                con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
             con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
+            con.execute("COMMIT")
             counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}  # type: ignore[index]
         finally:
+            with contextlib.suppress(duckdb.Error):
+                stack.close()
             con.close()
     counts["duplicates"] = duplicates
     return counts
