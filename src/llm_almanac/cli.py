@@ -169,20 +169,24 @@ def cmd_slo(a: argparse.Namespace) -> int:
         conds.append({"metric": f"tpot_{a.percentile}_ms", "threshold_ms": a.tpot_ms})
     con = _connect(a.db)
     where, args = _filters(a)
-    cells = con.execute(f"SELECT c.cell_id, c.model, c.engine, c.quantization, c.isl, c.osl FROM cells c "
-                        f"WHERE c.status = 'ok'{where} ORDER BY c.model, c.isl, c.osl, c.engine", args).fetchall()
+    # one row per measurement: a merged almanac may hold a cell on several hardware kinds or runs
+    cells = con.execute(f"SELECT c.measurement_id, c.model, c.engine, c.quantization, c.isl, c.osl, "
+                        f"c.hardware_kind FROM cells c WHERE c.status = 'ok'{where} "
+                        "ORDER BY c.model, c.isl, c.osl, c.engine, c.hardware_kind", args).fetchall()
     rows = []
-    for cid, model, engine, quant, isl, osl in cells:
-        req = frame(con, "SELECT * FROM requests WHERE cell_id = ?", [cid])
-        ph = frame(con, "SELECT * FROM phases WHERE cell_id = ?", [cid])
+    for mid, model, engine, quant, isl, osl, hw in cells:
+        req = frame(con, "SELECT * FROM requests WHERE measurement_id = ?", [mid])
+        ph = frame(con, "SELECT * FROM phases WHERE measurement_id = ?", [mid])
         r = analyse(req, ph, [{"name": "slo", "conditions": conds}], bootstrap=a.bootstrap).row(0, named=True)
         rows.append({"model": model, "engine": engine, "quantization": quant, "shape": f"{isl}/{osl}",
+                     "hardware": hw,
                      "max_rps": r["max_rps"], "ci_low": r["ci_low_rps"], "ci_high": r["ci_high_rps"],
                      "basis": r["basis"]})
     con.close()
     title = " and ".join(f"{c['metric']} <= {c['threshold_ms']:g} ms" for c in conds)
     _print_frame(pl.DataFrame(rows, schema={"model": pl.String, "engine": pl.String, "quantization": pl.String,
-                                            "shape": pl.String, "max_rps": pl.Float64, "ci_low": pl.Float64,
+                                            "shape": pl.String, "hardware": pl.String,
+                                            "max_rps": pl.Float64, "ci_low": pl.Float64,
                                             "ci_high": pl.Float64, "basis": pl.String}),
                  f"max requests/s with {title}")
     return 0

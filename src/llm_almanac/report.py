@@ -26,7 +26,7 @@ PALETTE = px_colors.qualitative.Plotly
 CURVE_SQL = """
 SELECT c.cell_id, c.model, c.engine, c.quantization, c.isl, c.osl, p.phase, p.step,
        p.rps, p.ttft_p50_ms, p.ttft_p95_ms, p.tpot_p50_ms, p.tpot_p95_ms
-FROM phases p JOIN cells c USING (cell_id)
+FROM phases p JOIN cells c USING (measurement_id)
 WHERE c.status = 'ok' AND p.n_ok > 0
 ORDER BY c.model, c.isl, c.osl, c.engine, c.quantization, p.rps
 """
@@ -34,7 +34,7 @@ ORDER BY c.model, c.isl, c.osl, c.engine, c.quantization, p.rps
 SLO_SQL = """
 SELECT c.model, c.engine, c.quantization, c.isl, c.osl, s.slo, s.max_rps, s.ci_low_rps,
        s.ci_high_rps, s.basis, c.cell_id, c.reproduce
-FROM slo s JOIN cells c USING (cell_id)
+FROM slo s JOIN cells c USING (measurement_id)
 ORDER BY c.model, c.isl, c.osl, s.slo, c.engine, c.quantization
 """
 
