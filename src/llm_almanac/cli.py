@@ -29,6 +29,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import loadgen, logs, phases
@@ -143,7 +144,9 @@ def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) ->
     for c in df.columns:
         t.add_column(c, justify="right" if df[c].dtype.is_numeric() else "left")
     for row in df.iter_rows():
-        t.add_row(*["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
+        # escape: text such as an SLO name "max_rps[ttft_p95<=300ms]" is not rich markup
+        t.add_row(*["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v))
+                    for v in row])
     Console(width=max(120, Console().width)).print(t)
 
 

@@ -11,7 +11,8 @@ Measurements are the unit (identity.py). A measurement found in several sources 
 content (its cells row but the invocation-specific `reproduce` and `server_log`, and every row of
 its phases, requests and slo) is stored once; the same measurement_id with different content is
 an inconsistency between the sources and refused. Different measurements of one cell sit side by
-side. The `sources` table says in which input(s) each measurement was found.
+side. The `sources` table says in which input(s) each measurement was found (carried on through
+later merges and publish round trips).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ class Source:
     name: str  # as the user gave it
     db: Path  # a DuckDB file with the tables (built in a temporary folder for non-DB inputs)
     version: int = 0
+    has_sources: bool = False
 
 
 def _results_cells(folder: Path) -> list[Path]:
@@ -198,6 +200,10 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
             for i, s in enumerate(sources):
                 stack.enter_context(_attached(con, s.db, f"s{i}", s.name))
                 s.version = _version(con, f"s{i}", s.name)
+                s.has_sources = bool(con.execute(
+                    "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND table_name = 'sources' UNION "
+                    "SELECT 1 FROM duckdb_views() WHERE database_name = ? AND view_name = 'sources'",
+                    [f"s{i}", f"s{i}"]).fetchone())
                 _views(con, f"s{i}", s.version)
                 _check(con, f"s{i}", s.name)
             duplicates = 0
@@ -221,6 +227,8 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                                 f"SEMI JOIN {a}_new USING (measurement_id)")
                 con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
                 con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
+                if s.has_sources:  # provenance recorded by an earlier merge travels on
+                    con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
             con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
             con.execute("COMMIT")
             counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}  # type: ignore[index]
