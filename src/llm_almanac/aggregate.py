@@ -29,6 +29,21 @@ _DUCK_TYPES: dict[Any, str] = {
 }
 
 
+#: DuckDB's memory for building a database: bounded (it spills to disk beyond it), so that a
+#: 10 M-request almanac builds in a few GB; ALMANAC_DUCKDB_MEMORY overrides it.
+MEMORY_LIMIT = "3GB"
+
+
+def connect_for_build(path: Path) -> duckdb.DuckDBPyConnection:
+    """A connection that writes a database: bounded memory, insertion order not kept."""
+    import os
+
+    con = duckdb.connect(str(path))
+    con.execute(f"SET memory_limit = '{os.environ.get('ALMANAC_DUCKDB_MEMORY', MEMORY_LIMIT)}'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
 def ddl(name: str) -> str:
     """CREATE TABLE for one of tables.TABLES, with its primary key (a duplicate row fails)."""
     schema = tables.TABLES[name]
@@ -109,7 +124,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
                 for f in ("phases.parquet", "requests.parquet", "slo.parquet")]
     cells = tables.frame(tables.CELLS, rows)
     with replacing(db_path) as tmp:
-        con = duckdb.connect(str(tmp))
+        con = connect_for_build(tmp)
         try:
             con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole build
             for name in tables.TABLES:

@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from . import identity, tables
-from .aggregate import _DUCK_TYPES, ddl, schema_ddl
+from .aggregate import _DUCK_TYPES, connect_for_build, ddl, schema_ddl
 from .files import replacing
 
 #: Columns that describe the invocation that built a database, not the measurement.
@@ -187,7 +187,7 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
         raise RefusedInput("nothing to merge")
     with tempfile.TemporaryDirectory(prefix="almanac-merge-") as td, replacing(out) as tmp:
         sources = [resolve(s, Path(td)) for s in srcs]
-        con = duckdb.connect(str(tmp))
+        con = connect_for_build(tmp)
         stack = contextlib.ExitStack()
         try:
             for name in tables.TABLES:
