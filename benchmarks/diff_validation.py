@@ -65,12 +65,25 @@ def main() -> int:
     ap.add_argument("--slow-runs", type=int, default=5)
     ap.add_argument("--threshold", type=float, default=0.05)
     ap.add_argument("--tokenizer", type=Path, help="tokenizer dir (default: the bundled SmolLM2's)")
+    ap.add_argument("--reuse", type=Path, help="diff the runs kept in this folder by an earlier run instead")
     a = ap.parse_args()
+    t0 = time.monotonic()
+    if a.reuse:
+        def runs(prefix: str) -> list[Path]:
+            found = a.reuse.glob(f"{prefix}-run*/almanac.duckdb")
+            return sorted(found, key=lambda p: int(p.parent.name.rsplit("run", 1)[1]))
+        same, slow = runs(f"tpot{TPOT_MS:g}"), runs(f"tpot{TPOT_MS * 1.2:g}")
+    else:
+        same, slow = measure(a)
+    return compare(same, slow, a.threshold, t0)
+
+
+def measure(a: argparse.Namespace) -> tuple[list[Path], list[Path]]:
     tok = a.tokenizer or h.tokenizer_dir()
     work = Path(tempfile.mkdtemp(prefix="diff-validation-"))
-    t0 = time.monotonic()
     label = f"sim__sim__none__{ISL}-{OSL}"
-    same, slow = [], []
+    same: list[Path] = []
+    slow: list[Path] = []
     for tpot, n, into in ((TPOT_MS, 1 + a.reruns, same), (TPOT_MS * 1.2, a.slow_runs, slow)):
         sim = h.Sim(work, "--ttft-ms", str(TTFT_MS), "--tpot-ms", str(tpot), "--max-concurrency", str(CONC),
                     "--prompt-tokens", str(ISL))
@@ -80,11 +93,15 @@ def main() -> int:
                 h.log(f"tpot {tpot:g} ms: run {i + 1}/{n}")
         finally:
             sim.stop()
+    return same, slow
+
+
+def compare(same: list[Path], slow: list[Path], threshold: float, t0: float) -> int:
     base, reruns = same[0], same[1:]
     flagged: dict[str, list[str]] = {"no-change": [], "slower decode": []}
     for kind, runs in (("no-change", reruns), ("slower decode", slow)):
         for run in runs:
-            res = diff(str(base), str(run), a.threshold)
+            res = diff(str(base), str(run), threshold)
             if gate(res):
                 flagged[kind].append(", ".join(res.filter(pl.col("status") == "regressed")["metric"]))
             worst = res.filter(pl.col("change_pct").is_not_null()).sort("change_pct")
@@ -93,12 +110,12 @@ def main() -> int:
                               worst.select("metric", "change_pct", "ci_low_pct", "ci_high_pct", "status")
                               .iter_rows()))
     fp, det = len(flagged["no-change"]), len(flagged["slower decode"])
-    print(f"threshold {a.threshold:.0%}: no-change reruns flagged {fp}/{len(reruns)} "
+    print(f"threshold {threshold:.0%}: no-change reruns flagged {fp}/{len(reruns)} "
           f"(goal <= {len(reruns) / 20:.0f}); 20 % slower decode flagged {det}/{len(slow)} (goal {len(slow)})")
     for kind, metrics in flagged.items():
         for m in metrics:
             print(f"  {kind} flagged on: {m}")
-    print(f"({time.monotonic() - t0:.0f} s; runs in {work})")
+    print(f"({time.monotonic() - t0:.0f} s; runs in {base.parent.parent})")
     return int(fp > len(reruns) / 20 or det < len(slow))
 
 

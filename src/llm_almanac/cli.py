@@ -319,7 +319,7 @@ def cmd_diff(a: argparse.Namespace) -> int:
         else:
             _print_frame(shown, digits=3)
     counts = result.group_by("status").len().sort("status").iter_rows()
-    print("; ".join(f"{n} {s}" for s, n in counts) + f" (threshold {a.threshold:.0%}, CI 95%)", file=sys.stderr)
+    print("; ".join(f"{n} {s}" for s, n in counts) + f" (threshold {a.threshold:.0%}, simultaneous 95% CIs)", file=sys.stderr)
     return gate(result)
 
 
@@ -415,7 +415,7 @@ def build_parser() -> argparse.ArgumentParser:
     df.add_argument("new")
     df.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (0.05 = 5%%)")
     df.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
-    df.add_argument("--bootstrap", type=int, default=200, help="bootstrap resamples for the CIs")
+    df.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     df.add_argument("--seed", type=int, default=0)
     df.set_defaults(func=cmd_diff)
 

@@ -8,7 +8,8 @@ Per matched cell it reports the relative change (new / base − 1) of
   - max req/s under every SLO of the base (analyse.py's rule, recomputed from the requests), and
   - TTFT and TPOT p50 / p95 of the sequential phase (one request at a time: the same load on
     both sides, so the change is the engine's and not the load's),
-with a bootstrap confidence interval of the change: the requests of both sides are resampled
+with a bootstrap confidence interval of the change (simultaneous over every metric compared in
+the diff, see `conclude`): the requests of both sides are resampled
 with replacement (within each phase point, achieved rates held at their measured values) and
 the change recomputed; the CI is the 2.5th–97.5th percentile. A point's achieved rate is itself
 a measurement of n requests, so each resample also draws it as rate × Poisson(n) / n (the count
@@ -162,15 +163,31 @@ def _rates_drawn(points: list[dict[str, Any]], rng: np.random.Generator) -> list
 
 def _row(metric: str, b: float | None, n: float | None, boots: list[float], worse_if_up: bool,
          threshold: float) -> dict[str, Any]:
+    """A compared metric; its CI and status are set by `conclude`, once the number of compared
+    metrics (the family the intervals must hold for together) is known."""
     change = _ratio(b, n)
-    lo, hi = (np.percentile(boots, [2.5, 97.5]).tolist() if boots else (None, None))
-    return {"metric": metric, "base": b, "new": n,
-            "change_pct": None if change is None else 100 * change,
-            "ci_low_pct": None if lo is None else 100 * lo, "ci_high_pct": None if hi is None else 100 * hi,
-            "status": _classify(change, lo, hi, worse_if_up, threshold)}
+    return {"metric": metric, "base": b, "new": n, "change_pct": None if change is None else 100 * change,
+            "_boots": boots, "_worse_if_up": worse_if_up, "_change": change}
 
 
-def diff(base_src: str, new_src: str, threshold: float = 0.05, n_boot: int = 200, seed: int = 0) -> pl.DataFrame:
+def conclude(rows: list[dict[str, Any]], threshold: float, level: float = 0.95) -> list[dict[str, Any]]:
+    """Simultaneous intervals: with m compared metrics in the whole diff, each interval is taken
+    at 1 − (1 − level)/m (Bonferroni), so that a diff of unchanged results flags anything at
+    most (1 − level) of the time — not once per metric."""
+    m = max(1, sum(1 for r in rows if r.get("_boots")))
+    alpha = (1 - level) / m
+    for r in rows:
+        if "_boots" not in r:
+            continue
+        boots = r.pop("_boots")
+        lo, hi = (np.percentile(boots, [50 * alpha, 100 - 50 * alpha]).tolist() if boots else (None, None))
+        r["ci_low_pct"] = None if lo is None else 100 * lo
+        r["ci_high_pct"] = None if hi is None else 100 * hi
+        r["status"] = _classify(r.pop("_change"), lo, hi, r.pop("_worse_if_up"), threshold)
+    return rows
+
+
+def diff(base_src: str, new_src: str, threshold: float = 0.05, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
     """The change table (COLUMNS) of NEW against BASE."""
     rng = np.random.default_rng(seed)
     key = list(identity.MATCH_KEY)
@@ -193,6 +210,7 @@ def diff(base_src: str, new_src: str, threshold: float = 0.05, n_boot: int = 200
         finally:
             bcon.close()
             ncon.close()
+    rows = conclude(rows, threshold)
     return pl.DataFrame([{c: row.get(c) for c in COLUMNS} for row in rows], schema=COLUMNS)
 
 
