@@ -51,7 +51,7 @@ def fixture_db(tmp_path_factory):
 
 def _almanac(*args):
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", *args], capture_output=True, text=True,
-                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
     assert p.returncode == 0, p.stderr
     return p.stdout
 
