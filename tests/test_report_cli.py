@@ -51,7 +51,7 @@ def fixture_db(tmp_path_factory):
 
 def _almanac(*args):
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", *args], capture_output=True, text=True,
-                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
     assert p.returncode == 0, p.stderr
     return p.stdout
 
@@ -86,8 +86,8 @@ def test_cli_show_query_export(fixture_db, tmp_path):
     header, first = (tmp_path / "x" / "requests.csv").read_text().splitlines()[:2]
     assert "itl_ms" in header and "[10.0,10.0,10.0]" in first.replace(", ", ",")
     assert sorted(p.name for p in (tmp_path / "x").iterdir()) == [
-        "answers.csv", "cells.csv", "curve.csv", "engine_metrics.csv", "phases.csv", "prices.csv", "requests.csv",
-        "slo.csv"]
+        "almanac_meta.csv", "almanac_schema.csv", "answers.csv", "cells.csv", "curve.csv", "engine_metrics.csv",
+        "phases.csv", "prices.csv", "requests.csv", "slo.csv"]
 
 
 

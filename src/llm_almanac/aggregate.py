@@ -9,6 +9,8 @@ so request rows never pass through Python.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from . import answers, tables
+from . import answers, identity, tables
 from .config import defaults
 from .db import frame
 from .files import read_json, replacing
@@ -29,6 +31,21 @@ _DUCK_TYPES: dict[Any, str] = {
 }
 
 
+#: DuckDB's memory for building a database: bounded (it spills to disk beyond it), so that a
+#: 10 M-request almanac builds in a few GB; ALMANAC_DUCKDB_MEMORY overrides it.
+MEMORY_LIMIT = "3GB"
+
+
+def connect_for_build(path: Path) -> duckdb.DuckDBPyConnection:
+    """A connection that writes a database: bounded memory, insertion order not kept."""
+    import os
+
+    con = duckdb.connect(str(path))
+    con.execute(f"SET memory_limit = '{os.environ.get('ALMANAC_DUCKDB_MEMORY', MEMORY_LIMIT)}'")
+    con.execute("SET preserve_insertion_order = false")
+    return con
+
+
 def ddl(name: str) -> str:
     """CREATE TABLE for one of tables.TABLES, with its primary key (a duplicate row fails)."""
     schema = tables.TABLES[name]
@@ -36,40 +53,102 @@ def ddl(name: str) -> str:
     return f'CREATE TABLE {name} ({cols}, PRIMARY KEY ({", ".join(tables.KEYS[name])}))'
 
 
+def schema_ddl() -> list[str]:
+    """The tables that say which layout the database has (one row per table) and how it was
+    built (`almanac_meta`: key/value)."""
+    return [f"CREATE TABLE {tables.SCHEMA_TABLE} (table_name VARCHAR PRIMARY KEY, schema_version INTEGER)",
+            "CREATE TABLE almanac_meta (key VARCHAR PRIMARY KEY, value VARCHAR)",
+            *(f"INSERT INTO {tables.SCHEMA_TABLE} VALUES ('{t}', {identity.SCHEMA_VERSION})"
+              for t in tables.TABLES)]
+
+
 def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
+    """DuckDB reads the files itself; each row's measurement_id comes from its cell's record
+    (the `ids` view: file name -> measurement_id), so files of older versions get one too."""
     if not files:
         return
-    src = f"read_parquet({[str(f) for f in files]!r}, union_by_name = true)"
+    src = f"read_parquet({[str(f) for f in files]!r}, union_by_name = true, filename = true)"
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-    cols = ", ".join(f'"{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
-                     for c, t in tables.TABLES[name].items())
-    con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src}")
+    cols = ", ".join(
+        "ids.measurement_id" if c == "measurement_id"
+        else f'src."{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
+        for c, t in tables.TABLES[name].items())
+    con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src} AS src JOIN ids ON src.filename = ids.filename")
+
+
+def _fingerprint(cell_dirs: list[Path], settings: dict[str, Any]) -> str:
+    """What the database is built from: every input file's path, size and mtime, the settings
+    (reproduce commands, SLOs, prices) and the schema version. Equal fingerprints: rebuilding
+    would write the same."""
+    h = hashlib.sha256(f"{identity.SCHEMA_VERSION}|{json.dumps(settings, sort_keys=True, default=str)}".encode())
+    for d in cell_dirs:
+        for fname in ("cell.json", "phases.parquet", "requests.parquet", "slo.parquet", "engine_metrics.parquet"):
+            f = d / fname
+            st = f.stat() if f.exists() else None
+            h.update(f"{f}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _built_from(db_path: Path) -> str | None:
+    if not db_path.exists():
+        return None
+    try:
+        con = duckdb.connect(str(db_path), read_only=True)
+        try:
+            row = con.execute("SELECT value FROM almanac_meta WHERE key = 'inputs'").fetchone()
+        finally:
+            con.close()
+    except duckdb.Error:
+        return None
+    return row[0] if row else None
+
+
+def counts_of(db_path: Path) -> dict[str, int]:
+    con = duckdb.connect(str(db_path), read_only=True)
+    try:
+        return {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}  # type: ignore[index]
+    finally:
+        con.close()
 
 
 def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None,
               analysis: dict[str, Any] | None = None, prices: dict[str, Any] | None = None) -> dict[str, int]:
     """Write every cell's files into one database at db_path; returns the row count per table.
     `analysis` (its `slos`) and `prices` are the config's sections: they decide the `answers`
-    table (answers.write_tables)."""
-    rows = []
+    table (answers.write_tables). When the database was already built from exactly these files
+    and settings, nothing is rewritten."""
+    slos = (analysis or {}).get("slos") or defaults("analysis")["slos"]
+    fingerprint = _fingerprint(cell_dirs, {"reproduce": reproduce, "slos": slos, "prices": prices})
+    if _built_from(db_path) == fingerprint:
+        log.info("%s is up to date with its %d cells", db_path, len(cell_dirs))
+        return counts_of(db_path)
+    rows, ids = [], []
     for d in cell_dirs:
-        record = read_json(d / "cell.json")
+        record = identity.identify(read_json(d / "cell.json"))
         record["reproduce"] = (reproduce or {}).get(record["cell_id"], record.get("reproduce"))
         rows.append(tables.cell_row(record))
+        ids += [{"filename": str(d / f), "measurement_id": record["measurement_id"]}
+                for f in ("phases.parquet", "requests.parquet", "slo.parquet", "engine_metrics.parquet")]
     cells = tables.frame(tables.CELLS, rows)
     with replacing(db_path) as tmp:
-        con = duckdb.connect(str(tmp))
+        con = connect_for_build(tmp)
         try:
+            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole build
             for name in tables.TABLES:
                 con.execute(ddl(name))
+            for stmt in schema_ddl():
+                con.execute(stmt)
             con.register("cells_df", cells.to_arrow())
             con.execute("INSERT INTO cells SELECT * FROM cells_df")
+            con.register("ids", pl.DataFrame(ids, schema={"filename": pl.String, "measurement_id": pl.String})
+                         .to_arrow())
             for name, fname in (("phases", "phases.parquet"), ("requests", "requests.parquet"),
                                 ("slo", "slo.parquet"), ("engine_metrics", "engine_metrics.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
-            slos = (analysis or {}).get("slos") or defaults("analysis")["slos"]
             answers.write_tables(con, cells, frame(con, "SELECT * FROM requests"),
                                  frame(con, "SELECT * FROM phases"), slos, prices)
+            con.execute("INSERT INTO almanac_meta VALUES ('inputs', ?)", [fingerprint])
+            con.execute("COMMIT")
             counts = {n: len(con.table(n)) for n in tables.TABLES}
         finally:
             con.close()

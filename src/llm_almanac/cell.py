@@ -33,7 +33,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from . import __version__, enginemetrics, gpus, hardware, loadgen, phases
+from . import __version__, enginemetrics, gpus, hardware, identity, loadgen, phases
 from .config import defaults
 from .engines import Engine, ServerSpec, adapter_for
 from .files import read_json, write_cell
@@ -139,6 +139,8 @@ def new_record(ci: CellInputs, server_log: Path) -> dict[str, Any]:
         # whose log is .snakemake/slurm_logs/rule_bench_cell/<cell_id>/<job id>.log
         host=os.environ.get("SLURMD_NODENAME") or socket.gethostname(),
         slurm_job_id=os.environ.get("SLURM_JOB_ID"),
+        # a new run id per run of the cell: its measurement never collides with another's
+        run_id=os.environ.get("ALMANAC_RUN_ID") or identity.new_run_id(),
     )
 
 
@@ -189,6 +191,8 @@ def running_server(ci: CellInputs, info: dict[str, Any], server_log: Path) -> It
     with gpus.claim(int(cell.get("n_gpus") or 0)) as visible:  # a CPU cell has n_gpus 0
         info["cuda_visible_devices"] = visible
         info["hardware"] = adapter.LABEL if adapter.simulated else hardware.describe(visible)["summary"]
+        info["hardware_kind"] = (os.environ.get("ALMANAC_HARDWARE_KIND", "simulator") if adapter.simulated
+                                 else hardware.kind(visible))
         spec = server_spec(ci)
         for fname, text in adapter.config_files(spec).items():
             (ci.out_dir / fname).write_text(text)
@@ -278,6 +282,7 @@ def run_cell(
     scrub_file(server_log, secrets_in_cell)
     requests, summary, notes = phases.results(store, cid, int(ci.bench.get("max_concurrency") or 0) or None)
     info["notes"] += notes
+    info.update(identity.identify(info))
     write_cell(out_dir, info, requests, summary, store.engine_frame(cid))
     if info["status"] == "ok":
         store.clear()  # only once the cell's own files hold every unit

@@ -16,6 +16,11 @@
                  the phases of a cell against an already running OpenAI-compatible server
   almanac sim    a simulated streaming server (a test instrument, never an engine)
   almanac cells  the cells of a config, as Snakemake will run them
+
+  almanac merge SRC... --out DB   result sets (DuckDB files, results/ or published folders) into one
+  almanac diff BASE NEW [--threshold 0.05] [--format table|json|csv|markdown]
+                 per cell and SLO what changed, with bootstrap CIs; exit 1 on a regression
+  almanac publish DIR [--db DB]   report, tables as Parquet, methodology and a checksummed manifest
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from pathlib import Path
 import polars as pl
 import yaml
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, enginemetrics, loadgen, logs, phases
@@ -153,7 +159,9 @@ def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) ->
     for c in df.columns:
         t.add_column(c, justify="right" if df[c].dtype.is_numeric() else "left")
     for row in df.iter_rows():
-        t.add_row(*["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else str(v) for v in row])
+        # escape: text such as an SLO name "max_rps[ttft_p95<=300ms]" is not rich markup
+        t.add_row(*["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v))
+                    for v in row])
     Console(width=max(120, Console().width)).print(t)
 
 
@@ -406,6 +414,59 @@ def cmd_rerun_failed(a: argparse.Namespace) -> int:
     return subprocess.call(cmd)
 
 
+def cmd_merge(a: argparse.Namespace) -> int:
+    from .merge import RefusedInput, merge
+
+    try:
+        counts = merge(a.src, Path(a.out))
+    except RefusedInput as exc:
+        print(f"almanac merge: refused: {exc}; {a.out} is unchanged", file=sys.stderr)
+        return 2
+    dup = counts.pop("duplicates")
+    print(f"wrote {a.out}: " + ", ".join(f"{n} {k}" for k, n in counts.items())
+          + f"; {dup} measurement(s) found again with the same content, stored once")
+    return 0
+
+
+def cmd_diff(a: argparse.Namespace) -> int:
+    from .diff import diff, gate
+    from .merge import RefusedInput
+
+    try:
+        result = diff(a.base, a.new, a.threshold, a.bootstrap, a.seed)
+    except RefusedInput as exc:
+        print(f"almanac diff: refused: {exc}", file=sys.stderr)
+        return 2
+    if a.format == "json":
+        print(json.dumps(result.to_dicts(), indent=1))
+    elif a.format == "csv":
+        print(result.write_csv(), end="")
+    else:
+        shown = result.drop("base_measurement", "new_measurement").with_columns(
+            pl.col(pl.Float64).round(3))
+        if a.format == "markdown":
+            cols = shown.columns
+            print("| " + " | ".join(cols) + " |\n|" + "---|" * len(cols))
+            for row in shown.iter_rows():
+                print("| " + " | ".join("" if v is None else str(v) for v in row) + " |")
+        else:
+            _print_frame(shown, digits=3)
+    counts = result.group_by("status").len().sort("status").iter_rows()
+    print("; ".join(f"{n} {s}" for s, n in counts) + f" (threshold {a.threshold:.0%}, simultaneous 95% CIs)", file=sys.stderr)
+    return gate(result)
+
+
+def cmd_publish(a: argparse.Namespace) -> int:
+    from .publish import publish
+
+    summaries = sorted(Path(a.db).parent.glob("summary.*"))
+    manifest = publish(Path(a.db), Path(a.dir), report=Path(a.report), summaries=summaries)
+    print(f"published {a.dir}: schema version {manifest['schema_version']}, "
+          + ", ".join(f"{t['rows']} {n}" for n, t in manifest["tables"].items())
+          + f"; {len(manifest['files'])} files with checksums in manifest.json")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="almanac", description="LLM engine benchmarks, the Almanac way.")
     ap.add_argument("--version", action="version", version=f"almanac (llm-almanac) {__version__}")
@@ -506,6 +567,26 @@ def build_parser() -> argparse.ArgumentParser:
     rf.add_argument("--snakefile", "-s", help="Snakefile (default: the one in --directory)")
     rf.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake (after --)")
     rf.set_defaults(func=cmd_rerun_failed)
+
+    mg = sub.add_parser("merge", help="combine result sets (DuckDB files, results/ or published folders)")
+    mg.add_argument("src", nargs="+")
+    mg.add_argument("--out", required=True, help="the merged DuckDB file (replaced only when whole)")
+    mg.set_defaults(func=cmd_merge)
+
+    df = sub.add_parser("diff", help="what changed between two result sets; exit 1 on a regression")
+    df.add_argument("base")
+    df.add_argument("new")
+    df.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (0.05 = 5%%)")
+    df.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
+    df.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
+    df.add_argument("--seed", type=int, default=0)
+    df.set_defaults(func=cmd_diff)
+
+    pb = sub.add_parser("publish", help="a folder to serve or download: report, Parquet tables, manifest")
+    pb.add_argument("dir")
+    pb.add_argument("--db", default=DB_PATH)
+    pb.add_argument("--report", default="results/report.html", help="copied when it exists")
+    pb.set_defaults(func=cmd_publish)
 
     c = sub.add_parser("cells", help="list the cells a config expands to")
     c.add_argument("--configfile", default="config/config.yaml")

@@ -58,8 +58,10 @@ def write_cell(out_dir: Path, record: dict[str, Any], requests: pl.DataFrame, ph
     unknown = set(record) - set(tables.CELLS)
     if unknown:
         raise KeyError(f"cell.json fields not in the cells table: {sorted(unknown)}")
-    write_parquet(out_dir / "requests.parquet", tables.conform(tables.REQUESTS, requests))
-    write_parquet(out_dir / "phases.parquet", tables.conform(tables.PHASES, phases))
+    mid = pl.lit(record.get("measurement_id"), pl.String).alias("measurement_id")
+    write_parquet(out_dir / "requests.parquet", tables.conform(tables.REQUESTS, requests.with_columns(mid)))
+    write_parquet(out_dir / "phases.parquet", tables.conform(tables.PHASES, phases.with_columns(mid)))
     if engine_metrics is not None:  # the engine's own /metrics per phase (enginemetrics/)
-        write_parquet(out_dir / "engine_metrics.parquet", tables.conform(tables.ENGINE_METRICS, engine_metrics))
+        write_parquet(out_dir / "engine_metrics.parquet",
+                      tables.conform(tables.ENGINE_METRICS, engine_metrics.with_columns(mid)))
     write_json(out_dir / "cell.json", record)

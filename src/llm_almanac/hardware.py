@@ -76,3 +76,36 @@ def describe(visible: str | None = None) -> dict[str, object]:
         "python": sys.version.split()[0],
         "platform": platform.platform(),
     }
+
+
+def _slug(text: str) -> str:
+    import re
+
+    text = re.sub(r"\((r|tm)\)|\b(nvidia|processor|cpu|core|with|radeon graphics)\b", " ", text.lower())
+    text = re.sub(r"@.*$", "", text)
+    return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
+
+
+def kind_of(gpu_names: list[str], gpu_memory: list[str], cpu_model: str, cpu_count: int | None) -> str:
+    """A short normalized key for the hardware a measurement ran on, e.g. `h100-80gb-hbm3-x1`
+    or `cpu-amd-epyc-9654-96-2c`: GPU model and memory × count, or CPU model and cores. Results
+    are compared and merged by it, so it names the kind of machine, never the machine."""
+    if gpu_names:
+        name = _slug(gpu_names[0])
+        mem = gpu_memory[0] if gpu_memory else ""
+        digits = "".join(ch for ch in mem if ch.isdigit())
+        if digits and "gb" not in name:
+            name += f"-{round(int(digits) / 1024)}gb"
+        return f"{name}-x{len(gpu_names)}"
+    return f"cpu-{_slug(cpu_model)}-{cpu_count or 0}c"
+
+
+def kind(visible: str | None = None) -> str:
+    """This machine's hardware kind (`ALMANAC_HARDWARE_KIND` overrides it, e.g. to label a
+    simulated host); `visible` as in describe()."""
+    override = os.environ.get("ALMANAC_HARDWARE_KIND")
+    if override:
+        return override
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
+    g = visible_gpus(gpus(), visible)
+    return kind_of([x["name"] for x in g], [x["memory"] for x in g], _cpu_model(), os.cpu_count())

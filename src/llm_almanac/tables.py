@@ -20,6 +20,7 @@ STATS = ("mean", "min", "max", *(f"p{p}" for p in PERCENTILES))
 
 #: One row per request (and per repeat of its phase).
 REQUESTS: dict[str, Any] = {
+    "measurement_id": pl.String,
     "cell_id": pl.String,
     "repeat": pl.Int32,
     "phase": pl.String,
@@ -61,6 +62,7 @@ PHASE_KEYS = ["cell_id", "repeat", "phase", "step"]
 #: counters and histogram sums/counts carry before/after/delta, gauges their samples (before,
 #: about once a second during, after) and their peak.
 ENGINE_METRICS: dict[str, Any] = {
+    "measurement_id": pl.String,
     "cell_id": pl.String,
     "repeat": pl.Int32,
     "phase": pl.String,
@@ -108,6 +110,7 @@ ENGINE_PHASE: dict[str, Any] = {
 
 def _phases() -> dict[str, Any]:
     schema: dict[str, Any] = {
+        "measurement_id": pl.String,
         "cell_id": pl.String,
         "repeat": pl.Int32,
         "phase": pl.String,
@@ -136,6 +139,7 @@ PHASES: dict[str, Any] = _phases()
 
 #: One row per cell × SLO.
 SLO: dict[str, Any] = {
+    "measurement_id": pl.String,
     "cell_id": pl.String,
     "slo": pl.String,
     "metric": pl.String,
@@ -153,7 +157,8 @@ SLO: dict[str, Any] = {
 
 #: One row per cell: `cell.json` holds exactly these keys (structured values as JSON, below).
 CELLS: dict[str, Any] = {
-    "cell_id": pl.String,
+    "measurement_id": pl.String,  # identity.py: cell × hardware kind × run; the key of every table
+    "cell_id": pl.String,  # the grid cell (model × engine × quantization × shape)
     "model": pl.String,
     "engine": pl.String,
     "engine_version": pl.String,
@@ -164,6 +169,8 @@ CELLS: dict[str, Any] = {
     "status": pl.String,
     "error": pl.String,
     "hardware": pl.String,
+    "hardware_kind": pl.String,  # hardware.kind(): e.g. h100-80gb-hbm3-x1, cpu-amd-epyc-9654-2c
+    "run_id": pl.String,
     "n_gpus": pl.Int64,
     "startup_s": pl.Float64,
     "started_at": pl.String,
@@ -195,14 +202,20 @@ TABLES: dict[str, dict[str, Any]] = {
     "engine_metrics": ENGINE_METRICS,
 }
 
-#: Primary keys of the DuckDB tables: a duplicate row fails loudly.
+#: Primary keys of the DuckDB tables: a duplicate row fails loudly. A measurement (identity.py)
+#: is the unit: the same cell on other hardware or in another run never collides.
 KEYS: dict[str, list[str]] = {
-    "cells": ["cell_id"],
-    "phases": PHASE_KEYS,
-    "requests": ["cell_id", "repeat", "phase", "request_id"],
-    "slo": ["cell_id", "slo"],
-    "engine_metrics": [*PHASE_KEYS, "metric", "labels"],
+    "cells": ["measurement_id"],
+    "phases": ["measurement_id", "repeat", "phase", "step"],
+    "requests": ["measurement_id", "repeat", "phase", "request_id"],
+    "slo": ["measurement_id", "slo"],
+    "engine_metrics": ["measurement_id", "repeat", "phase", "step", "metric", "labels"],
 }
+
+#: Every database names its layout's version per table (identity.SCHEMA_VERSION), so that a
+#: result set written by an older version still merges and an unknown one is refused.
+SCHEMA_TABLE = "almanac_schema"
+SCHEMA_COLUMNS: dict[str, Any] = {"table_name": pl.String, "schema_version": pl.Int64}
 
 
 def empty(schema: Mapping[str, Any]) -> pl.DataFrame:

@@ -1,0 +1,251 @@
+"""One almanac from many result sets: `almanac merge SRC... --out DB`.
+
+A source is a DuckDB file, a `results/` folder (its cell files are aggregated first) or a folder
+written by `almanac publish` (its manifest's checksums are verified first). Every source is
+checked before anything is written: it must open, name a known schema version, and be internally
+consistent (every phase, request and SLO row belongs to a measurement in its `cells`, with the
+same cell_id). A source that fails is refused with a message naming it, and the output is not
+touched: the merged database is built beside it and replaces it only when whole.
+
+Measurements are the unit (identity.py). A measurement found in several sources with the same
+content (its cells row but the invocation-specific `reproduce` and `server_log`, and every row of
+its phases, requests and slo) is stored once; the same measurement_id with different content is
+an inconsistency between the sources and refused. Different measurements of one cell sit side by
+side. The `sources` table says in which input(s) each measurement was found (carried on through
+later merges and publish round trips).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from . import identity, tables
+from .aggregate import _DUCK_TYPES, connect_for_build, ddl, schema_ddl
+from .files import replacing
+
+#: Columns that describe the invocation that built a database, not the measurement.
+NOT_CONTENT = ("reproduce", "server_log")
+SOURCES_DDL = "CREATE TABLE sources (measurement_id VARCHAR, source VARCHAR, PRIMARY KEY (measurement_id, source))"
+
+
+class RefusedInput(Exception):
+    """A source that cannot be merged; the message names it and says why."""
+
+
+@dataclass
+class Source:
+    name: str  # as the user gave it
+    db: Path  # a DuckDB file with the tables (built in a temporary folder for non-DB inputs)
+    version: int = 0
+    has_sources: bool = False
+
+
+def _results_cells(folder: Path) -> list[Path]:
+    return sorted(p.parent for p in folder.glob("**/cell.json"))
+
+
+def _from_published(folder: Path, tmp: Path) -> Path:
+    from .publish import verify
+
+    manifest = verify(folder)
+    db = tmp / "published.duckdb"
+    con = duckdb.connect(str(db))
+    try:
+        con.execute(f"CREATE TABLE {tables.SCHEMA_TABLE} (table_name VARCHAR, schema_version INTEGER)")
+        for name, entry in manifest["tables"].items():
+            path = str((folder / entry["file"]).absolute())
+            con.execute(f"CREATE VIEW {name} AS SELECT * FROM read_parquet('{path}')")
+            con.execute(f"INSERT INTO {tables.SCHEMA_TABLE} VALUES (?, ?)", [name, manifest["schema_version"]])
+    finally:
+        con.close()
+    return db
+
+
+def resolve(src: str, tmp: Path) -> Source:
+    """The source as a DuckDB file, refusing what cannot be read."""
+    from .aggregate import aggregate
+
+    p = Path(src)
+    if not p.exists():
+        raise RefusedInput(f"{src}: no such file or folder")
+    try:
+        if p.is_dir() and (p / "manifest.json").exists():
+            return Source(src, _from_published(p, Path(tempfile.mkdtemp(dir=tmp))))
+        if p.is_dir():
+            cells = _results_cells(p)
+            if cells:
+                db = Path(tempfile.mkdtemp(dir=tmp)) / "results.duckdb"
+                aggregate(cells, db)
+                return Source(src, db)
+            if (p / "almanac.duckdb").exists():
+                return Source(src, p / "almanac.duckdb")
+            raise RefusedInput(f"{src}: neither a published almanac (manifest.json), nor a results folder "
+                               "(cells/*/cell.json), nor one with almanac.duckdb")
+        duckdb.connect(str(p), read_only=True).close()
+        return Source(src, p)
+    except RefusedInput:
+        raise
+    except (duckdb.Error, OSError, ValueError, KeyError) as exc:
+        raise RefusedInput(f"{src}: unreadable or corrupt ({type(exc).__name__}: {exc})") from exc
+
+
+#: Tables every result set has had since the first version; newer ones (engine_metrics) may be missing.
+CORE_TABLES = ("cells", "phases", "requests", "slo")
+
+
+def _version(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> int:
+    have = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? UNION "
+        "SELECT view_name FROM duckdb_views() WHERE database_name = ?", [alias, alias]).fetchall()}
+    if not set(CORE_TABLES) <= have:
+        raise RefusedInput(f"{name}: not an almanac result set (missing tables: "
+                           f"{sorted(set(CORE_TABLES) - have)})")
+    if tables.SCHEMA_TABLE not in have:
+        return 1  # written before tables named their version
+    versions = {r[0] for r in con.execute(f"SELECT DISTINCT schema_version FROM {alias}.{tables.SCHEMA_TABLE}").fetchall()}
+    unknown = versions - set(identity.KNOWN_SCHEMA_VERSIONS)
+    if unknown or len(versions) != 1:
+        raise RefusedInput(f"{name}: schema version {sorted(versions)} is not one this almanac reads "
+                           f"(known: {list(identity.KNOWN_SCHEMA_VERSIONS)})")
+    return versions.pop()
+
+
+def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int) -> None:
+    """Temporary views `{alias}_<table>` in today's columns over the source's tables (a
+    version-1 source gets its measurement ids derived from its cells, as aggregate does)."""
+    if version == 1:
+        rows = con.execute(f"SELECT * FROM {alias}.cells").fetchall()
+        cols = [d[0] for d in con.description]  # type: ignore[union-attr]
+        ids = [(r["cell_id"], identity.identify(r)["measurement_id"],
+                identity.identify(r)["hardware_kind"], identity.identify(r)["run_id"])
+               for r in (dict(zip(cols, row, strict=True)) for row in rows)]
+        con.execute(f"CREATE OR REPLACE TEMP TABLE {alias}_ids (cell_id VARCHAR, measurement_id VARCHAR, "
+                    "hardware_kind VARCHAR, run_id VARCHAR)")
+        if ids:
+            con.executemany(f"INSERT INTO {alias}_ids VALUES (?, ?, ?, ?)", ids)
+    present = {r[0] for r in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE database_name = ? UNION "
+        "SELECT view_name FROM duckdb_views() WHERE database_name = ?", [alias, alias]).fetchall()}
+    for name, schema in tables.TABLES.items():
+        if name not in present:  # a table added after the source was written: empty there
+            cols = ", ".join(f'NULL::{_DUCK_TYPES[t]} AS "{c}"' for c, t in schema.items())
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {cols} WHERE false")
+            continue
+        have = {r[0] for r in con.execute(f"DESCRIBE {alias}.{name}").fetchall()}
+        sel = []
+        for c, t in schema.items():
+            if version == 1 and c in ("measurement_id", "hardware_kind", "run_id") and c not in have:
+                sel.append(f"ids.{c}")
+            elif c in have:
+                sel.append(f't."{c}"')
+            else:
+                sel.append(f'NULL::{_DUCK_TYPES[t]} AS "{c}"')
+        join = f" JOIN {alias}_ids AS ids USING (cell_id)" if version == 1 else ""
+        con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {', '.join(sel)} "
+                    f"FROM {alias}.{name} AS t{join}")
+
+
+def _check(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> None:
+    """Internally consistent: ids unique and present, rows belong to a measurement of `cells`
+    with the same cell_id."""
+    dup = con.execute(f"SELECT measurement_id FROM {alias}_cells GROUP BY ALL HAVING count(*) > 1 "
+                      "OR measurement_id IS NULL LIMIT 1").fetchone()
+    if dup:
+        raise RefusedInput(f"{name}: inconsistent: measurement {dup[0]!r} appears more than once in cells")
+    for t in ("phases", "requests", "slo"):
+        bad = con.execute(
+            f"SELECT t.measurement_id, t.cell_id FROM {alias}_{t} AS t LEFT JOIN {alias}_cells AS c "
+            "USING (measurement_id) WHERE c.measurement_id IS NULL OR c.cell_id IS DISTINCT FROM t.cell_id "
+            "LIMIT 1").fetchone()
+        if bad:
+            raise RefusedInput(f"{name}: inconsistent: {t} rows of measurement {bad[0]!r} (cell {bad[1]!r}) "
+                               "have no matching row in cells")
+
+
+def _fingerprints(con: duckdb.DuckDBPyConnection, alias: str) -> None:
+    """`{alias}_fp`: one content hash per measurement over every table's rows."""
+    cell_cols = ", ".join(f'"{c}"' for c in tables.CELLS if c not in NOT_CONTENT)
+    parts = [f"SELECT measurement_id, hash(struct_pack({cell_cols})) AS h FROM {alias}_cells"]
+    for t in ("phases", "requests", "slo"):
+        parts.append(f"SELECT measurement_id, hash(bit_xor(hash(t)), count(*)) FROM {alias}_{t} AS t GROUP BY ALL")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {alias}_fp AS SELECT measurement_id, "
+                f"bit_xor(h) AS fp FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL")
+
+
+@contextlib.contextmanager
+def _attached(con: duckdb.DuckDBPyConnection, path: Path, alias: str, name: str) -> Iterator[None]:
+    try:
+        con.execute(f"ATTACH '{path}' AS {alias} (READ_ONLY)")
+    except duckdb.Error as exc:
+        raise RefusedInput(f"{name}: unreadable or corrupt ({type(exc).__name__}: {exc})") from exc
+    try:
+        yield
+    finally:
+        con.execute(f"DETACH {alias}")
+
+
+def merge(srcs: list[str], out: Path) -> dict[str, int]:
+    """Merge the sources into `out`; returns row counts per table (and `duplicates`: measurements
+    found again with the same content). Raises RefusedInput, leaving `out` as it was."""
+    if not srcs:
+        raise RefusedInput("nothing to merge")
+    with tempfile.TemporaryDirectory(prefix="almanac-merge-") as td, replacing(out) as tmp:
+        sources = [resolve(s, Path(td)) for s in srcs]
+        con = connect_for_build(tmp)
+        stack = contextlib.ExitStack()
+        try:
+            for name in tables.TABLES:
+                con.execute(ddl(name))
+            for stmt in schema_ddl():
+                con.execute(stmt)
+            con.execute(SOURCES_DDL)
+            con.execute("CREATE TEMP TABLE seen (measurement_id VARCHAR PRIMARY KEY, fp UBIGINT, source VARCHAR)")
+            # attach and check every source first: a refusal comes before any work on the output
+            for i, s in enumerate(sources):
+                stack.enter_context(_attached(con, s.db, f"s{i}", s.name))
+                s.version = _version(con, f"s{i}", s.name)
+                s.has_sources = bool(con.execute(
+                    "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND table_name = 'sources' UNION "
+                    "SELECT 1 FROM duckdb_views() WHERE database_name = ? AND view_name = 'sources'",
+                    [f"s{i}", f"s{i}"]).fetchone())
+                _views(con, f"s{i}", s.version)
+                _check(con, f"s{i}", s.name)
+            duplicates = 0
+            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole merge
+            for i, s in enumerate(sources):
+                a = f"s{i}"
+                _fingerprints(con, a)
+                clash = con.execute(
+                    f"SELECT f.measurement_id, seen.source FROM {a}_fp AS f JOIN seen USING (measurement_id) "
+                    "WHERE f.fp <> seen.fp LIMIT 1").fetchone()
+                if clash:
+                    raise RefusedInput(
+                        f"{s.name}: inconsistent with {clash[1]}: measurement {clash[0]!r} is in both with "
+                        "different content")
+                con.execute(f"CREATE OR REPLACE TEMP TABLE {a}_new AS SELECT measurement_id, fp FROM {a}_fp "
+                            "ANTI JOIN seen USING (measurement_id)")
+                duplicates += con.execute(f"SELECT count(*) FROM {a}_fp").fetchone()[0]  # type: ignore[index]
+                duplicates -= con.execute(f"SELECT count(*) FROM {a}_new").fetchone()[0]  # type: ignore[index]
+                for name in tables.TABLES:
+                    con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} "
+                                f"SEMI JOIN {a}_new USING (measurement_id)")
+                con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
+                con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
+                if s.has_sources:  # provenance recorded by an earlier merge travels on
+                    con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
+            con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
+            con.execute("COMMIT")
+            counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}  # type: ignore[index]
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                stack.close()
+            con.close()
+    counts["duplicates"] = duplicates
+    return counts
