@@ -135,8 +135,8 @@ def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int) -> None:
         "SELECT view_name FROM duckdb_views() WHERE database_name = ?", [alias, alias]).fetchall()}
     for name, schema in tables.TABLES.items():
         if name not in present:  # a table added after the source was written: empty there
-            cols = ", ".join(f'NULL::{_DUCK_TYPES[t]} AS "{c}"' for c, t in schema.items())
-            con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {cols} WHERE false")
+            nulls = ", ".join(f'NULL::{_DUCK_TYPES[t]} AS "{c}"' for c, t in schema.items())
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {nulls} WHERE false")
             continue
         have = {r[0] for r in con.execute(f"DESCRIBE {alias}.{name}").fetchall()}
         sel = []
