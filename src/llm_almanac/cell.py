@@ -35,7 +35,7 @@ import polars as pl
 
 from . import __version__, gpus, hardware, loadgen, phases
 from .config import defaults
-from .engines import Engine, ServerSpec, adapter_for
+from .engines import Engine, ServerSpec, adapter_for, connect_host, requested_host
 from .files import read_json, write_cell
 from .loadgen import LoadGenerator
 from .phases import CellFailure, Checkpoint, Plan
@@ -92,7 +92,7 @@ def started_server(adapter: Engine, spec: ServerSpec, env: dict[str, str], serve
         info["server_command"] = shlex.join(resolved.command(cmd))
         log.info("server command: %s", info["server_command"])
         log.info("server log: %s", server_log)
-        base_url = f"http://127.0.0.1:{port}"
+        base_url = f"http://{connect_host(spec.host)}:{port}"
         with Server(cmd, env, server_log, base_url, adapter.health_path, pid_file=out_dir / "server.pid") as server:
             try:
                 info["startup_s"] = round(server.wait_ready(timeout), 2)
@@ -153,12 +153,15 @@ def server_spec(ci: CellInputs) -> ServerSpec:
     if not model_path:
         raise CellFailure(f"model {cell['model']} has no {adapter.model_format} format prepared")
     args = ci.resolved.args if ci.resolved else list(cell.get("extra_args", ()))
+    # loopback unless the config says `expose: true` (the grid refuses another host otherwise)
+    host = (requested_host(args) if ci.engine_cfg.get("expose") else None) or "127.0.0.1"
     return ServerSpec(
         python=ci.installed["python"],
         model_path=model_path,
         served_name=cell["model"],
         quantization=cell["quantization"],
         port=0,
+        host=host,
         tensor_parallel=max(1, int(cell.get("n_gpus") or 1)),
         max_model_len=ci.model_cfg.get("max_model_len"),
         device=ci.engine_cfg.get("device", "cuda"),
@@ -201,6 +204,11 @@ def running_server(ci: CellInputs, info: dict[str, Any], server_log: Path) -> It
                                  {"CUDA_VISIBLE_DEVICES": visible} if visible else {},
                                  ci.resolved.env if ci.resolved else ci.cell.get("extra_env", {}))
         timeout = float(ci.engine_cfg.get("startup_timeout_s") or adapter.startup_timeout_s)
+        if spec.host != "127.0.0.1":
+            info["notes"].append(
+                f"server reachable from the network: it listened on {spec.host} (engine "
+                f"{cell['engine']!r} sets expose: true), without authentication unless its args set a key")
+            log.warning(info["notes"][-1])
         with started_server(adapter, spec, env, server_log, ci.out_dir, timeout, info,
                             resolved=ci.resolved) as running:
             yield running

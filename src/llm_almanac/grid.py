@@ -66,6 +66,19 @@ def _check_slug(kind: str, name: str) -> None:
         )
 
 
+def _check_host(cid: str, engine: str, ecfg: dict[str, Any], args: list[str]) -> None:
+    """Loopback unless the config says otherwise: engine args that make the server listen on
+    another address are refused, unless the engine sets `expose: true`."""
+    from .engines import LOOPBACK, requested_host
+
+    host = requested_host(args)
+    if host is not None and host not in LOOPBACK and not ecfg.get("expose"):
+        raise ConfigError(
+            f"cell {cid}: engine args set --host {host}, which makes the server reachable from the "
+            f"network (engines serve without authentication by default); remove it, or set "
+            f"`expose: true` on engine {engine!r} to allow it")
+
+
 def _matches(rule: dict[str, Any], values: dict[str, Any]) -> bool:
     """An exclusion rule matches when every key it names equals (or lists) the cell's value."""
     for key, want in rule.items():
@@ -120,6 +133,7 @@ def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str
     args += list((mcfg.get("engine_args") or {}).get(e, []))
     env = dict(ecfg.get("env") or {})
     env.update((mcfg.get("engine_env") or {}).get(e, {}))
+    _check_host(cid, e, ecfg, args)
     return Cell(
         model=m, engine=e, quantization=str(q), isl=isl, osl=osl,
         # the grid decides a cell's GPU count once: a CPU engine's cells need none

@@ -129,14 +129,15 @@ def _slo_table(con: duckdb.DuckDBPyConnection) -> str:
 
 def _cells_table(con: duckdb.DuckDBPyConnection) -> str:
     rows = con.execute(
-        "SELECT cell_id, status, engine_version, hardware, startup_s, error FROM cells ORDER BY cell_id").fetchall()
+        "SELECT cell_id, status, engine_version, hardware, startup_s, concat_ws(' ', CASE WHEN notes NOT IN ('', '[]') "
+        "THEN 'notes: ' || notes END, error) FROM cells ORDER BY cell_id").fetchall()
     body = "".join(
         f"<tr class='{s}'><td>{html.escape(c)}</td><td>{s}</td><td>{html.escape(v or '')}</td>"
         f"<td>{html.escape(h or '')}</td><td class=num>{_fmt(st, 1)}</td>"
         f"<td><pre>{html.escape((e or '')[:600])}</pre></td></tr>"
         for c, s, v, h, st, e in rows)
     return ("<table id='cells-table'><thead><tr><th>cell</th><th>status</th><th>engine version</th>"
-            f"<th>hardware</th><th>startup s</th><th>error</th></tr></thead><tbody>{body}</tbody></table>")
+            f"<th>hardware</th><th>startup s</th><th>notes, error</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 CSS = """
