@@ -32,6 +32,38 @@ def defaults(section: str) -> dict[str, Any]:
     return {k: v["default"] for k, v in props.items() if "default" in v}
 
 
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping; ConfigError with the file (and line, for malformed YAML)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}malformed YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys (models, engines, grid, ...), "
+                          f"not {type(data).__name__}")
+    return data
+
+
+def config_file_problem(path: str | Path) -> str | None:
+    """What is wrong with a config file that exists and is not a YAML mapping (its file and
+    line), or None."""
+    if Path(path).exists():
+        try:
+            load_yaml(path)
+        except ConfigError as exc:
+            return f"invalid config: {exc}"
+    return None
+
+
 def _where(err: jsonschema.ValidationError) -> str:
     return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
 
