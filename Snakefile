@@ -27,5 +27,5 @@ include: "rules/report.smk"
 rule all:
     default_target: True
     input:
-        DB,
+        MANIFEST,
         REPORT,

@@ -11,7 +11,7 @@ from llm_almanac.config import (
     check_local_paths,
     validate as validate_config,
 )
-from llm_almanac.db import DB_PATH
+from llm_almanac.db import DB_PATH, MANIFEST_PATH
 from llm_almanac.engines import adapter_for
 from llm_almanac.grid import ConfigError, converter_engine, expand_grid, model_needs
 from llm_almanac.install import env_id
@@ -41,6 +41,9 @@ ENVS = {}  # environment id -> first engine that uses it
 for _name, _ecfg in config["engines"].items():
     ENVS.setdefault(env_id(_name, _ecfg), _name)
 DB = DB_PATH
+MANIFEST = MANIFEST_PATH  # rule aggregate's declared output (the database is not one)
+if not os.path.exists(DB) and os.path.exists(MANIFEST):
+    os.remove(MANIFEST)  # a database deleted by hand is built again
 REPORT = "results/report.html"
 CELL_DIR = "results/cells/{cell}"
 
