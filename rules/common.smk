@@ -7,6 +7,7 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llm_almanac.config import (
+    GUARD_RAILS,
     SCHEMA_PATH,
     check_local_paths,
     validate as validate_config,

@@ -34,7 +34,7 @@ import httpx
 import polars as pl
 
 from . import __version__, gpus, hardware, loadgen, phases
-from .config import defaults
+from .config import GUARD_RAILS, defaults
 from .engines import Engine, ServerSpec, adapter_for, connect_host, requested_host
 from .files import read_json, write_cell
 from .loadgen import LoadGenerator
@@ -246,6 +246,7 @@ def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log:
             endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
             request_timeout_s=float(bench["request_timeout_s"]),
             keepalive=adapter.client_keepalive, transport=bench["transport"],
+            max_response_bytes=int(bench["max_response_bytes"]),
         )
         gen.skip_ids_to(store.max_request_id() + 1)
         check = liveness_check(server, server_log)
@@ -276,7 +277,8 @@ def run_cell(
     server_log = out_dir / "server.log"
     server_log.unlink(missing_ok=True)
     info = new_record(ci, server_log)
-    fingerprint = json.dumps([cell, ci.bench, ci.installed["version"], ci.model.get("paths")], sort_keys=True)
+    measured_as = {k: v for k, v in ci.bench.items() if k not in GUARD_RAILS}
+    fingerprint = json.dumps([cell, measured_as, ci.installed["version"], ci.model.get("paths")], sort_keys=True)
     store = Checkpoint(out_dir / "partial", hashlib.sha256(fingerprint.encode()).hexdigest())
     if store.units:
         log.info("cell %s: resuming; kept from an earlier run: %s", cid, ", ".join(sorted(store.units)))

@@ -20,6 +20,10 @@ from .grid import Cell, ConfigError, expand_grid
 
 SCHEMA_PATH = Path(str(files("llm_almanac") / "config_schema.yaml"))
 
+#: bench settings that bound a run but are not part of what is measured: changing them
+#: re-measures nothing (kept out of bench_cell's params and of a cell's checkpoint fingerprint).
+GUARD_RAILS = ("retries", "max_response_bytes")
+
 
 @functools.cache
 def _schema(path: str) -> dict[str, Any]:

@@ -27,9 +27,13 @@ class HTTPError(Exception):
     """A transport-level failure: refused, reset, closed mid-response, unparsable."""
 
 
+class ResponseTooLarge(HTTPError):
+    """The response's body went over the caller's cap (`post(max_bytes=)`): cut, connection closed."""
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
-                 "idle_since", "_ts", "received", "lost_exc")
+                 "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes")
 
     def __init__(self) -> None:
         self.transport: asyncio.Transport | None = None
@@ -43,6 +47,8 @@ class _Conn(asyncio.Protocol):
         self._ts = 0
         self.received = False
         self.lost_exc: BaseException | None = None
+        self.max_bytes = 0  # 0: no cap
+        self.n_bytes = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -69,6 +75,11 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.raw.append((self._ts, body))
+        if self.max_bytes:
+            self.n_bytes += len(body)
+            if self.n_bytes > self.max_bytes:
+                self._fail(ResponseTooLarge(f"response larger than {self.max_bytes} bytes"))
+                self.transport.close()  # type: ignore[union-attr]  # bytes came: it is connected
 
     def on_message_complete(self) -> None:
         w = self.waiter
@@ -145,12 +156,14 @@ class StreamingClient:
     def request_bytes(self, path: str, body: bytes) -> bytes:
         return self._head.format(path=self.prefix + path, n=len(body)).encode() + body
 
-    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]], on_send=None) -> int:
+    async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]], on_send=None,
+                   max_bytes: int = 0) -> int:
         """Send one request; fill `raw` with (arrival ns, body piece); return the HTTP status.
 
         `on_send()` is called just before the request's bytes are written (to stamp the send
         time). A pooled connection that the server had already closed is replaced once,
-        transparently, if nothing of the response had arrived on it."""
+        transparently, if nothing of the response had arrived on it. A body over `max_bytes`
+        (if set) raises ResponseTooLarge."""
         data = self.request_bytes(path, body)
         conn = self._take_idle()
         reused = conn is not None
@@ -160,6 +173,7 @@ class StreamingClient:
             loop = asyncio.get_running_loop()
             conn.waiter = loop.create_future()
             conn.raw = raw
+            conn.max_bytes, conn.n_bytes = max_bytes, 0
             conn.received = False
             if on_send is not None:
                 on_send()

@@ -45,8 +45,9 @@ class SimConfig:
 
 # Per-request faults apply to completions after the first `fault_after`; server faults:
 # exit_at_start (exits before listening), no_health (health says 503), crash (the process dies
-# on the first completion after `fault_after`).
-FAULTS = ("http500", "truncate", "stall", "malformed", "no_usage", "exit_at_start", "no_health", "crash")
+# on the first completion after `fault_after`); endless: a response whose one SSE line never ends.
+FAULTS = ("http500", "truncate", "stall", "malformed", "no_usage", "exit_at_start", "no_health", "crash",
+          "endless")
 
 
 class _StampingProtocol(asyncio.StreamReaderProtocol):
@@ -161,6 +162,15 @@ class SimServer:
         if fault == "http500":
             await self._respond(writer, 500, b'{"error":{"message":"simulated failure"}}')
             return
+        if fault == "endless":  # one data line that never ends: only the client's cap stops it
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            piece = self._framed_raw(b'data: {"choices":[{"index":0,"text":"' + b"x" * 65536)
+            filler = self._framed_raw(b"x" * 65536)
+            writer.write(piece)
+            while True:
+                writer.write(filler)
+                await writer.drain()
         chat = path.endswith("chat/completions")
         prompt = req["messages"][-1]["content"] if chat else req["prompt"]
         if isinstance(prompt, list):  # content parts, or a batch of one prompt
@@ -220,6 +230,11 @@ class SimServer:
                       "arrived_unix_ns": arrived + self._unix_offset_ns,
                       "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest(),
                       "x_request_id": request_id})
+
+    @staticmethod
+    def _framed_raw(data: bytes) -> bytes:
+        """Bytes as one HTTP chunk."""
+        return b"%x\r\n%s\r\n" % (len(data), data)
 
     @staticmethod
     def _framed(obj: bytes) -> bytes:
