@@ -315,7 +315,8 @@ def run_cell(
 def _log_summary(cid: str, summary: pl.DataFrame) -> None:
     for row in summary.iter_rows(named=True):
         log.info(
-            "%s %s[%d]: %d ok / %d failed, %.3f rps, %.1f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms",
-            cid, row["phase"], row["step"], row["n_ok"], row["n_failed"], row["rps"] or 0,
+            "%s %s[%d]: %d ok / %d failed (%.0f%%), %.3f rps of successful requests, %.1f tok/s, "
+            "TTFT p50 %.1f ms, TPOT p50 %.2f ms",
+            cid, row["phase"], row["step"], row["n_ok"], row["n_failed"], 100 * (row["fail_rate"] or 0), row["rps"] or 0,
             row["output_tok_s"] or 0, row["ttft_p50_ms"] or 0, row["tpot_p50_ms"] or 0,
         )

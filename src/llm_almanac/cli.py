@@ -46,8 +46,9 @@ def _tokenizer_file(path: str) -> Path:
 
 
 def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
-    t = Table(title="phases")
-    for col in ("phase", "step", "target rps", "rps", "out tok/s", "ok", "failed", "mismatch",
+    t = Table(title="phases", caption="rps counts successful requests only: read it beside failed %, "
+                                      "the share of the phase's requests that failed")
+    for col in ("phase", "step", "target rps", "rps (ok only)", "failed %", "out tok/s", "ok", "failed", "mismatch",
                 "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU"):
         t.add_column(col, justify="right")
 
@@ -55,7 +56,9 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
         return "-" if v is None else f"{v:.{d}f}"
 
     for r in phases.iter_rows(named=True):
+        fail = r.get("fail_rate")
         t.add_row(r["phase"], str(r["step"]), f(r["target_rps"], 3), f(r["rps"], 3),
+                  "-" if fail is None else f"{fail:.0%}",
                   f(r["output_tok_s"]), str(r["n_ok"]), str(r["n_failed"]), str(r["n_token_mismatch"]),
                   f(r["ttft_p50_ms"]), f(r["ttft_p95_ms"]), f(r["tpot_p50_ms"], 2),
                   f(r["tpot_p95_ms"], 2), f(r["e2e_p50_ms"]),
