@@ -67,42 +67,167 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
     (console or Console(width=200)).print(t)
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    from .cell import check_prompt_tokens
-    from .engines import get_engine
-    from .prompts import PromptFactory
+#: `almanac bench` options that are bench settings of the config (checked against its schema).
+BENCH_OPTIONS = {
+    "warmup_requests": "--warmup-requests", "sequential_requests": "--sequential-requests",
+    "burst_requests": "--burst-requests", "max_concurrency": "--max-concurrency",
+    "sweep_rates": "--sweep-rates", "sweep_duration_s": "--sweep-duration", "arrival": "--arrival",
+    "request_timeout_s": "--request-timeout", "endpoint": "--endpoint", "seed": "--seed",
+    "transport": "--transport", "max_response_bytes": "--max-response-bytes",
+}
 
-    logs.setup(None)
-    bench = {**BENCH_DEFAULTS, "warmup_requests": a.warmup_requests,
-             "sequential_requests": a.sequential_requests, "burst_requests": a.burst_requests,
-             "max_concurrency": a.max_concurrency, "sweep_rates": a.sweep_rates,
-             "sweep_duration_s": a.sweep_duration, "arrival": a.arrival,
-             "request_timeout_s": a.request_timeout, "endpoint": a.endpoint, "seed": a.seed,
-             "transport": a.transport}
+
+def _bench_settings(a: argparse.Namespace) -> dict:
+    """The bench settings of the options, every one checked before anything is sent."""
+    from .config import bench_problems
+
+    bench = {**BENCH_DEFAULTS, **{k: getattr(a, flag[2:].replace("-", "_")) for k, flag in BENCH_OPTIONS.items()}}
+    for key, problem in bench_problems(bench):
+        raise SystemExit(f"almanac bench: {BENCH_OPTIONS.get(key, key)} {bench.get(key)}: {problem}")
+    if a.isl < 4:
+        raise SystemExit(f"almanac bench: --isl {a.isl}: must be at least 4 (a prompt unique per request)")
+    if a.osl < 1:
+        raise SystemExit(f"almanac bench: --osl {a.osl}: must be at least 1")
+    return bench
+
+
+def _check_base_url(url: str, transport: str) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise SystemExit(f"almanac bench: --base-url {url}: not an http(s) URL such as http://127.0.0.1:8000")
+    if u.scheme == "https" and transport == "fast":
+        raise SystemExit(f"almanac bench: --base-url {url}: the fast transport speaks plain http; "
+                         "add --transport httpx for https")
+    try:
+        u.port  # noqa: B018 - raises for a bad port
+    except ValueError as exc:
+        raise SystemExit(f"almanac bench: --base-url {url}: {exc}") from None
+    return url.rstrip("/")
+
+
+def _out_dir(out: Path) -> None:
+    """--out must be a folder we can write in, known before the first request is sent."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"almanac bench: --out {out} is a file, not a folder; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".almanac-write-check-"):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"almanac bench: --out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old} -> {new}"]
+
+
+def _checkpoint(out: Path, settings: dict, force: bool) -> phases.Checkpoint:
+    """The folder's checkpoint of measured phases: resumed when its settings are these, refused
+    when they are not (unless --force, which discards it)."""
+    fingerprint = json.dumps(settings, sort_keys=True)
+    partial = out / "partial"
+    recorded = partial / "fingerprint"
+    if force:
+        phases.Checkpoint(partial, fingerprint).clear()
+        for name in ("requests.parquet", "phases.parquet"):
+            (out / name).unlink(missing_ok=True)
+    elif recorded.exists() and recorded.read_text() != fingerprint:
+        try:
+            diff = _differences(json.loads(recorded.read_text()), settings)
+        except ValueError:
+            diff = []
+        raise SystemExit(
+            f"almanac bench: {out} holds phases measured with other settings"
+            + (f" ({'; '.join(diff[:6])})" if diff else "")
+            + "; use another --out, or add --force to discard them and measure again")
+    return phases.Checkpoint(partial, fingerprint)
+
+
+def _write_bench(out: Path, store: phases.PhaseStore, label: str) -> tuple[pl.DataFrame, list[str]]:
+    requests, summary, notes = phases.results(store, label)
+    write_parquet(out / "requests.parquet", requests)
+    write_parquet(out / "phases.parquet", summary)
+    return summary, notes
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    from .cell import check_prompt_tokens
+    from .config import GUARD_RAILS
+    from .engines import get_engine
+    from .prompts import PromptError, PromptFactory
+    from .server import signals_raise
+
+    # every argument is checked before the first request: nothing measured can be lost to a typo
+    bench = _bench_settings(a)
     plan = Plan(bench, tuple(p.strip() for p in a.phases.split(",") if p.strip()))
-    prompts = PromptFactory.from_file(_tokenizer_file(a.tokenizer), a.isl, a.seed)
-    base = a.base_url.rstrip("/")
-    if a.check_tokenize:
-        check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
+    try:
+        plan.validate()
+    except ValueError as exc:
+        raise SystemExit(f"almanac bench: --phases {a.phases}: {exc}") from None
+    base = _check_base_url(a.base_url, a.transport)
+    tok_file = _tokenizer_file(a.tokenizer)
+    try:
+        prompts = PromptFactory(Tokenizer.from_file(str(tok_file)), a.isl, a.seed)
+    except (PromptError, Exception) as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise SystemExit(f"almanac bench: --tokenizer {a.tokenizer}: {exc}") from None
+    out = Path(a.out)
+    _out_dir(out)
     extras: dict[str, object] = {"ignore_eos": True}
     if a.min_tokens:
         extras["min_tokens"] = a.osl
+    settings = {"base_url": base, "model": a.model, "isl": a.isl, "osl": a.osl, "label": a.label,
+                "extras": extras, "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
+                "bench": {k: v for k, v in bench.items() if k not in GUARD_RAILS}}
+    store = _checkpoint(out, settings, a.force)
+    logs.setup(None)
+    if store.units:
+        print(f"almanac bench: resuming in {out}: kept from an earlier run: {', '.join(sorted(store.units))} "
+              "(--force measures everything again)", file=sys.stderr)
+    if a.check_tokenize:
+        import httpx
+
+        try:
+            check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
+        except (CellFailure, httpx.HTTPError, ValueError) as exc:
+            raise SystemExit(f"almanac bench: --check-tokenize: {exc}") from None
     gen = LoadGenerator(base, a.model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
-                        extras=extras, request_timeout_s=a.request_timeout, transport=a.transport)
+                        extras=extras, request_timeout_s=a.request_timeout, transport=a.transport,
+                        max_response_bytes=bench["max_response_bytes"])
+    gen.skip_ids_to(store.max_request_id() + 1)  # prompts stay unique across resumes
     notes: list[str] = []
-    store = phases.PhaseStore()
+    stopped: str | None = None
+    code = 0
     try:
-        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label))
-    except (CellFailure, ValueError) as exc:
-        print(f"almanac bench: {exc}", file=sys.stderr)
-        return 2
-    requests, summary, more = phases.results(store, a.label)
-    out = Path(a.out)
-    write_parquet(out / "requests.parquet", requests)
-    write_parquet(out / "phases.parquet", summary)
-    print_phases(summary)
+        with signals_raise():
+            loadgen.run(phases.run_phases(gen, plan, store, notes, a.label))
+    except KeyboardInterrupt as exc:
+        stopped = str(exc) or "received SIGINT"
+        code = 143 if "SIGTERM" in stopped else 130
+    except CellFailure as exc:
+        stopped = f"failed: {exc}"
+        code = 1
+    summary, more = _write_bench(out, store, a.label)
+    if len(summary):
+        print_phases(summary)
     for n in notes + more:
         print(f"note: {n}", file=sys.stderr)
+    if stopped is not None:
+        kept = ", ".join(sorted(store.units)) or "nothing (no phase had finished)"
+        print(f"almanac bench: stopped ({stopped}); kept what was measured: {kept}, in {out} "
+              f"(partial/ and the parquet files); run the same command again to measure the rest",
+              file=sys.stderr)
+        return code
     print(f"wrote {out / 'requests.parquet'} and {out / 'phases.parquet'}")
     return 0
 
@@ -300,8 +425,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="request/response shape of that /tokenize")
     b.add_argument("--transport", choices=list(TRANSPORTS), default=BENCH_DEFAULTS["transport"],
                    help="HTTP client: fast (asyncio + llhttp, default) or httpx")
+    b.add_argument("--max-response-bytes", type=int, default=BENCH_DEFAULTS["max_response_bytes"],
+                   help="a response larger than this is cut and counted as failed (bounds memory)")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
-    b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
+    b.add_argument("--out", required=True,
+                   help="folder for requests.parquet and phases.parquet; each phase is kept in its partial/ "
+                        "as soon as it is measured, and a rerun with the same --out measures only what is missing")
+    b.add_argument("--force", action="store_true",
+                   help="discard what --out holds from an earlier run and measure everything again")
     b.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("sim", help="run the simulated server (a test instrument)", add_help=False)

@@ -68,6 +68,22 @@ def config_file_problem(path: str | Path) -> str | None:
     return None
 
 
+def _bench_message(err: jsonschema.ValidationError) -> str:
+    if err.validator == "minimum":
+        return f"must be at least {err.validator_value}"
+    if err.validator == "exclusiveMinimum":
+        return f"must be greater than {err.validator_value}"
+    return err.message
+
+
+def bench_problems(bench: dict[str, Any]) -> list[tuple[str, str]]:
+    """(setting, what is wrong) for each bench setting the schema refuses (for `almanac bench`,
+    whose options are the same settings)."""
+    validator = jsonschema.Draft202012Validator(_schema(str(SCHEMA_PATH))["properties"]["bench"])
+    return [(".".join(map(str, e.absolute_path)), _bench_message(e))
+            for e in sorted(validator.iter_errors(bench), key=lambda e: list(map(str, e.absolute_path)))]
+
+
 def _where(err: jsonschema.ValidationError) -> str:
     return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
 
