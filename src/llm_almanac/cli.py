@@ -10,7 +10,8 @@
 
   almanac bench  --base-url http://127.0.0.1:8000 --model NAME --tokenizer PATH --isl N --osl N ...
                  the phases of a cell against an already running OpenAI-compatible server
-  almanac sim    a simulated streaming server (a test instrument, never an engine)
+  almanac sim [--port N --ttft-ms X ...]   a simulated streaming server (a test instrument,
+                 never an engine); `almanac sim --help` lists its options
   almanac cells  the cells of a config, as Snakemake will run them
 """
 
@@ -22,7 +23,6 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import yaml
 from rich.console import Console
 from rich.table import Table
 
@@ -235,30 +235,47 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_sim(a: argparse.Namespace) -> int:
     from . import sim
 
-    sim.main(a.sim_args)
+    sim.serve(a)
     return 0
 
 
 def cmd_cells(a: argparse.Namespace) -> int:
-    from .config import load_cells
+    from .config import load_cells, load_yaml
     from .grid import ConfigError
 
     try:
-        cells = load_cells(yaml.safe_load(Path(a.configfile).read_text()))
+        config = load_yaml(a.configfile)
     except ConfigError as exc:
-        print(f"invalid config {a.configfile}: {exc}", file=sys.stderr)
+        print(f"almanac cells: {exc}", file=sys.stderr)
+        return 2
+    try:
+        cells = load_cells(config)
+    except ConfigError as exc:
+        print(f"almanac cells: invalid config {a.configfile}: {exc}", file=sys.stderr)
         return 2
     for c in cells:
         print(c.cell_id)
     return 0
 
 
-def _connect(path: str):
+def _connect(path: str, tables: tuple[str, ...] = ("cells", "phases", "requests", "slo")):
+    """The database, read-only; one line (never a traceback) when it is missing, not a DuckDB
+    file, or not this project's database."""
     import duckdb
 
     if not Path(path).exists():
         raise SystemExit(f"almanac: no database at {path}; run `snakemake --cores N` first (or pass --db)")
-    return duckdb.connect(path, read_only=True)
+    try:
+        con = duckdb.connect(path, read_only=True)
+        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    except duckdb.Error as exc:
+        raise SystemExit(f"almanac: {path} is not a readable DuckDB database ({str(exc).splitlines()[0]}); "
+                         "rebuild it with `snakemake --cores N`") from None
+    missing = [t for t in tables if t not in have]
+    if missing:
+        con.close()
+        raise SystemExit(f"almanac: {path} is not an almanac database (no table {', '.join(missing)})")
+    return con
 
 
 def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) -> None:
@@ -335,7 +352,7 @@ def cmd_show(a: argparse.Namespace) -> int:
 def cmd_query(a: argparse.Namespace) -> int:
     import duckdb
 
-    con = _connect(a.db)
+    con = _connect(a.db, tables=())
     try:
         df = frame(con, a.sql)
     except duckdb.Error as exc:
@@ -347,13 +364,26 @@ def cmd_query(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     con = _connect(a.db)
     out = Path(a.out)
+    try:
+        _export(con, out, a.format)
+    except OSError as exc:
+        raise SystemExit(f"almanac export: --out {a.out}: cannot write there "
+                         f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''})") from None
+    finally:
+        con.close()
+    return 0
+
+
+def _export(con, out: Path, fmt: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(20, "a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
         df = frame(con, f'SELECT * FROM "{table}"')
-        path = out / f"{table}.{a.format}"
-        if a.format == "parquet":
+        path = out / f"{table}.{fmt}"
+        if fmt == "parquet":
             write_parquet(path, df)
-        elif a.format == "csv":
+        elif fmt == "csv":
             # CSV has no list type: ITL gap lists become JSON arrays in one text column.
             lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
             df.with_columns(pl.col(c).map_elements(lambda v: json.dumps(list(v)), return_dtype=pl.String)
@@ -361,8 +391,6 @@ def cmd_export(a: argparse.Namespace) -> int:
         else:
             df.write_ndjson(path)
         print(f"{path}: {len(df)} rows")
-    con.close()
-    return 0
 
 
 def failed_cells(workdir: Path) -> list[str]:
@@ -380,7 +408,17 @@ def cmd_rerun_failed(a: argparse.Namespace) -> int:
     import shlex
     import subprocess
 
+    from .config import load_yaml
+    from .grid import ConfigError
+
     workdir = Path(a.directory)
+    if not workdir.is_dir():
+        raise SystemExit(f"almanac rerun-failed: --directory {a.directory}: no such folder")
+    for cf in a.configfile or []:  # Snakemake would answer a missing or malformed file with a traceback
+        try:
+            load_yaml(cf if Path(cf).is_absolute() else Path(cf))
+        except ConfigError as exc:
+            raise SystemExit(f"almanac rerun-failed: --configfile {exc}") from None
     failed = failed_cells(workdir)
     if not failed:
         print("no failed cells under", workdir / "results" / "cells")
@@ -435,8 +473,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard what --out holds from an earlier run and measure everything again")
     b.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("sim", help="run the simulated server (a test instrument)", add_help=False)
-    s.add_argument("sim_args", nargs=argparse.REMAINDER)
+    from . import sim
+
+    s = sub.add_parser("sim", help="run the simulated server (a test instrument)",
+                       description=(sim.__doc__ or "").strip().splitlines()[0])
+    sim.add_arguments(s)
     s.set_defaults(func=cmd_sim)
 
     sl = sub.add_parser("slo", help="max requests/s per cell under a latency SLO")
@@ -481,8 +522,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every failure is one line on stderr, never a traceback (set
+    ALMANAC_TRACEBACK=1 to see one for an unexpected error)."""
+    import os
+
     a = build_parser().parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        print(f"almanac {a.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - an unexpected error is still one line
+        if os.environ.get("ALMANAC_TRACEBACK"):
+            raise
+        print(f"almanac {a.cmd}: {type(exc).__name__}: {exc} (ALMANAC_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -257,8 +257,8 @@ class SimServer:
         return orjson.dumps({"choices": [{"index": 0, "text": text}]})
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The simulator's options (`python -m llm_almanac.sim` and `almanac sim` alike)."""
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--ttft-ms", type=float, default=0.0)
@@ -274,7 +274,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the port (so that the server is not what limits a client benchmark)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--echo-env", action="append", default=[], metavar="VAR",
+                    help="print VAR=value at start (tests check that secrets are scrubbed from the log)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    serve(ap.parse_args(argv))
+
+
+def serve(a: argparse.Namespace) -> None:
+    """Run the simulator with parsed options until SIGTERM or Ctrl-C."""
+    for var in a.echo_env:
+        print(f"{var}={os.environ.get(var, '')}", flush=True)
     if a.fault == "exit_at_start":
         print("simulated startup failure: exiting before listening", flush=True)
         raise SystemExit(3)
@@ -298,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             await srv.close()
 
-    def serve(announce: bool) -> None:
+    def serve_one(announce: bool) -> None:
         try:
             if a.uvloop:
                 import uvloop
@@ -310,14 +323,14 @@ def main(argv: list[str] | None = None) -> None:
             pass
 
     if a.workers <= 1:
-        serve(True)
+        serve_one(True)
         return
     children = []
     for _ in range(a.workers):
         pid = os.fork()
         if pid == 0:  # a worker: its own event loop on the shared listening socket
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            serve(False)
+            serve_one(False)
             os._exit(0)
         children.append(pid)
     print(f"simulator listening on http://{a.host}:{a.port} ({a.workers} workers)", flush=True)
