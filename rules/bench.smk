@@ -22,7 +22,8 @@ rule bench_cell:
         cell=lambda wc: CELLS[wc.cell].to_dict(),
         engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
         model_cfg=lambda wc: without_resources(config["models"][CELLS[wc.cell].model]),
-        # the retry policy is not a measurement setting: changing it re-measures nothing
-        bench={k: v for k, v in config.get("bench", {}).items() if k != "retries"},
+        # the retry policy and the response cap are guard rails, not measurement settings:
+        # changing them re-measures nothing (the shim reads them from the config)
+        bench={k: v for k, v in config.get("bench", {}).items() if k not in GUARD_RAILS},
     script:
         "../scripts/bench_cell.py"

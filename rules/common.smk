@@ -1,4 +1,5 @@
 # Config validation and grid expansion (llm_almanac.grid), plus input functions for the rules.
+import os
 import re
 import shlex
 
@@ -6,14 +7,16 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from llm_almanac.config import (
+    GUARD_RAILS,
     SCHEMA_PATH,
     check_local_paths,
     validate as validate_config,
 )
-from llm_almanac.db import DB_PATH
+from llm_almanac.db import DB_PATH, MANIFEST_PATH
 from llm_almanac.engines import adapter_for
 from llm_almanac.grid import ConfigError, converter_engine, expand_grid, model_needs
 from llm_almanac.install import env_id
+from llm_almanac.redact import externalize
 from llm_almanac.resources import (
     ResourceError,
     cell_resources,
@@ -27,6 +30,9 @@ try:
     validate_config(config, SCHEMA)  # one precise message naming the bad key
     validate(config, SCHEMA, set_default=True)  # fills the schema's defaults
     check_local_paths(config)
+    # Secrets out of everything Snakemake keeps (job params in .snakemake/metadata, the config
+    # pickled into job scripts): the config holds references, the jobs inherit the values.
+    os.environ.update(externalize(config))
     CELLS = {c.cell_id: c for c in expand_grid(config)}
 except ConfigError as exc:
     raise WorkflowError(f"invalid config: {exc}") from None
@@ -36,6 +42,9 @@ ENVS = {}  # environment id -> first engine that uses it
 for _name, _ecfg in config["engines"].items():
     ENVS.setdefault(env_id(_name, _ecfg), _name)
 DB = DB_PATH
+MANIFEST = MANIFEST_PATH  # rule aggregate's declared output (the database is not one)
+if not os.path.exists(DB) and os.path.exists(MANIFEST):
+    os.remove(MANIFEST)  # a database deleted by hand is built again
 REPORT = "results/report.html"
 CELL_DIR = "results/cells/{cell}"
 

@@ -7,7 +7,7 @@ localrules:
 
 rule report:
     input:
-        db=DB,
+        manifest=MANIFEST,
     output:
         html=report(REPORT, caption="../docs/report_caption.rst", category="Report"),
     log:

@@ -10,6 +10,8 @@ def test_rerun_failed_passes_args_after_double_dash_to_snakemake(tmp_path, monke
     for cid, status in (("a", "ok"), ("b", "failed")):
         (tmp_path / "results" / "cells" / cid).mkdir(parents=True)
         (tmp_path / "results" / "cells" / cid / "cell.json").write_text(json.dumps({"status": status}))
+    (tmp_path / "c.yaml").write_text("bench: {seed: 1}\n")  # checked before Snakemake runs
+    monkeypatch.chdir(tmp_path)
     calls = []
     monkeypatch.setattr(subprocess, "call", lambda cmd: calls.append(cmd) or 0)
     assert cli.main(["rerun-failed", "--directory", str(tmp_path), "--configfile", "c.yaml",

@@ -5,6 +5,11 @@ one at the end, so it is idempotent (no duplicate rows) and a reader never sees 
 file. Failed cells are rows in `cells` with their error. The tables follow tables.py; DuckDB
 reads the per-cell Parquet files itself (columns a file lacks, from an older version, are null),
 so request rows never pass through Python.
+
+The last good database survives any failure: every cell file is checked before anything is
+written, a failed build leaves the old file and no temporary one, and the error names the bad
+file. (Snakemake deletes a job's declared outputs before running it, so rule aggregate declares
+a manifest, `results/aggregate.json`, written after the database, not the database itself.)
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +27,13 @@ import polars as pl
 from . import answers, identity, tables
 from .config import defaults
 from .db import frame
-from .files import read_json, replacing
+from .files import read_json, replacing, write_json
 
 log = logging.getLogger(__name__)
+
+
+class AggregateError(RuntimeError):
+    """A cell file that cannot go into the database; the message names it."""
 
 _DUCK_TYPES: dict[Any, str] = {
     pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.Float64: "DOUBLE",
@@ -68,12 +78,20 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]
     if not files:
         return
     src = f"read_parquet({[str(f) for f in files]!r}, union_by_name = true, filename = true)"
-    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-    cols = ", ".join(
-        "ids.measurement_id" if c == "measurement_id"
-        else f'src."{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
-        for c, t in tables.TABLES[name].items())
-    con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src} AS src JOIN ids ON src.filename = ids.filename")
+    try:
+        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        cols = ", ".join(
+            "ids.measurement_id" if c == "measurement_id"
+            else f'src."{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
+            for c, t in tables.TABLES[name].items())
+        con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src} AS src JOIN ids ON src.filename = ids.filename")
+    except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException):
+        for f in files:  # which file? (only on the way out: one read each)
+            try:
+                con.execute(f"SELECT count(*) FROM read_parquet({str(f)!r})").fetchall()
+            except duckdb.Error as one:
+                raise AggregateError(f"bad cell file {f}: {one}") from None
+        raise
 
 
 def _fingerprint(cell_dirs: list[Path], settings: dict[str, Any]) -> str:
@@ -111,20 +129,48 @@ def counts_of(db_path: Path) -> dict[str, int]:
         con.close()
 
 
+def check_cell_files(cell_dirs: list[Path]) -> list[dict[str, Any]]:
+    """Every cell's record, after checking that each of its files can be read (cell.json whole,
+    each Parquet file's footer and columns); AggregateError names the first bad file."""
+    records = []
+    for d in cell_dirs:
+        f = d / "cell.json"
+        try:
+            record = read_json(f)
+            if not isinstance(record, dict) or not record.get("cell_id"):
+                raise ValueError("not a cell record (no cell_id)")
+        except (OSError, ValueError) as exc:
+            raise AggregateError(f"bad cell file {f}: {exc}") from None
+        records.append(record)
+        for fname, schema in (("requests.parquet", tables.REQUESTS), ("phases.parquet", tables.PHASES),
+                              ("slo.parquet", tables.SLO), ("engine_metrics.parquet", tables.ENGINE_METRICS)):
+            p = d / fname
+            if not p.exists():
+                continue
+            try:
+                cols = pl.read_parquet_schema(p)
+            except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
+                raise AggregateError(f"bad cell file {p}: {exc}") from None
+            if "cell_id" not in cols or not set(cols) & (set(schema) - {"cell_id"}):
+                raise AggregateError(f"bad cell file {p}: not a {fname} of this project (columns {sorted(cols)[:8]})")
+    return records
+
+
 def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | None = None,
               analysis: dict[str, Any] | None = None, prices: dict[str, Any] | None = None) -> dict[str, int]:
     """Write every cell's files into one database at db_path; returns the row count per table.
     `analysis` (its `slos`) and `prices` are the config's sections: they decide the `answers`
     table (answers.write_tables). When the database was already built from exactly these files
-    and settings, nothing is rewritten."""
+    and settings, nothing is rewritten. On any failure the old database is left as it was
+    (AggregateError names a bad cell file)."""
     slos = (analysis or {}).get("slos") or defaults("analysis")["slos"]
     fingerprint = _fingerprint(cell_dirs, {"reproduce": reproduce, "slos": slos, "prices": prices})
     if _built_from(db_path) == fingerprint:
         log.info("%s is up to date with its %d cells", db_path, len(cell_dirs))
         return counts_of(db_path)
     rows, ids = [], []
-    for d in cell_dirs:
-        record = identity.identify(read_json(d / "cell.json"))
+    for d, checked in zip(cell_dirs, check_cell_files(cell_dirs), strict=True):
+        record = identity.identify(checked)
         record["reproduce"] = (reproduce or {}).get(record["cell_id"], record.get("reproduce"))
         rows.append(tables.cell_row(record))
         ids += [{"filename": str(d / f), "measurement_id": record["measurement_id"]}
@@ -152,5 +198,12 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             counts = {n: len(con.table(n)) for n in tables.TABLES}
         finally:
             con.close()
+            Path(f"{tmp}.wal").unlink(missing_ok=True)
     log.info("wrote %s: %s", db_path, counts)
     return counts
+
+
+def write_manifest(path: Path, db_path: Path, counts: dict[str, int], cell_dirs: list[Path]) -> None:
+    """What the last successful aggregate built (rule aggregate's declared output)."""
+    write_json(path, {"database": str(db_path), "built_at": datetime.now(UTC).isoformat(), "rows": counts,
+                      "cells": sorted(d.name for d in cell_dirs)})

@@ -34,13 +34,13 @@ import httpx
 import polars as pl
 
 from . import __version__, enginemetrics, gpus, hardware, identity, loadgen, phases
-from .config import defaults
-from .engines import Engine, ServerSpec, adapter_for
+from .config import GUARD_RAILS, defaults
+from .engines import Engine, ServerSpec, adapter_for, connect_host, requested_host
 from .files import read_json, write_cell
 from .loadgen import LoadGenerator
 from .phases import CellFailure, Checkpoint, Plan
 from .prompts import PromptFactory
-from .redact import redact_args, redact_env, scrub, scrub_file, secret_values, without_secrets
+from .redact import Resolved, SecretError, remember, resolve, scrub, scrub_file, scrub_obj, without_secrets
 from .server import Server, ServerStartupError, free_port, log_tail, signals_raise
 from .tables import new_cell_record
 
@@ -79,18 +79,20 @@ def check_prompt_tokens(base_url: str, adapter: Engine, model: str, prompt: str,
 
 @contextlib.contextmanager
 def started_server(adapter: Engine, spec: ServerSpec, env: dict[str, str], server_log: Path, out_dir: Path,
-                   timeout: float, info: dict[str, Any], attempts: int = 3) -> Iterator[tuple[Server, str]]:
+                   timeout: float, info: dict[str, Any], attempts: int = 3,
+                   resolved: Resolved | None = None) -> Iterator[tuple[Server, str]]:
     """A healthy server on a free port, with its base URL, stopped on every exit of the `with`.
     A port taken between our check and the server's bind (cells started in parallel) is retried
-    on another port."""
+    on another port. The recorded command is the one that ran, its secrets masked."""
+    resolved = resolved or Resolved(list(spec.extra_args), {})
     for attempt in range(1, attempts + 1):
         port = free_port()
         spec = dataclasses.replace(spec, port=port)
         cmd = adapter.server_command(spec)
-        info["server_command"] = shlex.join(redact_args(cmd))
+        info["server_command"] = shlex.join(resolved.command(cmd))
         log.info("server command: %s", info["server_command"])
         log.info("server log: %s", server_log)
-        base_url = f"http://127.0.0.1:{port}"
+        base_url = f"http://{connect_host(spec.host)}:{port}"
         with Server(cmd, env, server_log, base_url, adapter.health_path, pid_file=out_dir / "server.pid") as server:
             try:
                 info["startup_s"] = round(server.wait_ready(timeout), 2)
@@ -116,6 +118,8 @@ class CellInputs:
     installed: dict[str, Any]
     model: dict[str, Any]
     out_dir: Path
+    #: the cell's engine arguments and environment, references resolved (set when it starts)
+    resolved: Resolved | None = None
 
     @property
     def adapter(self) -> Engine:
@@ -130,7 +134,7 @@ def new_record(ci: CellInputs, server_log: Path) -> dict[str, Any]:
         engine_version=ci.installed["version"], quantization=cell["quantization"],
         isl=cell["isl"], osl=cell["osl"], status="running", n_gpus=cell.get("n_gpus", 0),
         started_at=datetime.now(UTC).isoformat(),
-        server_env=redact_env(cell.get("extra_env", {})), server_log=str(server_log),
+        server_env={}, server_log=str(server_log),
         model_origin=ci.model.get("origin"), bench=ci.bench,
         # provenance: the client's Python and package, the engine environment's packages
         python_version=platform.python_version(), llm_almanac_version=__version__,
@@ -150,16 +154,20 @@ def server_spec(ci: CellInputs) -> ServerSpec:
     model_path = ci.model["paths"].get(adapter.model_format)
     if not model_path:
         raise CellFailure(f"model {cell['model']} has no {adapter.model_format} format prepared")
+    args = ci.resolved.args if ci.resolved else list(cell.get("extra_args", ()))
+    # loopback unless the config says `expose: true` (the grid refuses another host otherwise)
+    host = (requested_host(args) if ci.engine_cfg.get("expose") else None) or "127.0.0.1"
     return ServerSpec(
         python=ci.installed["python"],
         model_path=model_path,
         served_name=cell["model"],
         quantization=cell["quantization"],
         port=0,
+        host=host,
         tensor_parallel=max(1, int(cell.get("n_gpus") or 1)),
         max_model_len=ci.model_cfg.get("max_model_len"),
         device=ci.engine_cfg.get("device", "cuda"),
-        extra_args=tuple(cell.get("extra_args", ())),
+        extra_args=tuple(args),
         binary=ci.installed.get("server_binary"),
         workdir=str(ci.out_dir.absolute()),
     )
@@ -198,15 +206,37 @@ def running_server(ci: CellInputs, info: dict[str, Any], server_log: Path) -> It
             (ci.out_dir / fname).write_text(text)
         env = server_environment(without_secrets(os.environ), adapter.server_env(spec),
                                  {"CUDA_VISIBLE_DEVICES": visible} if visible else {},
-                                 ci.cell.get("extra_env", {}))
+                                 ci.resolved.env if ci.resolved else ci.cell.get("extra_env", {}))
         timeout = float(ci.engine_cfg.get("startup_timeout_s") or adapter.startup_timeout_s)
-        with started_server(adapter, spec, env, server_log, ci.out_dir, timeout, info) as running:
+        if spec.host != "127.0.0.1":
+            info["notes"].append(
+                f"server reachable from the network: it listened on {spec.host} (engine "
+                f"{cell['engine']!r} sets expose: true), without authentication unless its args set a key")
+            log.warning(info["notes"][-1])
+        with started_server(adapter, spec, env, server_log, ci.out_dir, timeout, info,
+                            resolved=ci.resolved) as running:
             yield running
+
+
+def resolve_secrets(ci: CellInputs, info: dict[str, Any]) -> None:
+    """The cell's engine arguments and environment with `${VAR}` references resolved; their
+    secret values join what every log line, file and record is scrubbed of."""
+    try:
+        ci.resolved = resolve(ci.cell.get("extra_args", ()), ci.cell.get("extra_env", {}),
+                              ci.engine_cfg.get("secrets") or [])
+    except SecretError as exc:
+        raise CellFailure(f"engine {ci.cell['engine']!r}: args or env refer to {exc}") from None
+    remember(ci.resolved.secrets)
+    info["server_env"] = ci.resolved.recorded_env()
+    if ci.resolved.short():
+        log.warning("a secret value of this cell is shorter than 6 characters: it is masked in the "
+                    "recorded command and environment, but not searched for in free text")
 
 
 def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log: Path) -> None:
     """Start the server, check it, and run every repeat's phases into `store`."""
     adapter, cell, bench = ci.adapter, ci.cell, ci.bench
+    resolve_secrets(ci, info)
     with running_server(ci, info, server_log) as (server, base_url):
         if adapter.version_path:
             with contextlib.suppress(httpx.HTTPError, ValueError):
@@ -220,6 +250,7 @@ def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log:
             endpoint=bench["endpoint"], extras=adapter.request_extras(cell["osl"]),
             request_timeout_s=float(bench["request_timeout_s"]),
             keepalive=adapter.client_keepalive, transport=bench["transport"],
+            max_response_bytes=int(bench["max_response_bytes"]),
         )
         gen.skip_ids_to(store.max_request_id() + 1)
         check = liveness_check(server, server_log)
@@ -257,8 +288,8 @@ def run_cell(
     server_log = out_dir / "server.log"
     server_log.unlink(missing_ok=True)
     info = new_record(ci, server_log)
-    secrets_in_cell = secret_values(cell.get("extra_env", {}))
-    fingerprint = json.dumps([cell, ci.bench, ci.installed["version"], ci.model.get("paths")], sort_keys=True)
+    measured_as = {k: v for k, v in ci.bench.items() if k not in GUARD_RAILS}
+    fingerprint = json.dumps([cell, measured_as, ci.installed["version"], ci.model.get("paths")], sort_keys=True)
     store = Checkpoint(out_dir / "partial", hashlib.sha256(fingerprint.encode()).hexdigest())
     if store.units:
         log.info("cell %s: resuming; kept from an earlier run: %s", cid, ", ".join(sorted(store.units)))
@@ -267,21 +298,24 @@ def run_cell(
             measure(ci, info, store, server_log)
         info["status"] = "ok"
     except KeyboardInterrupt:
-        scrub_file(server_log, secrets_in_cell)
+        scrub_file(server_log)
         log.error("cell %s interrupted; server stopped; measured phases kept in %s for the next run",
                   cid, store.dir)
         raise
     except Exception as exc:  # noqa: BLE001 - any failure becomes a failed-cell row
         info["status"] = "failed"
-        info["error"] = scrub(f"{type(exc).__name__}: {exc}", secrets_in_cell)
+        info["error"] = scrub(f"{type(exc).__name__}: {exc}")
         log.error("cell %s failed: %s", cid, info["error"])
         log.debug("%s", traceback.format_exc())
         if store.units:
             info["notes"].append(f"phases measured before the failure are kept: {', '.join(sorted(store.units))}")
     info["finished_at"] = datetime.now(UTC).isoformat()
-    scrub_file(server_log, secrets_in_cell)
+    scrub_file(server_log)
     requests, summary, notes = phases.results(store, cid, int(ci.bench.get("max_concurrency") or 0) or None)
     info["notes"] += notes
+    info = scrub_obj(info)  # errors and notes may quote the server (and so a secret)
+    if requests.height and requests["error"].is_not_null().any():
+        requests = requests.with_columns(pl.col("error").map_elements(scrub, return_dtype=pl.String))
     info.update(identity.identify(info))
     write_cell(out_dir, info, requests, summary, store.engine_frame(cid))
     if info["status"] == "ok":
@@ -293,7 +327,8 @@ def run_cell(
 def _log_summary(cid: str, summary: pl.DataFrame) -> None:
     for row in summary.iter_rows(named=True):
         log.info(
-            "%s %s[%d]: %d ok / %d failed, %.3f rps, %.1f tok/s, TTFT p50 %.1f ms, TPOT p50 %.2f ms",
-            cid, row["phase"], row["step"], row["n_ok"], row["n_failed"], row["rps"] or 0,
+            "%s %s[%d]: %d ok / %d failed (%.0f%%), %.3f rps of successful requests, %.1f tok/s, "
+            "TTFT p50 %.1f ms, TPOT p50 %.2f ms",
+            cid, row["phase"], row["step"], row["n_ok"], row["n_failed"], 100 * (row["fail_rate"] or 0), row["rps"] or 0,
             row["output_tok_s"] or 0, row["ttft_p50_ms"] or 0, row["tpot_p50_ms"] or 0,
         )

@@ -14,7 +14,8 @@
 
   almanac bench  --base-url http://127.0.0.1:8000 --model NAME --tokenizer PATH --isl N --osl N ...
                  the phases of a cell against an already running OpenAI-compatible server
-  almanac sim    a simulated streaming server (a test instrument, never an engine)
+  almanac sim [--port N --ttft-ms X ...]   a simulated streaming server (a test instrument,
+                 never an engine); `almanac sim --help` lists its options
   almanac cells  the cells of a config, as Snakemake will run them
 
   almanac merge SRC... --out DB   result sets (DuckDB files, results/ or published folders) into one
@@ -31,7 +32,6 @@ import sys
 from pathlib import Path
 
 import polars as pl
-import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -56,8 +56,9 @@ def _tokenizer_file(path: str) -> Path:
 
 
 def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
-    t = Table(title="phases")
-    for col in ("phase", "step", "target rps", "rps", "out tok/s", "ok", "failed", "mismatch",
+    t = Table(title="phases", caption="rps counts successful requests only: read it beside failed %, "
+                                      "the share of the phase's requests that failed")
+    for col in ("phase", "step", "target rps", "rps (ok only)", "failed %", "out tok/s", "ok", "failed", "mismatch",
                 "TTFT p50", "TTFT p95", "TPOT p50", "TPOT p95", "E2E p50", "client CPU",
                 "client-engine TTFT", "client-engine TPOT", "trust"):
         t.add_column(col, justify="right")
@@ -66,7 +67,9 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
         return "-" if v is None else f"{v:.{d}f}"
 
     for r in phases.iter_rows(named=True):
+        fail = r.get("fail_rate")
         t.add_row(r["phase"], str(r["step"]), f(r["target_rps"], 3), f(r["rps"], 3),
+                  "-" if fail is None else f"{fail:.0%}",
                   f(r["output_tok_s"]), str(r["n_ok"]), str(r["n_failed"]), str(r["n_token_mismatch"]),
                   f(r["ttft_p50_ms"]), f(r["ttft_p95_ms"]), f(r["tpot_p50_ms"], 2),
                   f(r["tpot_p95_ms"], 2), f(r["e2e_p50_ms"]),
@@ -81,46 +84,172 @@ def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
                                                   f"(repeat {r['repeat']}): {r['trust_reasons']}")
 
 
-def cmd_bench(a: argparse.Namespace) -> int:
-    from .cell import check_prompt_tokens
-    from .engines import get_engine
-    from .prompts import PromptFactory
+#: `almanac bench` options that are bench settings of the config (checked against its schema).
+BENCH_OPTIONS = {
+    "warmup_requests": "--warmup-requests", "sequential_requests": "--sequential-requests",
+    "burst_requests": "--burst-requests", "max_concurrency": "--max-concurrency",
+    "sweep_rates": "--sweep-rates", "sweep_duration_s": "--sweep-duration", "arrival": "--arrival",
+    "request_timeout_s": "--request-timeout", "endpoint": "--endpoint", "seed": "--seed",
+    "transport": "--transport", "max_response_bytes": "--max-response-bytes",
+}
 
-    logs.setup(None)
-    bench = {**BENCH_DEFAULTS, "warmup_requests": a.warmup_requests,
-             "sequential_requests": a.sequential_requests, "burst_requests": a.burst_requests,
-             "max_concurrency": a.max_concurrency, "sweep_rates": a.sweep_rates,
-             "sweep_duration_s": a.sweep_duration, "arrival": a.arrival,
-             "request_timeout_s": a.request_timeout, "endpoint": a.endpoint, "seed": a.seed,
-             "transport": a.transport}
+
+def _bench_settings(a: argparse.Namespace) -> dict:
+    """The bench settings of the options, every one checked before anything is sent."""
+    from .config import bench_problems
+
+    bench = {**BENCH_DEFAULTS, **{k: getattr(a, flag[2:].replace("-", "_")) for k, flag in BENCH_OPTIONS.items()}}
+    for key, problem in bench_problems(bench):
+        raise SystemExit(f"almanac bench: {BENCH_OPTIONS.get(key, key)} {bench.get(key)}: {problem}")
+    if a.isl < 4:
+        raise SystemExit(f"almanac bench: --isl {a.isl}: must be at least 4 (a prompt unique per request)")
+    if a.osl < 1:
+        raise SystemExit(f"almanac bench: --osl {a.osl}: must be at least 1")
+    return bench
+
+
+def _check_base_url(url: str, transport: str) -> str:
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise SystemExit(f"almanac bench: --base-url {url}: not an http(s) URL such as http://127.0.0.1:8000")
+    if u.scheme == "https" and transport == "fast":
+        raise SystemExit(f"almanac bench: --base-url {url}: the fast transport speaks plain http; "
+                         "add --transport httpx for https")
+    try:
+        u.port  # noqa: B018 - raises for a bad port
+    except ValueError as exc:
+        raise SystemExit(f"almanac bench: --base-url {url}: {exc}") from None
+    return url.rstrip("/")
+
+
+def _out_dir(out: Path) -> None:
+    """--out must be a folder we can write in, known before the first request is sent."""
+    import tempfile
+
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"almanac bench: --out {out} is a file, not a folder; give a folder for the results")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".almanac-write-check-"):
+            pass
+    except OSError as exc:
+        raise SystemExit(f"almanac bench: --out {out}: cannot write there ({exc.strerror or exc})") from None
+
+
+def _differences(old: object, new: object, prefix: str = "") -> list[str]:
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [d for k in sorted(set(old) | set(new))
+                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    return [] if old == new else [f"{prefix.rstrip('.')}: {old} -> {new}"]
+
+
+def _checkpoint(out: Path, settings: dict, force: bool) -> phases.Checkpoint:
+    """The folder's checkpoint of measured phases: resumed when its settings are these, refused
+    when they are not (unless --force, which discards it)."""
+    fingerprint = json.dumps(settings, sort_keys=True)
+    partial = out / "partial"
+    recorded = partial / "fingerprint"
+    if force:
+        phases.Checkpoint(partial, fingerprint).clear()
+        for name in ("requests.parquet", "phases.parquet"):
+            (out / name).unlink(missing_ok=True)
+    elif recorded.exists() and recorded.read_text() != fingerprint:
+        try:
+            diff = _differences(json.loads(recorded.read_text()), settings)
+        except ValueError:
+            diff = []
+        raise SystemExit(
+            f"almanac bench: {out} holds phases measured with other settings"
+            + (f" ({'; '.join(diff[:6])})" if diff else "")
+            + "; use another --out, or add --force to discard them and measure again")
+    return phases.Checkpoint(partial, fingerprint)
+
+
+def _write_bench(out: Path, store: phases.PhaseStore, label: str, max_concurrency: int | None,
+                 engine_metrics: bool) -> tuple[pl.DataFrame, list[str]]:
+    requests, summary, notes = phases.results(store, label, max_concurrency)
+    write_parquet(out / "requests.parquet", requests)
+    write_parquet(out / "phases.parquet", summary)
+    if engine_metrics:
+        write_parquet(out / "engine_metrics.parquet", store.engine_frame(label))
+    return summary, notes
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import hashlib
+
+    from tokenizers import Tokenizer
+
+    from .cell import check_prompt_tokens
+    from .config import GUARD_RAILS
+    from .engines import get_engine
+    from .prompts import PromptError, PromptFactory
+    from .server import signals_raise
+
+    # every argument is checked before the first request: nothing measured can be lost to a typo
+    bench = _bench_settings(a)
     plan = Plan(bench, tuple(p.strip() for p in a.phases.split(",") if p.strip()))
-    prompts = PromptFactory.from_file(_tokenizer_file(a.tokenizer), a.isl, a.seed)
-    base = a.base_url.rstrip("/")
-    if a.check_tokenize:
-        check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
+    try:
+        plan.validate()
+    except ValueError as exc:
+        raise SystemExit(f"almanac bench: --phases {a.phases}: {exc}") from None
+    base = _check_base_url(a.base_url, a.transport)
+    tok_file = _tokenizer_file(a.tokenizer)
+    try:
+        prompts = PromptFactory(Tokenizer.from_file(str(tok_file)), a.isl, a.seed)
+    except (PromptError, Exception) as exc:  # noqa: BLE001 - tokenizers raises plain Exception
+        raise SystemExit(f"almanac bench: --tokenizer {a.tokenizer}: {exc}") from None
+    out = Path(a.out)
+    _out_dir(out)
     extras: dict[str, object] = {"ignore_eos": True}
     if a.min_tokens:
         extras["min_tokens"] = a.osl
+    settings = {"base_url": base, "model": a.model, "isl": a.isl, "osl": a.osl, "label": a.label,
+                "extras": extras, "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
+                "bench": {k: v for k, v in bench.items() if k not in GUARD_RAILS}}
+    store = _checkpoint(out, settings, a.force)
+    logs.setup(None)
+    if store.units:
+        print(f"almanac bench: resuming in {out}: kept from an earlier run: {', '.join(sorted(store.units))} "
+              "(--force measures everything again)", file=sys.stderr)
+    if a.check_tokenize:
+        import httpx
+
+        try:
+            check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
+        except (CellFailure, httpx.HTTPError, ValueError) as exc:
+            raise SystemExit(f"almanac bench: --check-tokenize: {exc}") from None
     gen = LoadGenerator(base, a.model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
-                        extras=extras, request_timeout_s=a.request_timeout, transport=a.transport)
+                        extras=extras, request_timeout_s=a.request_timeout, transport=a.transport,
+                        max_response_bytes=bench["max_response_bytes"])
+    gen.skip_ids_to(store.max_request_id() + 1)  # prompts stay unique across resumes
     notes: list[str] = []
-    store = phases.PhaseStore()
+    stopped: str | None = None
+    code = 0
     names = enginemetrics.names_for(a.engine_metrics) if a.engine_metrics else None
     scraper = enginemetrics.Scraper(base, names) if names else None
     try:
-        loadgen.run(phases.run_phases(gen, plan, store, notes, a.label, scraper=scraper))
-    except (CellFailure, ValueError) as exc:
-        print(f"almanac bench: {exc}", file=sys.stderr)
-        return 2
-    requests, summary, more = phases.results(store, a.label, a.max_concurrency or None)
-    out = Path(a.out)
-    write_parquet(out / "requests.parquet", requests)
-    write_parquet(out / "phases.parquet", summary)
-    if scraper:
-        write_parquet(out / "engine_metrics.parquet", store.engine_frame(a.label))
-    print_phases(summary)
+        with signals_raise():
+            loadgen.run(phases.run_phases(gen, plan, store, notes, a.label, scraper=scraper))
+    except KeyboardInterrupt as exc:
+        stopped = str(exc) or "received SIGINT"
+        code = 143 if "SIGTERM" in stopped else 130
+    except CellFailure as exc:
+        stopped = f"failed: {exc}"
+        code = 1
+    summary, more = _write_bench(out, store, a.label, a.max_concurrency or None, scraper is not None)
+    if len(summary):
+        print_phases(summary)
     for n in notes + more:
         print(f"note: {n}", file=sys.stderr)
+    if stopped is not None:
+        kept = ", ".join(sorted(store.units)) or "nothing (no phase had finished)"
+        print(f"almanac bench: stopped ({stopped}); kept what was measured: {kept}, in {out} "
+              f"(partial/ and the parquet files); run the same command again to measure the rest",
+              file=sys.stderr)
+        return code
     print(f"wrote {out / 'requests.parquet'} and {out / 'phases.parquet'}")
     return 0
 
@@ -128,30 +257,47 @@ def cmd_bench(a: argparse.Namespace) -> int:
 def cmd_sim(a: argparse.Namespace) -> int:
     from . import sim
 
-    sim.main(a.sim_args)
+    sim.serve(a)
     return 0
 
 
 def cmd_cells(a: argparse.Namespace) -> int:
-    from .config import load_cells
+    from .config import load_cells, load_yaml
     from .grid import ConfigError
 
     try:
-        cells = load_cells(yaml.safe_load(Path(a.configfile).read_text()))
+        config = load_yaml(a.configfile)
     except ConfigError as exc:
-        print(f"invalid config {a.configfile}: {exc}", file=sys.stderr)
+        print(f"almanac cells: {exc}", file=sys.stderr)
+        return 2
+    try:
+        cells = load_cells(config)
+    except ConfigError as exc:
+        print(f"almanac cells: invalid config {a.configfile}: {exc}", file=sys.stderr)
         return 2
     for c in cells:
         print(c.cell_id)
     return 0
 
 
-def _connect(path: str):
+def _connect(path: str, tables: tuple[str, ...] = ("cells", "phases", "requests", "slo")):
+    """The database, read-only; one line (never a traceback) when it is missing, not a DuckDB
+    file, or not this project's database."""
     import duckdb
 
     if not Path(path).exists():
         raise SystemExit(f"almanac: no database at {path}; run `snakemake --cores N` first (or pass --db)")
-    return duckdb.connect(path, read_only=True)
+    try:
+        con = duckdb.connect(path, read_only=True)
+        have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    except duckdb.Error as exc:
+        raise SystemExit(f"almanac: {path} is not a readable DuckDB database ({str(exc).splitlines()[0]}); "
+                         "rebuild it with `snakemake --cores N`") from None
+    missing = [t for t in tables if t not in have]
+    if missing:
+        con.close()
+        raise SystemExit(f"almanac: {path} is not an almanac database (no table {', '.join(missing)})")
+    return con
 
 
 def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) -> None:
@@ -352,7 +498,7 @@ def write_frame(df: pl.DataFrame, fmt: str, digits: int = 3, title: str | None =
 def cmd_query(a: argparse.Namespace) -> int:
     import duckdb
 
-    con = _connect(a.db)
+    con = _connect(a.db, tables=())
     try:
         df = frame(con, a.sql)
     except duckdb.Error as exc:
@@ -364,13 +510,26 @@ def cmd_query(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     con = _connect(a.db)
     out = Path(a.out)
+    try:
+        _export(con, out, a.format)
+    except OSError as exc:
+        raise SystemExit(f"almanac export: --out {a.out}: cannot write there "
+                         f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''})") from None
+    finally:
+        con.close()
+    return 0
+
+
+def _export(con, out: Path, fmt: str) -> None:
+    if out.exists() and not out.is_dir():
+        raise NotADirectoryError(20, "a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
     for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
         df = frame(con, f'SELECT * FROM "{table}"')
-        path = out / f"{table}.{a.format}"
-        if a.format == "parquet":
+        path = out / f"{table}.{fmt}"
+        if fmt == "parquet":
             write_parquet(path, df)
-        elif a.format == "csv":
+        elif fmt == "csv":
             # CSV has no list type: ITL gap lists become JSON arrays in one text column.
             lists = [c for c, t in df.schema.items() if isinstance(t, pl.List)]
             df.with_columns(pl.col(c).map_elements(lambda v: json.dumps(list(v)), return_dtype=pl.String)
@@ -378,8 +537,6 @@ def cmd_export(a: argparse.Namespace) -> int:
         else:
             df.write_ndjson(path)
         print(f"{path}: {len(df)} rows")
-    con.close()
-    return 0
 
 
 def failed_cells(workdir: Path) -> list[str]:
@@ -397,7 +554,17 @@ def cmd_rerun_failed(a: argparse.Namespace) -> int:
     import shlex
     import subprocess
 
+    from .config import load_yaml
+    from .grid import ConfigError
+
     workdir = Path(a.directory)
+    if not workdir.is_dir():
+        raise SystemExit(f"almanac rerun-failed: --directory {a.directory}: no such folder")
+    for cf in a.configfile or []:  # Snakemake would answer a missing or malformed file with a traceback
+        try:
+            load_yaml(cf if Path(cf).is_absolute() else Path(cf))
+        except ConfigError as exc:
+            raise SystemExit(f"almanac rerun-failed: --configfile {exc}") from None
     failed = failed_cells(workdir)
     if not failed:
         print("no failed cells under", workdir / "results" / "cells")
@@ -499,12 +666,21 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
                    help="scrape this engine's Prometheus metrics around and during each phase "
                         "(writes engine_metrics.parquet; adds the engine columns to phases)")
+    b.add_argument("--max-response-bytes", type=int, default=BENCH_DEFAULTS["max_response_bytes"],
+                   help="a response larger than this is cut and counted as failed (bounds memory)")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
-    b.add_argument("--out", required=True, help="directory for requests.parquet and phases.parquet")
+    b.add_argument("--out", required=True,
+                   help="folder for requests.parquet and phases.parquet; each phase is kept in its partial/ "
+                        "as soon as it is measured, and a rerun with the same --out measures only what is missing")
+    b.add_argument("--force", action="store_true",
+                   help="discard what --out holds from an earlier run and measure everything again")
     b.set_defaults(func=cmd_bench)
 
-    s = sub.add_parser("sim", help="run the simulated server (a test instrument)", add_help=False)
-    s.add_argument("sim_args", nargs=argparse.REMAINDER)
+    from . import sim
+
+    s = sub.add_parser("sim", help="run the simulated server (a test instrument)",
+                       description=(sim.__doc__ or "").strip().splitlines()[0])
+    sim.add_arguments(s)
     s.set_defaults(func=cmd_sim)
 
     sl = sub.add_parser("slo", help="max requests/s per cell under a latency SLO")
@@ -595,8 +771,21 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command; every failure is one line on stderr, never a traceback (set
+    ALMANAC_TRACEBACK=1 to see one for an unexpected error)."""
+    import os
+
     a = build_parser().parse_args(argv)
-    return a.func(a)
+    try:
+        return a.func(a)
+    except KeyboardInterrupt:
+        print(f"almanac {a.cmd}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 - an unexpected error is still one line
+        if os.environ.get("ALMANAC_TRACEBACK"):
+            raise
+        print(f"almanac {a.cmd}: {type(exc).__name__}: {exc} (ALMANAC_TRACEBACK=1 shows where)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -20,6 +20,10 @@ from .grid import Cell, ConfigError, expand_grid
 
 SCHEMA_PATH = Path(str(files("llm_almanac") / "config_schema.yaml"))
 
+#: bench settings that bound a run but are not part of what is measured: changing them
+#: re-measures nothing (kept out of bench_cell's params and of a cell's checkpoint fingerprint).
+GUARD_RAILS = ("retries", "max_response_bytes")
+
 
 @functools.cache
 def _schema(path: str) -> dict[str, Any]:
@@ -30,6 +34,54 @@ def defaults(section: str) -> dict[str, Any]:
     """The schema's default for every key of a config section (e.g. "bench", "analysis")."""
     props = _schema(str(SCHEMA_PATH))["properties"][section]["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    """A config file as a mapping; ConfigError with the file (and line, for malformed YAML)."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path}: {where}malformed YAML ({problem})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a config is a mapping of keys (models, engines, grid, ...), "
+                          f"not {type(data).__name__}")
+    return data
+
+
+def config_file_problem(path: str | Path) -> str | None:
+    """What is wrong with a config file that exists and is not a YAML mapping (its file and
+    line), or None."""
+    if Path(path).exists():
+        try:
+            load_yaml(path)
+        except ConfigError as exc:
+            return f"invalid config: {exc}"
+    return None
+
+
+def _bench_message(err: jsonschema.ValidationError) -> str:
+    if err.validator == "minimum":
+        return f"must be at least {err.validator_value}"
+    if err.validator == "exclusiveMinimum":
+        return f"must be greater than {err.validator_value}"
+    return err.message
+
+
+def bench_problems(bench: dict[str, Any]) -> list[tuple[str, str]]:
+    """(setting, what is wrong) for each bench setting the schema refuses (for `almanac bench`,
+    whose options are the same settings)."""
+    validator = jsonschema.Draft202012Validator(_schema(str(SCHEMA_PATH))["properties"]["bench"])
+    return [(".".join(map(str, e.absolute_path)), _bench_message(e))
+            for e in sorted(validator.iter_errors(bench), key=lambda e: list(map(str, e.absolute_path)))]
 
 
 def _where(err: jsonschema.ValidationError) -> str:

@@ -10,6 +10,9 @@ import polars as pl
 #: Where the pipeline writes the database and where the CLI looks for it (relative to the
 #: workflow's working directory).
 DB_PATH = "results/almanac.duckdb"
+#: What rule aggregate declares as its output: the database's manifest, written after the
+#: database (Snakemake deletes a job's declared outputs before it runs; see aggregate.py).
+MANIFEST_PATH = "results/aggregate.json"
 
 
 def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> pl.DataFrame:

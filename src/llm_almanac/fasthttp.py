@@ -27,9 +27,13 @@ class HTTPError(Exception):
     """A transport-level failure: refused, reset, closed mid-response, unparsable."""
 
 
+class ResponseTooLarge(HTTPError):
+    """The response's body went over the caller's cap (`post(max_bytes=)`): cut, connection closed."""
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
-                 "idle_since", "_ts", "received", "lost_exc")
+                 "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes")
 
     def __init__(self) -> None:
         # set by connection_made, which create_connection calls before it returns the protocol
@@ -44,6 +48,8 @@ class _Conn(asyncio.Protocol):
         self._ts = 0
         self.received = False
         self.lost_exc: BaseException | None = None
+        self.max_bytes = 0  # 0: no cap
+        self.n_bytes = 0
 
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
@@ -70,6 +76,11 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.raw.append((self._ts, body))
+        if self.max_bytes:
+            self.n_bytes += len(body)
+            if self.n_bytes > self.max_bytes:
+                self._fail(ResponseTooLarge(f"response larger than {self.max_bytes} bytes"))
+                self.transport.close()  # type: ignore[union-attr]  # bytes came: it is connected
 
     def on_message_complete(self) -> None:
         w = self.waiter
@@ -152,13 +163,13 @@ class StreamingClient:
         return self._head.format(path=self.prefix + path, extra=extra, n=len(body)).encode() + body
 
     async def post(self, path: str, body: bytes, raw: list[tuple[int, bytes]], on_send=None,
-                   request_id: str | None = None) -> int:
+                   request_id: str | None = None, max_bytes: int = 0) -> int:
         """Send one request; fill `raw` with (arrival ns, body piece); return the HTTP status.
 
         `on_send()` is called just before the request's bytes are written (to stamp the send
         time); `request_id` goes out as the `X-Request-Id` header. A pooled connection that the
         server had already closed is replaced once, transparently, if nothing of the response
-        had arrived on it."""
+        had arrived on it. A body over `max_bytes` (if set) raises ResponseTooLarge."""
         data = self.request_bytes(path, body, request_id)
         conn = self._take_idle()
         reused = conn is not None
@@ -168,6 +179,7 @@ class StreamingClient:
             loop = asyncio.get_running_loop()
             conn.waiter = loop.create_future()
             conn.raw = raw
+            conn.max_bytes, conn.n_bytes = max_bytes, 0
             conn.received = False
             if on_send is not None:
                 on_send()

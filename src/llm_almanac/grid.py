@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+#: A name that becomes part of a path (a quantization inside a cell id): no '/', no '..' alone.
+PATH_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
 class ConfigError(ValueError):
@@ -59,11 +61,36 @@ def slugify(name: str) -> str:
 
 def _check_slug(kind: str, name: str) -> None:
     if not SLUG_RE.match(name) or "__" in name:
+        try:
+            example = f", e.g. {slugify(name.replace('__', '-'))!r}"
+        except ConfigError:
+            example = ""
         raise ConfigError(
             f"{kind} key {name!r} is not a slug: use lower-case letters, digits, '.', '-' or '_' "
-            f"(no '/' and no '__'), e.g. {slugify(name.replace('__', '-'))!r}; "
-            "put a hub name such as 'org/name' under the model's 'hub:' key instead"
+            f"(no '/' and no '__'){example}"
+            + ("; put a hub name such as 'org/name' under the model's 'hub:' key instead" if kind == "model" else "")
         )
+
+
+def _check_path_part(where: str, kind: str, name: str) -> None:
+    """A config value that becomes part of a file name must stay one path component."""
+    if not PATH_PART_RE.match(name) or "__" in name:
+        raise ConfigError(
+            f"{where}: {kind} {name!r} becomes part of a file name: use letters, digits, '.', '-' "
+            "or '_' (no '/', no '__', not starting with '.')")
+
+
+def _check_host(cid: str, engine: str, ecfg: dict[str, Any], args: list[str]) -> None:
+    """Loopback unless the config says otherwise: engine args that make the server listen on
+    another address are refused, unless the engine sets `expose: true`."""
+    from .engines import LOOPBACK, requested_host
+
+    host = requested_host(args)
+    if host is not None and host not in LOOPBACK and not ecfg.get("expose"):
+        raise ConfigError(
+            f"cell {cid}: engine args set --host {host}, which makes the server reachable from the "
+            f"network (engines serve without authentication by default); remove it, or set "
+            f"`expose: true` on engine {engine!r} to allow it")
 
 
 def _matches(rule: dict[str, Any], values: dict[str, Any]) -> bool:
@@ -108,6 +135,7 @@ def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str
     """One cell of a grid entry, with its engine's arguments and environment (engine, then the
     entry's, then the model's), checked against the engine and the model's context length."""
     mcfg, ecfg = config["models"][m], config["engines"][e]
+    _check_path_part(where, "quantization", str(q))
     cid = cell_id(m, e, q, isl, osl)
     _check_quant(e, ecfg, q, cid)
     max_len = mcfg.get("max_model_len")
@@ -120,6 +148,7 @@ def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str
     args += list((mcfg.get("engine_args") or {}).get(e, []))
     env = dict(ecfg.get("env") or {})
     env.update((mcfg.get("engine_env") or {}).get(e, {}))
+    _check_host(cid, e, ecfg, args)
     return Cell(
         model=m, engine=e, quantization=str(q), isl=isl, osl=osl,
         # the grid decides a cell's GPU count once: a CPU engine's cells need none
@@ -129,8 +158,9 @@ def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str
     )
 
 
-def _entry_cells(config: dict[str, Any], idx: int, entry: dict[str, Any]) -> list[Cell]:
-    """The cells of grid[idx]: its product minus the exclusions that apply to it."""
+def _entry_cells(config: dict[str, Any], idx: int, entry: dict[str, Any], used: set[str]) -> list[Cell]:
+    """The cells of grid[idx]: its product minus the exclusions that apply to it (the labels of
+    the exclusions that removed something go into `used`)."""
     where = f"grid[{idx}]"
     models, engines = config.get("models") or {}, config.get("engines") or {}
     for m in entry["models"]:
@@ -139,7 +169,8 @@ def _entry_cells(config: dict[str, Any], idx: int, entry: dict[str, Any]) -> lis
     for e in entry["engines"]:
         if e not in engines:
             raise ConfigError(f"{where}: unknown engine {e!r}; defined engines: {sorted(engines)}")
-    excl = (config.get("exclude") or []) + (entry.get("exclude") or [])
+    excl = [(f"exclude[{i}]", r) for i, r in enumerate(config.get("exclude") or [])]
+    excl += [(f"{where}.exclude[{i}]", r) for i, r in enumerate(entry.get("exclude") or [])]
     cells = []
     for m, e, q, shape in itertools.product(entry["models"], entry["engines"], entry["quantizations"],
                                             entry["shapes"]):
@@ -147,7 +178,9 @@ def _entry_cells(config: dict[str, Any], idx: int, entry: dict[str, Any]) -> lis
         if isl <= 0 or osl <= 0:
             raise ConfigError(f"{where}: shape isl={isl} osl={osl} must be positive")
         values = {"model": m, "engine": e, "quantization": q, "isl": isl, "osl": osl}
-        if not any(_matches(rule, values) for rule in excl):
+        hits = [label for label, rule in excl if _matches(rule, values)]
+        used.update(hits)
+        if not hits:
             cells.append(_make_cell(config, entry, where, m, e, q, isl, osl))
     return cells
 
@@ -158,13 +191,15 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
     Each entry of `grid` is a product of its `models × engines × quantizations × shapes`;
     `exclude` rules (top level or inside an entry) remove matching cells. A cell produced twice
     is an error: two entries that claim the same cell with possibly different settings would make
-    the measurement ambiguous.
+    the measurement ambiguous, and so is an exclusion that removes nothing (a typo would
+    otherwise measure cells the user meant to skip).
     """
     _check_names(config)
     cells: list[Cell] = []
     seen: dict[str, int] = {}
+    used: set[str] = set()
     for idx, entry in enumerate(config.get("grid") or []):
-        for cell in _entry_cells(config, idx, entry):
+        for cell in _entry_cells(config, idx, entry, used):
             if cell.cell_id in seen:
                 raise ConfigError(
                     f"cell {cell.cell_id} is listed twice (grid[{seen[cell.cell_id]}] and grid[{idx}]);"
@@ -172,6 +207,12 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
                 )
             seen[cell.cell_id] = idx
             cells.append(cell)
+    rules = [(f"exclude[{i}]", r) for i, r in enumerate(config.get("exclude") or [])]
+    rules += [(f"grid[{g}].exclude[{i}]", r) for g, entry in enumerate(config.get("grid") or [])
+              for i, r in enumerate(entry.get("exclude") or [])]
+    for label, rule in rules:
+        if label not in used:
+            raise ConfigError(f"config.{label} {rule} matches no cell of the grid; remove it or correct it")
     if not cells:
         raise ConfigError("the grid expands to no cells: check 'grid' and 'exclude' in the config")
     return cells

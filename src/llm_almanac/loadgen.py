@@ -32,7 +32,7 @@ from typing import Any
 import httpx
 import orjson
 
-from .fasthttp import HTTPError, StreamingClient
+from .fasthttp import HTTPError, ResponseTooLarge, StreamingClient
 from .metrics import request_outcome, request_timing
 from .stream import parse_stream
 
@@ -174,6 +174,7 @@ class LoadGenerator:
         max_connections: int | None = None,
         keepalive: bool = True,
         transport: str = "fast",
+        max_response_bytes: int | None = None,
     ) -> None:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, not {endpoint!r}")
@@ -189,6 +190,8 @@ class LoadGenerator:
         self.request_timeout_s = request_timeout_s
         self.max_connections = max_connections
         self.keepalive = keepalive
+        # a response over this is cut and failed: memory per request stays bounded (None: no cap)
+        self.max_response_bytes = max_response_bytes or 0
         self._ids = itertools.count()
         self.t0_ns = time.perf_counter_ns()
         self.warmed = False
@@ -237,6 +240,9 @@ class LoadGenerator:
     def _timeout_error(self) -> str:
         return f"timeout: no complete response within {self.request_timeout_s:g} s"
 
+    def _too_large_error(self) -> str:
+        return f"response too large: over max_response_bytes={self.max_response_bytes}; cut"
+
     async def send(self, client: httpx.AsyncClient | StreamingClient, req: Req) -> Req:
         req.picked_ns = time.perf_counter_ns()
         if not req.scheduled_ns:  # sequential and warm-up: due the moment the client gets to it
@@ -251,12 +257,22 @@ class LoadGenerator:
                 async with client.stream("POST", self.path, content=req.body, headers=headers) as resp:
                     req.http_status = resp.status_code
                     if resp.status_code != 200:
-                        text = (await resp.aread()).decode(errors="replace")
-                        req.error = f"HTTP {resp.status_code}: {text[:300]}"
+                        head = b""
+                        async for chunk in resp.aiter_bytes():  # the start of the body is enough
+                            head += chunk
+                            if len(head) >= 4096:
+                                break
+                        req.error = f"HTTP {resp.status_code}: {head.decode(errors='replace')[:300]}"
                     else:
-                        raw = req.raw
+                        raw, cap, n = req.raw, self.max_response_bytes, 0
                         async for chunk in resp.aiter_bytes():
                             raw.append((time.perf_counter_ns(), chunk))
+                            if cap:
+                                n += len(chunk)
+                                if n > cap:
+                                    req.error = self._too_large_error()
+                                    raw.clear()
+                                    break
         except TimeoutError:
             req.error = self._timeout_error()
         except httpx.TimeoutException as exc:
@@ -273,7 +289,8 @@ class LoadGenerator:
         try:
             async with asyncio.timeout(self.request_timeout_s):
                 status = await client.post(self.path, req.body, req.raw, on_send=stamp,
-                                           request_id=request_id_header(req.request_id))
+                                           request_id=request_id_header(req.request_id),
+                                           max_bytes=self.max_response_bytes)
             req.http_status = status
             if status != 200:
                 text = b"".join(c for _, c in req.raw).decode(errors="replace")
@@ -281,6 +298,9 @@ class LoadGenerator:
                 req.error = f"HTTP {status}: {text[:300]}"
         except TimeoutError:
             req.error = self._timeout_error()
+        except ResponseTooLarge:
+            req.error = self._too_large_error()
+            req.raw.clear()
         except HTTPError as exc:
             req.error = f"HTTPError: {exc}"
         if not req.sent_ns:  # the connect failed: nothing was sent

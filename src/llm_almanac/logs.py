@@ -1,43 +1,42 @@
-"""Logging for Snakemake jobs: every line goes to the job's log file *and* to the terminal."""
+"""Logging for Snakemake jobs: every line goes to the job's log file *and* to the terminal,
+scrubbed of every known secret value (redact.known()), tracebacks included."""
 
 from __future__ import annotations
 
 import logging
 import sys
+import traceback
 from pathlib import Path
+from types import TracebackType
+
+from .redact import scrub
 
 
-class _Scrub(logging.Filter):
-    """Replace the values of secret environment variables in every log record."""
+class _Scrubbing(logging.Formatter):
+    """Formats a record as usual, then removes secret values from the whole text (message,
+    arguments and any traceback), with the secrets known at that moment."""
 
-    def __init__(self) -> None:
-        super().__init__()
-        from .redact import secret_values
+    def format(self, record: logging.LogRecord) -> str:
+        return scrub(super().format(record))
 
-        self.values = secret_values()
 
-    def filter(self, record: logging.LogRecord) -> bool:
-        if self.values:
-            from .redact import scrub
-
-            record.msg = scrub(record.getMessage(), self.values)
-            record.args = ()
-        return True
+def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    """An uncaught exception's traceback, scrubbed like every log line."""
+    sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
 
 
 def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
-    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    fmt = _Scrubbing("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
     root = logging.getLogger()
     root.handlers.clear()
-    scrub = _Scrub()
     for h in handlers:
         h.setFormatter(fmt)
-        h.addFilter(scrub)
         root.addHandler(h)
     root.setLevel(level)
+    sys.excepthook = _excepthook
     for noisy in ("httpx", "httpcore", "filelock", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -6,7 +6,9 @@ Per request, from the send time and the arrival times of *token-bearing* SSE eve
   tpot_ms = (e2e - ttft) / (completion_tokens - 1)      (server-reported completion tokens)
   itl_ms  = gaps between consecutive token-bearing events (raw list per request)
 Per phase (and sweep step), over successful requests:
-  rps          = n_ok / (last completion - first send)
+  rps          = n_ok / (last completion - first send): successful requests only, so read it
+                 beside fail_rate = n_failed / (n_ok + n_failed) (half the requests timing out
+                 would otherwise look like a healthy rate)
   output_tok_s = sum(completion_tokens) / the same window
   percentiles  = linear interpolation between closest ranks (numpy's default, as vLLM's
                  `bench serve` reports them); ITL percentiles pool every gap of every request.
@@ -112,6 +114,7 @@ def summarize(requests: pl.DataFrame, client: pl.DataFrame | None = None) -> pl.
         pl.col("target_rps").first(),
         ok.sum().cast(pl.Int64).alias("n_ok"),
         (~ok).sum().cast(pl.Int64).alias("n_failed"),
+        ((~ok).sum() / pl.len()).alias("fail_rate"),
         pl.col("token_mismatch").sum().cast(pl.Int64).alias("n_token_mismatch"),
         window.alias("duration_s"),
         (ok.sum() / window).alias("rps"),

@@ -36,6 +36,11 @@ class CellFailure(RuntimeError):
 Check = Callable[[str, int], None]
 
 
+def _unit_order(key: str) -> tuple[int, int, int]:
+    repeat, phase, step = key.split("-")
+    return int(repeat), PHASES.index(phase) if phase in PHASES else len(PHASES), int(step)
+
+
 class PhaseStore:
     """Finished phase units, keyed 'repeat-phase-step'. In memory; see Checkpoint for disk."""
 
@@ -63,7 +68,11 @@ class PhaseStore:
         return df.with_columns(pl.lit(cell_id).alias("cell_id"))
 
     def frame(self) -> pl.DataFrame:
-        return pl.concat(list(self.units.values())) if self.units else tables.empty(tables.REQUESTS)
+        """Every unit's requests, in measurement order (repeat, phase, step), however they were
+        loaded (a resumed run reads them from disk)."""
+        if not self.units:
+            return tables.empty(tables.REQUESTS)
+        return pl.concat([self.units[k] for k in sorted(self.units, key=_unit_order)])
 
     def client_frame(self, cell_id: str) -> pl.DataFrame:
         rows = []
@@ -136,6 +145,10 @@ class Plan:
             raise ValueError(f"unknown phases {sorted(unknown)}; choose from {list(PHASES)}")
         if "sweep" in self.phases and not {"sequential", "burst"} <= set(self.phases):
             raise ValueError("the sweep needs both anchors: run it with the sequential and burst phases")
+        if "sweep" in self.phases and int(self.bench.get("sweep_rates") or 0) > 0 \
+                and not float(self.bench.get("sweep_duration_s") or 0) > 0:
+            raise ValueError(f"sweep_duration_s must be greater than 0 (got {self.bench.get('sweep_duration_s')}); "
+                             "set sweep_rates to 0 for no sweep")
 
 
 async def run_phases(gen: LoadGenerator, plan: Plan, store: PhaseStore, notes: list[str],
@@ -205,7 +218,11 @@ async def run_phases(gen: LoadGenerator, plan: Plan, store: PhaseStore, notes: l
         rates = metrics.sweep_rates(seq_rps or 0.0, burst_rps or 0.0, int(bench["sweep_rates"])) \
             if seq_rps and burst_rps else []
     if int(bench["sweep_rates"]) and not rates:
-        notes.append(f"sweep skipped: burst rate {burst_rps} is not above sequential rate {seq_rps}")
+        if not (seq_rps and burst_rps):
+            notes.append("sweep skipped: no successful request in the "
+                         f"{'sequential' if not seq_rps else 'burst'} phase to anchor it")
+        else:
+            notes.append(f"sweep skipped: burst rate {burst_rps:.3f} is not above sequential rate {seq_rps:.3f}")
         log.warning(notes[-1])
     for step, rate in enumerate(rates):
         await unit("sweep", step, functools.partial(

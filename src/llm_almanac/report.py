@@ -91,15 +91,21 @@ def _presets(slos: list[answers.SLO]) -> list[dict[str, Any]]:
     return out
 
 
+def _notes_and_error(r: dict[str, Any]) -> str:
+    """A cell's notes (e.g. that its server was reachable from the network) and its error."""
+    notes = r.get("notes") or ""
+    return " ".join(x for x in ((f"notes: {notes}" if notes not in ("", "[]") else ""), r.get("error") or "") if x)
+
+
 def _cells_table(cells: pl.DataFrame) -> str:
     body = "".join(
         f"<tr class='{html.escape(r['status'])}'><td>{html.escape(r['cell_id'])}</td><td>{html.escape(r['status'])}</td>"
         f"<td>{html.escape(r['engine_version'] or '')}</td><td>{html.escape(r['hardware'] or '')}</td>"
         f"<td class=num>{'—' if r['startup_s'] is None else format(r['startup_s'], '.1f')}</td>"
-        f"<td><pre>{html.escape((r['error'] or '')[:600])}</pre></td></tr>"
+        f"<td><pre>{html.escape(_notes_and_error(r)[:600])}</pre></td></tr>"
         for r in cells.sort("cell_id").iter_rows(named=True))
     return ("<table id='cells-table'><thead><tr><th>cell</th><th>status</th><th>engine version</th>"
-            f"<th>hardware</th><th>startup s</th><th>error</th></tr></thead><tbody>{body}</tbody></table>")
+            f"<th>hardware</th><th>startup s</th><th>notes, error</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 def _price_inputs(kinds: list[str], prices: dict[str, cost.Price]) -> str:

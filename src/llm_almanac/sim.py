@@ -45,8 +45,9 @@ class SimConfig:
 
 # Per-request faults apply to completions after the first `fault_after`; server faults:
 # exit_at_start (exits before listening), no_health (health says 503), crash (the process dies
-# on the first completion after `fault_after`).
-FAULTS = ("http500", "truncate", "stall", "malformed", "no_usage", "exit_at_start", "no_health", "crash")
+# on the first completion after `fault_after`); endless: a response whose one SSE line never ends.
+FAULTS = ("http500", "truncate", "stall", "malformed", "no_usage", "exit_at_start", "no_health", "crash",
+          "endless")
 
 
 class _StampingProtocol(asyncio.StreamReaderProtocol):
@@ -167,6 +168,15 @@ class SimServer:
         if fault == "http500":
             await self._respond(writer, 500, b'{"error":{"message":"simulated failure"}}')
             return
+        if fault == "endless":  # one data line that never ends: only the client's cap stops it
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            piece = self._framed_raw(b'data: {"choices":[{"index":0,"text":"' + b"x" * 65536)
+            filler = self._framed_raw(b"x" * 65536)
+            writer.write(piece)
+            while True:
+                writer.write(filler)
+                await writer.drain()
         chat = path.endswith("chat/completions")
         prompt = req["messages"][-1]["content"] if chat else req["prompt"]
         if isinstance(prompt, list):  # content parts, or a batch of one prompt
@@ -258,6 +268,11 @@ class SimServer:
         return "\n".join(out) + "\n"
 
     @staticmethod
+    def _framed_raw(data: bytes) -> bytes:
+        """Bytes as one HTTP chunk."""
+        return b"%x\r\n%s\r\n" % (len(data), data)
+
+    @staticmethod
     def _framed(obj: bytes) -> bytes:
         """One SSE event as one HTTP chunk."""
         data = b"data: " + obj + b"\n\n"
@@ -278,8 +293,8 @@ class SimServer:
         return orjson.dumps({"choices": [{"index": 0, "text": text}]})
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    """The simulator's options (`python -m llm_almanac.sim` and `almanac sim` alike)."""
     ap.add_argument("--host", default="127.0.0.1")
     ap.add_argument("--port", type=int, default=8123)
     ap.add_argument("--ttft-ms", type=float, default=0.0)
@@ -295,7 +310,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the port (so that the server is not what limits a client benchmark)")
-    a = ap.parse_args(argv)
+    ap.add_argument("--echo-env", action="append", default=[], metavar="VAR",
+                    help="print VAR=value at start (tests check that secrets are scrubbed from the log)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_arguments(ap)
+    serve(ap.parse_args(argv))
+
+
+def serve(a: argparse.Namespace) -> None:
+    """Run the simulator with parsed options until SIGTERM or Ctrl-C."""
+    for var in a.echo_env:
+        print(f"{var}={os.environ.get(var, '')}", flush=True)
     if a.fault == "exit_at_start":
         print("simulated startup failure: exiting before listening", flush=True)
         raise SystemExit(3)
@@ -319,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             await srv.close()
 
-    def serve(announce: bool) -> None:
+    def serve_one(announce: bool) -> None:
         try:
             if a.uvloop:
                 import uvloop
@@ -331,14 +359,14 @@ def main(argv: list[str] | None = None) -> None:
             pass
 
     if a.workers <= 1:
-        serve(True)
+        serve_one(True)
         return
     children = []
     for _ in range(a.workers):
         pid = os.fork()
         if pid == 0:  # a worker: its own event loop on the shared listening socket
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            serve(False)
+            serve_one(False)
             os._exit(0)
         children.append(pid)
     print(f"simulator listening on http://{a.host}:{a.port} ({a.workers} workers)", flush=True)

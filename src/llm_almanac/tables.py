@@ -118,6 +118,7 @@ def _phases() -> dict[str, Any]:
         "target_rps": pl.Float64,
         "n_ok": pl.Int64,
         "n_failed": pl.Int64,
+        "fail_rate": pl.Float64,  # n_failed / all requests: read beside rps, which counts only ok ones
         "n_token_mismatch": pl.Int64,
         "duration_s": pl.Float64,
         "rps": pl.Float64,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Engine, ServerSpec, UnsupportedQuantization
+from .base import LOOPBACK, Engine, ServerSpec, UnsupportedQuantization, connect_host, requested_host
 from .llamacpp import LlamaCpp
 from .sglang import SGLang
 from .sim import Simulator
@@ -34,4 +34,5 @@ def known_engines() -> list[str]:
     return sorted(_REGISTRY)
 
 
-__all__ = ["Engine", "ServerSpec", "UnsupportedQuantization", "adapter_for", "get_engine", "known_engines"]
+__all__ = ["LOOPBACK", "Engine", "ServerSpec", "UnsupportedQuantization", "adapter_for", "connect_host", "get_engine",
+           "known_engines", "requested_host"]

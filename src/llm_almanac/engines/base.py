@@ -5,6 +5,31 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+#: Addresses that keep a server on this machine.
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def requested_host(args: list[str] | tuple[str, ...]) -> str | None:
+    """The address engine arguments ask the server to listen on (the last one wins, as in every
+    engine's parser), or None. Every adapter's server takes `--host`; argparse-based ones
+    (SGLang, the simulator) also take a prefix of it such as `--hos`, and vLLM's parser reads
+    `_` as `-`, so those count too."""
+    host = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        name = name.replace("_", "-")
+        if len(name) >= 4 and "--host".startswith(name):
+            if eq:
+                host = value
+            elif i + 1 < len(args):
+                host = args[i + 1]
+    return host
+
+
+def connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on `host`."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::", "[::]") else host
+
 
 class UnsupportedQuantization(ValueError):
     """An (engine, quantization) pair the engine cannot serve."""
