@@ -634,11 +634,8 @@ def cmd_publish(a: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="almanac", description="LLM engine benchmarks, the Almanac way.")
-    ap.add_argument("--version", action="version", version=f"almanac (llm-almanac) {__version__}")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
+def _bench_parser(sub: argparse._SubParsersAction) -> None:
+    """`almanac bench`: every flag with its help and its default (the schema's)."""
     b = sub.add_parser("bench", help="run the phases of a cell against a running server")
     b.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
     b.add_argument("--model", required=True, help="model name the server serves")
@@ -676,13 +673,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="discard what --out holds from an earlier run and measure everything again")
     b.set_defaults(func=cmd_bench)
 
-    from . import sim
 
-    s = sub.add_parser("sim", help="run the simulated server (a test instrument)",
-                       description=(sim.__doc__ or "").strip().splitlines()[0])
-    sim.add_arguments(s)
-    s.set_defaults(func=cmd_sim)
 
+def _answer_parsers(sub: argparse._SubParsersAction) -> None:
+    """The answers: `slo`, `plan`, `summary`."""
     sl = sub.add_parser("slo", help="max requests/s per cell under a latency SLO")
     sl.add_argument("--ttft-ms", type=float)
     sl.add_argument("--tpot-ms", type=float)
@@ -717,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     su.add_argument("--db", default=DB_PATH)
     su.set_defaults(func=cmd_summary)
 
+
+def _database_parsers(sub: argparse._SubParsersAction) -> None:
+    """Reading one database: `show`, `query`, `export`."""
     sh = sub.add_parser("show", help="a cell's status, phases and SLOs")
     sh.add_argument("cell")
     sh.add_argument("--db", default=DB_PATH)
@@ -736,14 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--db", default=DB_PATH)
     ex.set_defaults(func=cmd_export)
 
-    rf = sub.add_parser("rerun-failed", help="rerun exactly the failed cells (then the database and report)")
-    rf.add_argument("--cores", default="all")
-    rf.add_argument("--configfile", action="append", help="the config the grid was run with (repeatable)")
-    rf.add_argument("--directory", default=".", help="the workflow's working directory")
-    rf.add_argument("--snakefile", "-s", help="Snakefile (default: the one in --directory)")
-    rf.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake (after --)")
-    rf.set_defaults(func=cmd_rerun_failed)
 
+def _result_set_parsers(sub: argparse._SubParsersAction) -> None:
+    """Across result sets: `merge`, `diff`, `publish`."""
     mg = sub.add_parser("merge", help="combine result sets (DuckDB files, results/ or published folders)")
     mg.add_argument("src", nargs="+")
     mg.add_argument("--out", required=True, help="the merged DuckDB file (replaced only when whole)")
@@ -764,9 +756,35 @@ def build_parser() -> argparse.ArgumentParser:
     pb.add_argument("--report", default="results/report.html", help="copied when it exists")
     pb.set_defaults(func=cmd_publish)
 
+
+def _workflow_parsers(sub: argparse._SubParsersAction) -> None:
+    """The workflow and its instruments: `sim`, `rerun-failed`, `cells`."""
+    from . import sim
+
+    s = sub.add_parser("sim", help="run the simulated server (a test instrument)",
+                       description=(sim.__doc__ or "").strip().splitlines()[0])
+    sim.add_arguments(s)
+    s.set_defaults(func=cmd_sim)
+
+    rf = sub.add_parser("rerun-failed", help="rerun exactly the failed cells (then the database and report)")
+    rf.add_argument("--cores", default="all")
+    rf.add_argument("--configfile", action="append", help="the config the grid was run with (repeatable)")
+    rf.add_argument("--directory", default=".", help="the workflow's working directory")
+    rf.add_argument("--snakefile", "-s", help="Snakefile (default: the one in --directory)")
+    rf.add_argument("snakemake_args", nargs=argparse.REMAINDER, help="passed on to snakemake (after --)")
+    rf.set_defaults(func=cmd_rerun_failed)
+
     c = sub.add_parser("cells", help="list the cells a config expands to")
     c.add_argument("--configfile", default="config/config.yaml")
     c.set_defaults(func=cmd_cells)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="almanac", description="LLM engine benchmarks, the Almanac way.")
+    ap.add_argument("--version", action="version", version=f"almanac (llm-almanac) {__version__}")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    for add in (_bench_parser, _answer_parsers, _database_parsers, _result_set_parsers, _workflow_parsers):
+        add(sub)
     return ap
 
 
