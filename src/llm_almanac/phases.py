@@ -188,21 +188,11 @@ async def run_phases(gen: LoadGenerator, plan: Plan, store: PhaseStore, notes: l
         if check:
             check(f"{phase}[{step}]", sum(r["status"] != "ok" for r in rows))
         df = tables.frame(tables.REQUESTS, rows)
-        engine = None
-        if scraper and scrape:
-            if scrape.errors:
-                msg = f"engine metrics of {phase}[{step}]: {scrape.errors[0]} ({len(scrape.errors)} failed scrapes)"
-                log.warning(msg)
-                if msg not in notes:
-                    notes.append(msg)
-            engine = tables.frame(tables.ENGINE_METRICS, enginemetrics.rows(
-                scrape, scraper.names, cell_id, plan.repeat, phase, step))
-            log.info("%s[%d]: %d engine metric series, %d gauge samples, sampler CPU %.1f ms", phase, step,
-                     len(engine), len(scrape.samples), scrape.sampler_cpu_s * 1e3)
+        engine = _engine_frame(scraper, scrape, notes, cell_id, plan.repeat, phase, step)
         store.put(key, df, measured.client, engine)
         return df
 
-    anchors: dict[str, float | None] = {}
+    anchors: dict[str, float | None] = {"sequential": None, "burst": None}
     if "sequential" in plan.phases:
         seq = await unit("sequential", 0, lambda: gen.sequential(int(bench["sequential_requests"])))
         anchors["sequential"] = metrics.achieved_rps(seq.to_dicts())
@@ -211,23 +201,43 @@ async def run_phases(gen: LoadGenerator, plan: Plan, store: PhaseStore, notes: l
         anchors["burst"] = metrics.achieved_rps(burst.to_dicts())
     if "sweep" not in plan.phases:
         return []
-    seq_rps, burst_rps = anchors["sequential"], anchors["burst"]
+    rates = plan.rates if plan.rates is not None else \
+        _sweep_rates(anchors["sequential"], anchors["burst"], int(bench["sweep_rates"]), notes)
+    for step, rate in enumerate(rates):
+        await unit("sweep", step, functools.partial(
+            gen.rate, rate, float(bench["sweep_duration_s"]), step, bench["arrival"],
+            seed=int(bench["seed"]) + step, max_concurrency=conc))
+    return rates
+
+
+def _engine_frame(scraper: enginemetrics.Scraper | None, scrape: Any, notes: list[str], cell_id: str,
+                  repeat: int, phase: str, step: int) -> pl.DataFrame | None:
+    """A unit's engine_metrics rows from its scrape (None without a scraper); failed scrapes
+    become one note per kind of failure."""
+    if not (scraper and scrape):
+        return None
+    if scrape.errors:
+        msg = f"engine metrics of {phase}[{step}]: {scrape.errors[0]} ({len(scrape.errors)} failed scrapes)"
+        log.warning(msg)
+        if msg not in notes:
+            notes.append(msg)
+    engine = tables.frame(tables.ENGINE_METRICS, enginemetrics.rows(scrape, scraper.names, cell_id, repeat, phase, step))
+    log.info("%s[%d]: %d engine metric series, %d gauge samples, sampler CPU %.1f ms", phase, step,
+             len(engine), len(scrape.samples), scrape.sampler_cpu_s * 1e3)
+    return engine
+
+
+def _sweep_rates(seq_rps: float | None, burst_rps: float | None, k: int, notes: list[str]) -> list[float]:
+    """The sweep's K target rates between the two measured anchors, or none (with a note why)."""
     log.info("sequential %.3f rps, burst %.3f rps", seq_rps or 0, burst_rps or 0)
-    rates = plan.rates
-    if rates is None:
-        rates = metrics.sweep_rates(seq_rps or 0.0, burst_rps or 0.0, int(bench["sweep_rates"])) \
-            if seq_rps and burst_rps else []
-    if int(bench["sweep_rates"]) and not rates:
+    rates = metrics.sweep_rates(seq_rps, burst_rps, k) if seq_rps and burst_rps else []
+    if k and not rates:
         if not (seq_rps and burst_rps):
             notes.append("sweep skipped: no successful request in the "
                          f"{'sequential' if not seq_rps else 'burst'} phase to anchor it")
         else:
             notes.append(f"sweep skipped: burst rate {burst_rps:.3f} is not above sequential rate {seq_rps:.3f}")
         log.warning(notes[-1])
-    for step, rate in enumerate(rates):
-        await unit("sweep", step, functools.partial(
-            gen.rate, rate, float(bench["sweep_duration_s"]), step, bench["arrival"],
-            seed=int(bench["seed"]) + step, max_concurrency=conc))
     return rates
 
 
