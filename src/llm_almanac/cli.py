@@ -186,7 +186,6 @@ def cmd_bench(a: argparse.Namespace) -> int:
     from .config import GUARD_RAILS
     from .engines import get_engine
     from .prompts import PromptError, PromptFactory
-    from .server import signals_raise
 
     # every argument is checked before the first request: nothing measured can be lost to a typo
     bench = _bench_settings(a)
@@ -225,20 +224,10 @@ def cmd_bench(a: argparse.Namespace) -> int:
                         extras=extras, request_timeout_s=a.request_timeout, transport=a.transport,
                         max_response_bytes=bench["max_response_bytes"])
     gen.skip_ids_to(store.max_request_id() + 1)  # prompts stay unique across resumes
-    notes: list[str] = []
-    stopped: str | None = None
-    code = 0
     names = enginemetrics.names_for(a.engine_metrics) if a.engine_metrics else None
     scraper = enginemetrics.Scraper(base, names) if names else None
-    try:
-        with signals_raise():
-            loadgen.run(phases.run_phases(gen, plan, store, notes, a.label, scraper=scraper))
-    except KeyboardInterrupt as exc:
-        stopped = str(exc) or "received SIGINT"
-        code = 143 if "SIGTERM" in stopped else 130
-    except CellFailure as exc:
-        stopped = f"failed: {exc}"
-        code = 1
+    notes: list[str] = []
+    stopped, code = _run_bench(gen, plan, store, notes, a.label, scraper)
     summary, more = _write_bench(out, store, a.label, a.max_concurrency or None, scraper is not None)
     if len(summary):
         print_phases(summary)
@@ -252,6 +241,23 @@ def cmd_bench(a: argparse.Namespace) -> int:
         return code
     print(f"wrote {out / 'requests.parquet'} and {out / 'phases.parquet'}")
     return 0
+
+
+def _run_bench(gen: LoadGenerator, plan: Plan, store: phases.PhaseStore, notes: list[str], label: str,
+               scraper: enginemetrics.Scraper | None) -> tuple[str | None, int]:
+    """The phases, stopped cleanly by Ctrl-C, SIGTERM or a failure: (why it stopped, exit code),
+    (None, 0) when every phase ran. What was measured is in `store` either way."""
+    from .server import signals_raise
+
+    try:
+        with signals_raise():
+            loadgen.run(phases.run_phases(gen, plan, store, notes, label, scraper=scraper))
+    except KeyboardInterrupt as exc:
+        stopped = str(exc) or "received SIGINT"
+        return stopped, 143 if "SIGTERM" in stopped else 130
+    except CellFailure as exc:
+        return f"failed: {exc}", 1
+    return None, 0
 
 
 def cmd_sim(a: argparse.Namespace) -> int:

@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import logging
 import random
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -56,10 +57,48 @@ def request_id_header(request_id: int) -> str:
     return f"almanac-{request_id}"
 
 
-def run(coro):
-    """asyncio.run on uvloop where available (the load generator's event loop)."""
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    """asyncio.run on uvloop where available (the load generator's event loop).
+
+    SIGINT and SIGTERM cancel the work and surface as KeyboardInterrupt *after* the loop has
+    unwound. A Python signal handler that raises would instead hit whatever runs at that moment,
+    and inside a transport callback uvloop swallows the exception ("Fatal error on transport"):
+    the interrupt was lost about one time in three (tests/test_faults_bench.py)."""
+
+    async def main() -> Any:
+        loop, task = asyncio.get_running_loop(), asyncio.current_task()
+        got: list[int] = []
+        old = {s: signal.getsignal(s) for s in _STOP_SIGNALS}
+
+        def stop(sig: int) -> None:
+            got.append(sig)
+            if task is not None:
+                task.cancel()
+
+        installed = []
+        for sig in _STOP_SIGNALS:
+            try:
+                loop.add_signal_handler(sig, stop, sig)
+                installed.append(sig)
+            except (ValueError, RuntimeError, NotImplementedError):  # not the main thread
+                pass
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if got:
+                raise KeyboardInterrupt(f"received {signal.Signals(got[0]).name}") from None
+            raise
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+                if old[sig] is not None:  # what was there before (e.g. server.signals_raise)
+                    signal.signal(sig, old[sig])
+
     with asyncio.Runner(loop_factory=_loop_factory) as runner:
-        return runner.run(coro)
+        return runner.run(main())
 
 
 @dataclass(slots=True)
