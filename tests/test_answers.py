@@ -54,6 +54,7 @@ def test_answer_text_says_lower_bound_and_no_answer_in_words():
     assert answer_text(1.6312, "above-range") == "≥ 1.63"
     assert answer_text(1.6312, "interpolated") == "1.63"
     assert answer_text(45.31, "measured") == "45.3" and answer_text(123.4, "measured") == "123"
+    assert answer_text(0.01316, "above-range") == "≥ 0.0132" and answer_text(0.5, "measured") == "0.500"
     assert answer_text(None, "below-range") == "not even one request at a time meets it"
 
 

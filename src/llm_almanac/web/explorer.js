@@ -18,7 +18,9 @@ const esc = s => String(s === null || s === undefined ? "" : s).replace(/[&<>"']
   ch => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;", "'": "&#39;"})[ch]);
 
 // --- wording and arithmetic (answers.py, summary.py, cost.py, best.py) -----------------------
-function fmtRps(v) { return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2); }
+function fmtRps(v) {
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toPrecision(3);
+}
 function answerText(maxRps, basis) {
   if (maxRps === null) return basis === "below-range" ? BELOW_RANGE_TEXT : "no measured point";
   return (basis === "above-range" ? "≥ " : "") + fmtRps(maxRps);
