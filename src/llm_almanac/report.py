@@ -141,7 +141,7 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
         con.close()
     rows = answers.answers_frame(cells, points, slos, prices).to_dicts()
     n_cells, n_ok = len(cells), cells.filter(pl.col("status") == "ok").height
-    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok)
+    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok, cells.filter(pl.col("status") != "ok").to_dicts())
     summary_html = summary.to_html(blocks[1:])  # its title is the <summary> line
     summary_open = " open" if len(blocks) <= 40 else ""  # a long one would push the explorer away
     page_cells = _cells(cells, prices)
