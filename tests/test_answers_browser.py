@@ -175,3 +175,20 @@ def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path, cap
     assert "price_h100=4" in priced["hash"]
     assert {k: v for k, v in priced["cost"].items() if k in want} == {
         k: fmt_usd(r["usd_per_1m_output_tokens"]) for k, r in want.items()}
+
+
+def test_long_summary_waits_folded_until_opened(page, tmp_path, monkeypatch):
+    from llm_almanac import report as report_mod
+
+    db, _ = page
+    monkeypatch.setattr(report_mod, "SUMMARY_OPEN_MAX_BLOCKS", 5)
+    folded = build_report(db, tmp_path / "folded.html")
+    assert '<template id="summary-body">' in folded.read_text()
+    script = """
+      const d = document.getElementById("summary");
+      out.push(d.open, d.querySelectorAll("li").length);
+      d.open = true;
+      d.dispatchEvent(new Event("toggle"));
+      out.push(d.querySelectorAll("li").length, document.body.textContent.includes("ServerStartupError: bad flag"));"""
+    closed, before, after, failure_named = probed(dump(with_probe(folded, tmp_path, script).as_uri(), tmp_path))
+    assert closed is False and before == 0 and after > 10 and failure_named

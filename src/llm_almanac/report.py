@@ -32,6 +32,7 @@ from . import answers, cost, summary
 CURVE_KEYS = {"rps": "rps", "output_tok_s": "out", "input_tok_s": "in"}
 PAGE_METRICS = ("ttft", "tpot")
 PAGE_STATS = ("p50", "p90", "p95", "p99")
+SUMMARY_OPEN_MAX_BLOCKS = 40  # a longer executive summary starts folded (and inert until opened)
 
 
 def _web(name: str) -> str:
@@ -143,7 +144,13 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
     n_cells, n_ok = len(cells), cells.filter(pl.col("status") == "ok").height
     blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok, cells.filter(pl.col("status") != "ok").to_dicts())
     summary_html = summary.to_html(blocks[1:])  # its title is the <summary> line
-    summary_open = " open" if len(blocks) <= 40 else ""  # a long one would push the explorer away
+    # A long summary would push the explorer away: it starts folded, and stays an inert <template>
+    # (no style or layout work while the page loads) until it is first opened.
+    short = len(blocks) <= SUMMARY_OPEN_MAX_BLOCKS
+    summary_open = " open" if short else ""
+    if not short:
+        summary_html = f'<template id="summary-body">{summary_html}</template>'
+
     page_cells = _cells(cells, prices)
     data = {"cells": page_cells, "curves": _curves(points), "presets": _presets(slos)}
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace("</", "<\\/")

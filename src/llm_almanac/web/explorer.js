@@ -376,6 +376,10 @@ function init() {
     sortBy = {col, desc: sortBy.col === col ? !sortBy.desc : true};
     render();
   });
+  $("summary").addEventListener("toggle", () => {  // a long summary waits in a <template>
+    const t = $("summary-body");
+    if (t && $("summary").open) t.replaceWith(t.content);
+  });
   window.addEventListener("hashchange", () => {
     readHash();
     syncPickers();
