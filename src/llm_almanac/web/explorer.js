@@ -376,10 +376,10 @@ function init() {
     sortBy = {col, desc: sortBy.col === col ? !sortBy.desc : true};
     render();
   });
-  $("summary").addEventListener("toggle", () => {  // a long summary waits in a <template>
-    const t = $("summary-body");
-    if (t && $("summary").open) t.replaceWith(t.content);
-  });
+  document.querySelectorAll("details.lazy").forEach(d => d.addEventListener("toggle", () => {
+    const t = d.querySelector(":scope > template");  // long folded content waits inert until opened
+    if (t && d.open) t.replaceWith(t.content);
+  }));
   window.addEventListener("hashchange", () => {
     readHash();
     syncPickers();
