@@ -52,6 +52,7 @@ def test_answer_text_says_lower_bound_and_no_answer_in_words():
     assert answer_text(1.6312, "above-range") == "≥ 1.63"
     assert answer_text(1.6312, "interpolated") == "1.63"
     assert answer_text(45.31, "measured") == "45.3" and answer_text(123.4, "measured") == "123"
+    assert answer_text(0.01316, "above-range") == "≥ 0.0132" and answer_text(0.5, "measured") == "0.500"
     assert answer_text(None, "below-range") == "not even one request at a time meets it"
 
 
@@ -207,7 +208,10 @@ def test_summary_prefill_vs_decode_per_doubling():
     assert "doubling the output changes it by **-50%**" in text  # 4x output: 0.25 = 0.5 ** 2
     assert "Longer prompts cost far less capacity than longer outputs." in text
     [(_, first), *rest] = summary.shape_contrast(slo, [_row("a", 8.0, 7, 9), _row("a", 2.0, 1, 3, isl=512, osl=64)])
-    assert "cannot be told apart" in first and rest == [("li", "a bf16 on h100: 128/32: 8.00, 512/64: 2.00 req/s.")]
+    assert "cannot be told apart" in first and rest == [("li", "a bf16 on h100: 128/32: 8.00 req/s, 512/64: 2.00 req/s.")]
+    [_, (_, none)] = summary.shape_contrast(slo, [_row("a", None, None, None, "below-range"),
+                                                  _row("a", 2.0, 1, 3, "above-range", isl=512, osl=64)])
+    assert none == "a bf16 on h100: 128/32: none, 512/64: ≥ 2.00 req/s."
 
 
 # -- the answers table and the CLI ---------------------------------------------------------
@@ -300,6 +304,7 @@ def test_cli_summary_markdown(db, capsys, tmp_path):
     assert "11 of 12 configurations measured (1 failed)" in out
     assert "## m1" in out and "### ISL 128 / OSL 32 on h100" in out and "**no clear winner**" in out
     assert "doubling the prompt changes capacity by" in out and "doubling the output changes it by" in out
+    assert "## Not measured\n\n- m1 eng-c bf16 at 128/32: ServerStartupError: bad flag" in out
     _cli(capsys, "summary", "--db", str(db), "--out", str(tmp_path / "s.md"))
     assert (tmp_path / "s.md").read_text() == out
 

@@ -175,3 +175,28 @@ def test_picker_redraws_charts_and_above_range_says_at_least(page, tmp_path, cap
     assert "price_h100=4" in priced["hash"]
     assert {k: v for k, v in priced["cost"].items() if k in want} == {
         k: fmt_usd(r["usd_per_1m_output_tokens"]) for k, r in want.items()}
+
+
+def test_long_summary_waits_folded_until_opened(page, tmp_path, monkeypatch):
+    from llm_almanac import report as report_mod
+
+    db, _ = page
+    monkeypatch.setattr(report_mod, "SUMMARY_OPEN_MAX_BLOCKS", 5)
+    monkeypatch.setattr(report_mod, "CELLS_INLINE_MAX", 5)
+    folded = build_report(db, tmp_path / "folded.html")
+    assert '<template id="summary-body">' in folded.read_text() and "<template><table id='cells-table'>" in folded.read_text()
+    script = """
+      const d = document.getElementById("summary");
+      out.push(d.open, d.querySelectorAll("li").length);
+      d.open = true;
+      d.dispatchEvent(new Event("toggle"));
+      out.push(d.querySelectorAll("li").length, document.body.textContent.includes("ServerStartupError: bad flag"));
+      const c = document.getElementById("summary").parentElement.querySelectorAll("details.lazy")[1];
+      out.push(!!document.getElementById("cells-table"));
+      c.open = true;
+      c.dispatchEvent(new Event("toggle"));
+      out.push(document.querySelectorAll("#cells-table tbody tr").length);"""
+    closed, before, after, failure_named, table_before, rows = probed(
+        dump(with_probe(folded, tmp_path, script).as_uri(), tmp_path))
+    assert closed is False and before == 0 and after > 10 and failure_named
+    assert table_before is False and rows == 12

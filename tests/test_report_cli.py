@@ -50,8 +50,9 @@ def fixture_db(tmp_path_factory):
 
 
 def _almanac(*args):
-    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", *args], capture_output=True, text=True,
-                       env={"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")})
+    # the package of this checkout (PYTHONPATH=src in a worktree), not whatever the venv installed
+    env = {"COLUMNS": "200", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT / "src")}
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", *args], capture_output=True, text=True, env=env)
     assert p.returncode == 0, p.stderr
     return p.stdout
 

@@ -118,8 +118,8 @@ def operating_point(curve: Curve, r: float | None) -> dict[str, float | None]:
 
 
 def fmt_rps(v: float) -> str:
-    """Three significant figures or so: 0.523, 1.63, 45.3, 120."""
-    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}"
+    """Three significant figures or so: 0.0132, 0.523, 1.63, 45.3, 120 (web/explorer.js: fmtRps)."""
+    return f"{v:.0f}" if v >= 100 else f"{v:.1f}" if v >= 10 else f"{v:.2f}" if v >= 1 else f"{v:#.3g}"
 
 
 def answer_text(max_rps: float | None, basis: str) -> str:

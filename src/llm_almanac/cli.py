@@ -453,9 +453,10 @@ def cmd_summary(a: argparse.Namespace) -> int:
     con = _connect(a.db)
     slos = answers.load_slos(con)
     rows = answers.compute(con, slos, prices).to_dicts()
-    n_cells, n_failed = con.execute("SELECT count(*), count(*) FILTER (WHERE status <> 'ok') FROM cells").fetchall()[0]
+    cells = answers.load_cells(con)
     con.close()
-    text = summary.to_markdown(summary.blocks(rows, slos, n_cells, n_failed))
+    failed = cells.filter(pl.col("status") != "ok").to_dicts()
+    text = summary.to_markdown(summary.blocks(rows, slos, len(cells), len(failed), failed))
     if a.out:
         Path(a.out).write_text(text)
         print(f"wrote {a.out}")

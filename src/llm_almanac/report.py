@@ -33,6 +33,8 @@ from .files import write_text
 CURVE_KEYS = {"rps": "rps", "output_tok_s": "out", "input_tok_s": "in"}
 PAGE_METRICS = ("ttft", "tpot")
 PAGE_STATS = ("p50", "p90", "p95", "p99")
+SUMMARY_OPEN_MAX_BLOCKS = 40  # a longer executive summary starts folded (and inert until opened)
+CELLS_INLINE_MAX = 50  # a longer (folded) table of cells stays inert until opened
 
 
 def _web(name: str) -> str:
@@ -148,9 +150,15 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
         con.close()
     rows = answers.answers_frame(cells, points, slos, prices).to_dicts()
     n_cells, n_ok = len(cells), cells.filter(pl.col("status") == "ok").height
-    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok)
+    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok, cells.filter(pl.col("status") != "ok").to_dicts())
     summary_html = summary.to_html(blocks[1:])  # its title is the <summary> line
-    summary_open = " open" if len(blocks) <= 40 else ""  # a long one would push the explorer away
+    # A long summary would push the explorer away: it starts folded, and stays an inert <template>
+    # (no style or layout work while the page loads) until it is first opened.
+    short = len(blocks) <= SUMMARY_OPEN_MAX_BLOCKS
+    summary_open = " open" if short else ""
+    if not short:
+        summary_html = f'<template id="summary-body">{summary_html}</template>'
+
     page_cells = _cells(cells, prices)
     data: dict[str, Any] = {"cells": page_cells, "curves": _curves(points), "presets": _presets(slos)}
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
@@ -159,6 +167,9 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
         f'data-tpot="{p["tpot_ms"] if p["tpot_ms"] is not None else ""}" data-stat="{p["stat"]}">'
         f'{html.escape(p["text"])}</button>' for p in data["presets"])
     kinds = sorted({c["kind"] for c in page_cells if c["status"] == "ok"})
+    cells_html = _cells_table(cells)
+    if n_cells > CELLS_INLINE_MAX:
+        cells_html = f"<template>{cells_html}</template>"
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-almanac report</title>
 <style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>
 <h1>llm-almanac report</h1>
@@ -166,7 +177,7 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
 (latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured
 rate met it); intervals are 95%. Definitions: docs/methodology.md, docs/answers.md.
 Data: {html.escape(str(db_path))}.</p>
-<details id="summary"{summary_open}><summary><b>Executive summary</b> (written from the data by the code
+<details id="summary" class="lazy"{summary_open}><summary><b>Executive summary</b> (written from the data by the code
 of <code>almanac summary</code>)</summary>{summary_html}</details>
 <h2>Explorer</h2>
 <div class="pickers">
@@ -190,7 +201,7 @@ of <code>almanac summary</code>)</summary>{summary_html}</details>
 <section id="answers"><h3>Answers (<span id="answers-count">0</span>; click a header to sort)</h3>
 <table id="answers-table"><thead id="answers-head"></thead><tbody id="answers-body"></tbody></table></section>
 <h3>Across shapes</h3><p class="note" id="shapes-note"></p><div id="plot-shapes"></div>
-<h2>Cells</h2><details><summary>every cell's status ({n_cells - n_ok} failed)</summary>{_cells_table(cells)}</details>
+<h2>Cells</h2><details class="lazy"><summary>every cell's status ({n_cells - n_ok} failed)</summary>{cells_html}</details>
 <script type="application/json" id="almanac-data">{payload}</script>
 <script>{_web("slo.js")}</script>
 <script>{_web("explorer.js")}</script>

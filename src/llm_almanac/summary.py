@@ -103,10 +103,12 @@ def shape_contrast(slo: SLO, rows: list[dict[str, Any]]) -> list[Block]:
         out.append(("p", f"The measured shapes ({listed}) never change the prompt or the output length alone, "
                    "so prefill and decode cannot be told apart here. Capacity by shape under "
                    f"{slo.text()}:"))
+        def cap(r: dict[str, Any]) -> str:
+            return "none" if r["max_rps"] is None else f"{answer_text(r['max_rps'], r['basis'])} req/s"
+
         for (eng, quant, kind), shapes in by_conf.items():
-            vals = ", ".join(f"{i}/{o}: {answer_text(shapes[(i, o)]['max_rps'], shapes[(i, o)]['basis'])}"
-                             for i, o in shapes_seen if (i, o) in shapes)
-            out.append(("li", f"{eng} {quant} on {kind}: {vals} req/s."))
+            vals = ", ".join(f"{i}/{o}: {cap(shapes[(i, o)])}" for i, o in shapes_seen if (i, o) in shapes)
+            out.append(("li", f"{eng} {quant} on {kind}: {vals}."))
         return out
     parts = []
     if prompt:
@@ -126,8 +128,10 @@ def shape_contrast(slo: SLO, rows: list[dict[str, Any]]) -> list[Block]:
     return [("p", s)]
 
 
-def blocks(answers: list[dict[str, Any]], slos: list[SLO], n_cells: int, n_failed: int) -> list[Block]:
-    """The summary of `answers` (answers.py rows of every ok cell x each of `slos`)."""
+def blocks(answers: list[dict[str, Any]], slos: list[SLO], n_cells: int, n_failed: int,
+           failed: list[dict[str, Any]] | None = None) -> list[Block]:
+    """The summary of `answers` (answers.py rows of every ok cell x each of `slos`); `failed`:
+    the cells-table rows of failed cells, named with the first line of their error."""
     ok_cells = {a["cell_id"] for a in answers}
     models = sorted({a["model"] for a in answers})
     kinds = sorted({a["hardware_kind"] for a in answers})
@@ -153,6 +157,11 @@ def blocks(answers: list[dict[str, Any]], slos: list[SLO], n_cells: int, n_faile
             out += shape_contrast(slos[0], [a for a in mrows if a["slo"] == slos[0].name])
     if not models:
         out.append(("p", "No configuration was measured successfully, so there is nothing to compare yet."))
+    if failed:
+        out.append(("h2", "Not measured"))
+        for c in failed:
+            why = (c.get("error") or "no reason recorded").strip().splitlines()[0][:200]
+            out.append(("li", f"{c['model']} {c['engine']} {c['quantization']} at {c['isl']}/{c['osl']}: {why}"))
     return out
 
 

@@ -18,7 +18,9 @@ const esc = s => String(s === null || s === undefined ? "" : s).replace(/[&<>"']
   ch => ({"&": "&amp;", "<": "&lt;", ">": "&gt;", "\"": "&quot;", "'": "&#39;"})[ch]);
 
 // --- wording and arithmetic (answers.py, summary.py, cost.py, best.py) -----------------------
-function fmtRps(v) { return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v.toFixed(2); }
+function fmtRps(v) {
+  return v >= 100 ? v.toFixed(0) : v >= 10 ? v.toFixed(1) : v >= 1 ? v.toFixed(2) : v.toPrecision(3);
+}
 function answerText(maxRps, basis) {
   if (maxRps === null) return basis === "below-range" ? BELOW_RANGE_TEXT : "no measured point";
   return (basis === "above-range" ? "≥ " : "") + fmtRps(maxRps);
@@ -374,6 +376,10 @@ function init() {
     sortBy = {col, desc: sortBy.col === col ? !sortBy.desc : true};
     render();
   });
+  document.querySelectorAll("details.lazy").forEach(d => d.addEventListener("toggle", () => {
+    const t = d.querySelector(":scope > template");  // long folded content waits inert until opened
+    if (t && d.open) t.replaceWith(t.content);
+  }));
   window.addEventListener("hashchange", () => {
     readHash();
     syncPickers();
