@@ -3,7 +3,9 @@ runs, engine installs, headless Chromium, and the checks that every end-to-end r
 through SLURM) must pass."""
 
 import asyncio
+import contextlib
 import copy
+import io
 import json
 import os
 import shutil
@@ -16,6 +18,7 @@ import psutil
 import pytest
 import yaml
 
+from llm_almanac import cli
 from llm_almanac.install import env_id
 from llm_almanac.sim import SimServer
 
@@ -320,3 +323,23 @@ for argv in json.load(sys.stdin):
         out.append(["rejected", int(e.code or 0)])
 print(json.dumps(out))
 """
+
+
+def almanac(*args, cwd=None):
+    """`almanac ARGS` in this process (what the console script does: a SystemExit message goes to
+    stderr with exit code 1): (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    old = Path.cwd()
+    try:
+        if cwd:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                rc = cli.main([str(a) for a in args])
+            except SystemExit as exc:
+                rc = exc.code if isinstance(exc.code, int) else 1
+                if isinstance(exc.code, str):
+                    print(exc.code, file=sys.stderr)
+    finally:
+        os.chdir(old)
+    return rc, out.getvalue(), err.getvalue()

@@ -8,8 +8,6 @@ left running.
 """
 
 import asyncio
-import contextlib
-import io
 import signal
 import socket
 import subprocess
@@ -19,11 +17,10 @@ import time
 import polars as pl
 import pytest
 
-from llm_almanac import cli
 from llm_almanac.loadgen import LoadGenerator
 from llm_almanac.sim import SimConfig
 
-from conftest import SimThread, make_tokenizer
+from conftest import SimThread, almanac, make_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -38,20 +35,6 @@ def server(tok):
     s = SimThread(SimConfig(tpot_ms=1, tokenizer=str(tok)))
     yield s
     s.close()
-
-
-def almanac(*args):
-    """`almanac ARGS` in this process: (exit code, stdout, stderr); a SystemExit message goes to
-    stderr with exit code 1, as from the console script."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        try:
-            rc = cli.main([str(a) for a in args])
-        except SystemExit as exc:
-            rc = exc.code if isinstance(exc.code, int) else 1
-            if isinstance(exc.code, str):
-                print(exc.code, file=sys.stderr)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def bench(url, tok, out, *extra):

@@ -5,8 +5,6 @@ Each row asserts what the user sees: one line on stderr (never a traceback) that
 thing to fix; and that nothing was measured, written or left running by mistake.
 """
 
-import contextlib
-import io
 import json
 import logging
 import os
@@ -22,11 +20,13 @@ import httpx
 import pytest
 import yaml
 
-from llm_almanac import cli, logs, redact
+from llm_almanac import logs, redact
 from llm_almanac.aggregate import aggregate
 from llm_almanac.config import load_cells, validate
 from llm_almanac.engines import ServerSpec, get_engine
 from llm_almanac.grid import ConfigError, expand_grid
+
+from conftest import almanac
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,26 +36,6 @@ def almanac_proc(*args, cwd=None):
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", *map(str, args)], capture_output=True, text=True,
                        cwd=cwd, env={**os.environ, "COLUMNS": "200"}, timeout=120)
     return p.returncode, p.stdout, p.stderr
-
-
-def almanac(*args, cwd=None):
-    """`almanac ARGS` in this process (what the console script does: a SystemExit message goes to
-    stderr with exit code 1): (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    old = Path.cwd()
-    try:
-        if cwd:
-            os.chdir(cwd)
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            try:
-                rc = cli.main([str(a) for a in args])
-            except SystemExit as exc:
-                rc = exc.code if isinstance(exc.code, int) else 1
-                if isinstance(exc.code, str):
-                    print(exc.code, file=sys.stderr)
-    finally:
-        os.chdir(old)
-    return rc, out.getvalue(), err.getvalue()
 
 
 def one_line(err):

@@ -42,7 +42,7 @@ from .config import defaults
 from .curve import statistic
 from .db import frame
 from .merge import merge
-from .slo import SLOResult, max_rps_under
+from .slo import SLOResult, lowest
 
 LATENCY = (("ttft", "p50"), ("ttft", "p95"), ("tpot", "p50"), ("tpot", "p95"))
 MIN_TAIL = 5  # samples beyond a percentile needed to compare it
@@ -84,18 +84,11 @@ def _value(point: dict[str, Any], metric: str, idx: np.ndarray | None = None) ->
 
 def _answer(points: list[dict[str, Any]], conditions: list[dict[str, Any]],
             idxs: list[np.ndarray] | None = None) -> SLOResult:
-    """The SLO's answer: the lowest max-rps over its conditions (all must hold)."""
-    best = None
-    for cond in conditions:
-        pts = [(p["rps"], _value(p, cond["metric"], None if idxs is None else idxs[i]))
-               for i, p in enumerate(points)]
-        res = max_rps_under(pts, float(cond["threshold_ms"]))
-        if res.max_rps is None:
-            return res
-        if best is None or best.max_rps is None or res.max_rps < best.max_rps:
-            best = res
-    assert best is not None, "an SLO has at least one condition"
-    return best
+    """The SLO's answer (slo.lowest: every condition must hold), on `idxs` (a resample of each
+    point's requests) when given."""
+    return lowest([p["rps"] for p in points],
+                  [([_value(p, c["metric"], None if idxs is None else idxs[i]) for i, p in enumerate(points)],
+                    float(c["threshold_ms"])) for c in conditions])
 
 
 

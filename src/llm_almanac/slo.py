@@ -85,7 +85,7 @@ def max_rps_under(points: Sequence[tuple[float | None, float | None]], threshold
     return SLOResult(min(max(rps, r1), r2), "interpolated")
 
 
-def _lowest(rps: Sequence[float | None], conds: Sequence[tuple[Sequence[float | None], float]]) -> SLOResult:
+def lowest(rps: Sequence[float | None], conds: Sequence[tuple[Sequence[float | None], float]]) -> SLOResult:
     """All conditions must hold: the first condition met nowhere decides (no answer), otherwise
     the lowest answer wins (the first of equal ones)."""
     best: SLOResult | None = None
@@ -104,10 +104,10 @@ def answer(rps: Sequence[float | None], conditions: Sequence[Condition]) -> SLOA
     def end(c: Condition, bound: Sequence[float | None]) -> list[float | None]:
         return [v if b is None else b for v, b in zip(c.values, bound)]
 
-    res = _lowest(rps, [(c.values, c.threshold) for c in conditions])
+    res = lowest(rps, [(c.values, c.threshold) for c in conditions])
     if res.max_rps is None:
         return SLOAnswer(None, res.basis, None, None)
-    pess = _lowest(rps, [(end(c, c.hi), c.threshold) for c in conditions])
-    opt = _lowest(rps, [(end(c, c.lo), c.threshold) for c in conditions])
+    pess = lowest(rps, [(end(c, c.hi), c.threshold) for c in conditions])
+    opt = lowest(rps, [(end(c, c.lo), c.threshold) for c in conditions])
     return SLOAnswer(res.max_rps, res.basis, pess.max_rps,
                      None if opt.basis == "above-range" else opt.max_rps)

@@ -1,4 +1,4 @@
-// A port of src/llm_almanac/slo.py (max_rps_under, _lowest, answer) and of answers.value_at.
+// A port of src/llm_almanac/slo.py (max_rps_under, lowest, answer) and of answers.value_at.
 // Same steps, same floating-point operations in the same order, so that the report's answers
 // equal the CLI's to the bit (tests/test_answers_browser.py checks it). Change both together.
 "use strict";
