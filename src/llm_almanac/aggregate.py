@@ -26,7 +26,7 @@ import polars as pl
 
 from . import answers, identity, tables
 from .config import defaults
-from .db import frame
+from .db import frame, scalar
 from .files import read_json, replacing, write_json
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def _built_from(db_path: Path) -> str | None:
 def counts_of(db_path: Path) -> dict[str, int]:
     con = duckdb.connect(str(db_path), read_only=True)
     try:
-        return {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}  # type: ignore[index]
+        return {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}
     finally:
         con.close()
 

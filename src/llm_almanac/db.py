@@ -20,3 +20,10 @@ def frame(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = N
     df = pl.from_arrow(con.sql(sql, params=params or None).to_arrow_table())
     assert isinstance(df, pl.DataFrame)  # a table, never a single column
     return df
+
+
+def scalar(con: duckdb.DuckDBPyConnection, sql: str, params: list[Any] | None = None) -> Any:
+    """The first value of a query's first row (a count, a max)."""
+    row = con.execute(sql, params or []).fetchone()
+    assert row is not None, f"no row from {sql}"
+    return row[0]

@@ -80,7 +80,7 @@ class _Conn(asyncio.Protocol):
             self.n_bytes += len(body)
             if self.n_bytes > self.max_bytes:
                 self._fail(ResponseTooLarge(f"response larger than {self.max_bytes} bytes"))
-                self.transport.close()  # type: ignore[union-attr]  # bytes came: it is connected
+                self.transport.close()
 
     def on_message_complete(self) -> None:
         w = self.waiter

@@ -28,6 +28,7 @@ import duckdb
 
 from . import identity, tables
 from .aggregate import _DUCK_TYPES, connect_for_build, ddl, schema_ddl
+from .db import scalar
 from .files import replacing
 
 #: Columns that describe the invocation that built a database, not the measurement.
@@ -231,8 +232,8 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                         "different content")
                 con.execute(f"CREATE OR REPLACE TEMP TABLE {a}_new AS SELECT measurement_id, fp FROM {a}_fp "
                             "ANTI JOIN seen USING (measurement_id)")
-                duplicates += con.execute(f"SELECT count(*) FROM {a}_fp").fetchone()[0]  # type: ignore[index]
-                duplicates -= con.execute(f"SELECT count(*) FROM {a}_new").fetchone()[0]  # type: ignore[index]
+                duplicates += scalar(con, f"SELECT count(*) FROM {a}_fp")
+                duplicates -= scalar(con, f"SELECT count(*) FROM {a}_new")
                 for name in tables.TABLES:
                     con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} "
                                 f"SEMI JOIN {a}_new USING (measurement_id)")
@@ -242,7 +243,7 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                     con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
             con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
             con.execute("COMMIT")
-            counts = {n: con.execute(f"SELECT count(*) FROM {n}").fetchone()[0] for n in tables.TABLES}  # type: ignore[index]
+            counts = {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}
         finally:
             with contextlib.suppress(duckdb.Error):
                 stack.close()

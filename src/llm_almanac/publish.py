@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 
 from . import __version__, identity, tables
+from .db import scalar
 from .files import read_json, write_json
 
 MANIFEST = "manifest.json"
@@ -40,7 +41,7 @@ def _write(db: Path, out: Path, extras: list[Path]) -> dict[str, Any]:
     con = duckdb.connect(str(db), read_only=True)
     try:
         have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
-        version = (con.execute(f"SELECT max(schema_version) FROM {tables.SCHEMA_TABLE}").fetchone()[0]  # type: ignore[index]
+        version = (scalar(con, f"SELECT max(schema_version) FROM {tables.SCHEMA_TABLE}")
                    if tables.SCHEMA_TABLE in have else 1)
         if version != identity.SCHEMA_VERSION:
             raise ValueError(f"{db}: schema version {version}; run `almanac merge {db} --out NEW.duckdb` "
@@ -51,7 +52,7 @@ def _write(db: Path, out: Path, extras: list[Path]) -> dict[str, Any]:
             rel = f"tables/{name}.parquet"
             order = ", ".join(tables.KEYS.get(name, ["measurement_id", "source"]))
             con.execute(f"COPY (SELECT * FROM {name} ORDER BY {order}) TO '{out / rel}' (FORMAT parquet)")
-            rows = con.execute(f"SELECT count(*) FROM {name}").fetchone()[0]  # type: ignore[index]
+            rows = scalar(con, f"SELECT count(*) FROM {name}")
             table_info[name] = {"file": rel, "rows": rows}
     finally:
         con.close()
