@@ -25,6 +25,9 @@ import psutil
 log = logging.getLogger(__name__)
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
+
+
 class ServerStartupError(RuntimeError):
     """The server exited or never became healthy; carries the tail of its log."""
 
@@ -154,16 +157,23 @@ class Server:
                 time.sleep(0.5)
 
     def stop(self) -> None:
+        """Stop the server's process tree. SIGINT/SIGTERM/SIGHUP are held back until it is done
+        (then delivered): a second signal (Snakemake terminating its job after a Ctrl-C) must not
+        interrupt the stop and leave the server running."""
         if self.proc is None:
             return
-        if self.proc.poll() is None:
-            log.info("stopping server pid %d", self.proc.pid)
-        kill_tree(self.proc.pid)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=5)
-        if self.pid_file:
-            self.pid_file.unlink(missing_ok=True)
-        self.proc = None
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            if self.proc.poll() is None:
+                log.info("stopping server pid %d", self.proc.pid)
+            kill_tree(self.proc.pid)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=5)
+            if self.pid_file:
+                self.pid_file.unlink(missing_ok=True)
+            self.proc = None
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
     def __enter__(self) -> Server:
         self.start()
