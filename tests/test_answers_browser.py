@@ -93,10 +93,10 @@ def test_url_hash_answers_equal_the_cli(page, tmp_path, capsys):
 def test_random_thresholds_answer_exactly_as_the_cli(page, tmp_path, capsys):
     db, report = page
     rnd = random.Random(13)
-    cases = ([{"ttft": round(rnd.uniform(50, 9000), rnd.choice([0, 1, 3])), "tpot": None, "stat": "p95"} for _ in range(25)]
-             + [{"ttft": None, "tpot": round(rnd.uniform(3, 120), rnd.choice([0, 2, 4])), "stat": "p95"} for _ in range(25)]
+    cases = ([{"ttft": round(rnd.uniform(50, 9000), rnd.choice([0, 1, 3])), "tpot": None, "stat": "p95"} for _ in range(20)]
+             + [{"ttft": None, "tpot": round(rnd.uniform(3, 120), rnd.choice([0, 2, 4])), "stat": "p95"} for _ in range(20)]
              + [{"ttft": rnd.uniform(100, 5000), "tpot": rnd.uniform(5, 90), "stat": rnd.choice(["p50", "p90", "p99"])}
-                for _ in range(10)])
+                for _ in range(6)])
     script = """
       const set = (id, v, ev) => { const el = document.getElementById(id); el.value = v === null ? "" : String(v);
                                    el.dispatchEvent(new Event(ev)); };
@@ -107,7 +107,7 @@ def test_random_thresholds_answer_exactly_as_the_cli(page, tmp_path, capsys):
       }"""
     dom = dump(with_probe(report, tmp_path, script, cases).as_uri() + "#model=any&isl=any&osl=any", tmp_path)
     seen = probed(dom)
-    assert len(seen) == len(cases) == 60
+    assert len(seen) == len(cases) == 46
     bases = set()
     for case, rows in zip(cases, seen):
         args = ["--percentile", case["stat"]]

@@ -132,7 +132,9 @@ class Server:
         assert self.proc is not None
         deadline = self._t0 + timeout_s
         last_note = time.monotonic()
-        with httpx.Client(timeout=5.0) as client:
+        # A short timeout per poll: a port some other program holds may accept the connection and
+        # never answer, and the exit of our own server must be seen within a poll or two.
+        with httpx.Client(timeout=2.0) as client:
             while True:
                 code = self.proc.poll()
                 if code is not None:
