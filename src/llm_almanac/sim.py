@@ -159,34 +159,12 @@ class SimServer:
         await writer.drain()
 
     async def _complete(self, writer, req: dict, path: str, arrived: int, request_id: str | None = None) -> None:
-        cfg = self.cfg
         self._served += 1
-        fault = cfg.fault if self._served > cfg.fault_after else None
-        if fault == "crash":
-            print(f"simulated crash on completion {self._served}", flush=True)
-            os._exit(70)
-        if fault == "http500":
-            await self._respond(writer, 500, b'{"error":{"message":"simulated failure"}}')
+        fault = self.cfg.fault if self._served > self.cfg.fault_after else None
+        if await self._fail_early(writer, fault):
             return
-        if fault == "endless":  # one data line that never ends: only the client's cap stops it
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"transfer-encoding: chunked\r\n\r\n")
-            piece = self._framed_raw(b'data: {"choices":[{"index":0,"text":"' + b"x" * 65536)
-            filler = self._framed_raw(b"x" * 65536)
-            writer.write(piece)
-            while True:
-                writer.write(filler)
-                await writer.drain()
         chat = path.endswith("chat/completions")
-        prompt = req["messages"][-1]["content"] if chat else req["prompt"]
-        if isinstance(prompt, list):  # content parts, or a batch of one prompt
-            prompt = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in prompt)
-        if cfg.prompt_tokens is not None:
-            n_prompt = cfg.prompt_tokens
-        elif self._tok is not None:
-            n_prompt = len(self._tok.encode(prompt, add_special_tokens=True).ids)
-        else:
-            n_prompt = len(prompt.split())
+        prompt, n_prompt = self._prompt(req, chat)
         n_out = int(req.get("max_tokens") or req.get("max_completion_tokens") or 16)
         started = arrived  # the TTFT clock starts when the request arrived...
         if self._sem:
@@ -197,58 +175,100 @@ class SimServer:
                 self.waiting -= 1
             started = max(arrived, time.perf_counter_ns())  # ...or when a slot freed
         self.running += 1
-        events: list[int] = []
-        now = time.perf_counter_ns
         try:
-            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
-                         b"transfer-encoding: chunked\r\n\r\n")
-            if cfg.role_chunk:
-                writer.write(self._framed(self._chunk("", chat, role=True)))
-            t_next = started + int(cfg.ttft_ms * 1e6)
-            step_ns = int(cfg.tpot_ms * 1e6)
-            paced = cfg.ttft_ms > 0 or cfg.tpot_ms > 0
-            sent = 0
-            while sent < n_out:
-                k = min(cfg.tokens_per_chunk, n_out - sent)
-                if paced:
-                    delay = (t_next - now()) / 1e9
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                if fault == "truncate" and sent >= n_out // 2:
-                    break
-                if fault == "stall" and sent >= n_out // 2:
-                    await asyncio.sleep(3600)
-                frame = self._token_frame(k, chat)
-                events.append(now())  # stamped before the write: the event's true send time
-                writer.write(frame)
-                await writer.drain()
-                sent += k
-                t_next += step_ns * k
-            if fault == "malformed":
-                writer.write(b"d\r\ndata: {oops\n\n\r\n")
-            usage = {"prompt_tokens": n_prompt, "completion_tokens": sent + cfg.completion_tokens_delta,
-                     "total_tokens": n_prompt + sent + cfg.completion_tokens_delta}
-            if fault != "no_usage":
-                writer.write(self._framed(orjson.dumps({"choices": [], "usage": usage})))
-            writer.write(self._framed(b"[DONE]") + b"0\r\n\r\n")
-            await writer.drain()
+            events, sent = await self._stream(writer, chat, n_prompt, n_out, started, fault)
         finally:
             self.running -= 1
             if self._sem:
                 self._sem.release()
-        if events:
-            p = self.prom
-            for stat, v in (("ttft", (events[0] - arrived) / 1e9), ("e2e", (events[-1] - arrived) / 1e9),
-                         ("queue", (started - arrived) / 1e9),
-                         ("tpot", (events[-1] - events[0]) / 1e9 / max(1, sent - 1))):
-                p[f"{stat}_sum"] = p.get(f"{stat}_sum", 0.0) + v
-                p[f"{stat}_count"] = p.get(f"{stat}_count", 0.0) + 1
+        self._observe(arrived, started, events, sent)
         self._record({"arrived_ns": arrived, "started_ns": started, "event_ns": events,
                       "tokens": sent, "prompt_tokens": n_prompt,
                       # pairing keys for clients that log wall-clock times or their prompts
                       "arrived_unix_ns": arrived + self._unix_offset_ns,
                       "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest(),
                       "x_request_id": request_id})
+
+    async def _fail_early(self, writer, fault: str | None) -> bool:
+        """The faults that happen before any token: a crash, an HTTP 500, an endless line."""
+        if fault == "crash":
+            print(f"simulated crash on completion {self._served}", flush=True)
+            os._exit(70)
+        if fault == "http500":
+            await self._respond(writer, 500, b'{"error":{"message":"simulated failure"}}')
+            return True
+        if fault == "endless":  # one data line that never ends: only the client's cap stops it
+            writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                         b"transfer-encoding: chunked\r\n\r\n")
+            piece = self._framed_raw(b'data: {"choices":[{"index":0,"text":"' + b"x" * 65536)
+            filler = self._framed_raw(b"x" * 65536)
+            writer.write(piece)
+            while True:
+                writer.write(filler)
+                await writer.drain()
+        return False
+
+    def _prompt(self, req: dict, chat: bool) -> tuple[str, int]:
+        """The request's prompt text and its token count (fixed, by the tokenizer, or by words)."""
+        prompt = req["messages"][-1]["content"] if chat else req["prompt"]
+        if isinstance(prompt, list):  # content parts, or a batch of one prompt
+            prompt = "".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in prompt)
+        if self.cfg.prompt_tokens is not None:
+            return prompt, self.cfg.prompt_tokens
+        if self._tok is not None:
+            return prompt, len(self._tok.encode(prompt, add_special_tokens=True).ids)
+        return prompt, len(prompt.split())
+
+    async def _stream(self, writer, chat: bool, n_prompt: int, n_out: int, started: int,
+                      fault: str | None) -> tuple[list[int], int]:
+        """Stream n_out tokens paced from `started`, then usage and [DONE]; return each event's
+        send time and the tokens sent."""
+        cfg, now = self.cfg, time.perf_counter_ns
+        events: list[int] = []
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                     b"transfer-encoding: chunked\r\n\r\n")
+        if cfg.role_chunk:
+            writer.write(self._framed(self._chunk("", chat, role=True)))
+        t_next = started + int(cfg.ttft_ms * 1e6)
+        step_ns = int(cfg.tpot_ms * 1e6)
+        paced = cfg.ttft_ms > 0 or cfg.tpot_ms > 0
+        sent = 0
+        while sent < n_out:
+            k = min(cfg.tokens_per_chunk, n_out - sent)
+            if paced:
+                delay = (t_next - now()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if fault == "truncate" and sent >= n_out // 2:
+                break
+            if fault == "stall" and sent >= n_out // 2:
+                await asyncio.sleep(3600)
+            frame = self._token_frame(k, chat)
+            events.append(now())  # stamped before the write: the event's true send time
+            writer.write(frame)
+            await writer.drain()
+            sent += k
+            t_next += step_ns * k
+        if fault == "malformed":
+            writer.write(b"d\r\ndata: {oops\n\n\r\n")
+        usage = {"prompt_tokens": n_prompt, "completion_tokens": sent + cfg.completion_tokens_delta,
+                 "total_tokens": n_prompt + sent + cfg.completion_tokens_delta}
+        if fault != "no_usage":
+            writer.write(self._framed(orjson.dumps({"choices": [], "usage": usage})))
+        writer.write(self._framed(b"[DONE]") + b"0\r\n\r\n")
+        await writer.drain()
+        return events, sent
+
+    def _observe(self, arrived: int, started: int, events: list[int], sent: int) -> None:
+        """Add one request to the Prometheus sums the sim's /metrics serves."""
+        if not events:
+            return
+        p = self.prom
+        for stat, v in (("ttft", (events[0] - arrived) / 1e9), ("e2e", (events[-1] - arrived) / 1e9),
+                        ("queue", (started - arrived) / 1e9),
+                        ("tpot", (events[-1] - events[0]) / 1e9 / max(1, sent - 1))):
+            p[f"{stat}_sum"] = p.get(f"{stat}_sum", 0.0) + v
+            p[f"{stat}_count"] = p.get(f"{stat}_count", 0.0) + 1
 
     def metrics_text(self) -> str:
         """The sim's state as Prometheus text under vLLM's metric names (no buckets)."""
@@ -330,14 +350,19 @@ def serve(a: argparse.Namespace) -> None:
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
                     fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
                     model_name=a.model_name, prompt_tokens=a.prompt_tokens)
+    if a.workers <= 1:
+        _serve_one(a, cfg, None, announce=True)
+        return
+    sock = socket.create_server((a.host, a.port), backlog=4096, reuse_port=False)
+    sock.setblocking(False)
+    a.port = sock.getsockname()[1]
+    _serve_workers(a, cfg, sock)
 
-    sock = None
-    if a.workers > 1:
-        sock = socket.create_server((a.host, a.port), backlog=4096, reuse_port=False)
-        sock.setblocking(False)
-        a.port = sock.getsockname()[1]
 
-    async def run(announce: bool) -> None:
+def _serve_one(a: argparse.Namespace, cfg: SimConfig, sock: socket.socket | None, announce: bool) -> None:
+    """One event loop serving until Ctrl-C (on `sock` when given, shared with other workers)."""
+
+    async def run() -> None:
         srv = SimServer(cfg, a.host, a.port)
         port = await srv.start(sock)
         if announce:
@@ -347,26 +372,25 @@ def serve(a: argparse.Namespace) -> None:
         finally:
             await srv.close()
 
-    def serve_one(announce: bool) -> None:
-        try:
-            if a.uvloop:
-                import uvloop
+    try:
+        if a.uvloop:
+            import uvloop
 
-                uvloop.run(run(announce))
-            else:
-                asyncio.run(run(announce))
-        except KeyboardInterrupt:
-            pass
+            uvloop.run(run())
+        else:
+            asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
 
-    if a.workers <= 1:
-        serve_one(True)
-        return
+
+def _serve_workers(a: argparse.Namespace, cfg: SimConfig, sock: socket.socket) -> None:
+    """a.workers forked processes on one listening socket; SIGTERM/SIGINT stop them all."""
     children = []
     for _ in range(a.workers):
         pid = os.fork()
         if pid == 0:  # a worker: its own event loop on the shared listening socket
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
-            serve_one(False)
+            _serve_one(a, cfg, sock, announce=False)
             os._exit(0)
         children.append(pid)
     print(f"simulator listening on http://{a.host}:{a.port} ({a.workers} workers)", flush=True)
