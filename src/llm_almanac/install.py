@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from .engines import adapter_for
+from .engines import Engine, adapter_for
 from .files import write_json
 
 log = logging.getLogger(__name__)
@@ -31,15 +31,26 @@ class InstallError(RuntimeError):
 
 
 # pip's output lines -> the step of the install they start (the full output goes to the log)
+# (indented or not: pip indents "  Downloading" and "  Using cached" under their "Collecting")
 _STEPS = (("Collecting", "resolving"), ("Looking in", "resolving"), ("Downloading", "downloading"),
           ("Using cached", "downloading"), ("Processing", "downloading"), ("Building wheel", "building"),
-          ("  Building wheel", "building"), ("Installing collected", "installing"),
-          ("Successfully installed", "installed"), ("ERROR", "error"))
+          ("Installing collected", "installing"), ("Successfully installed", "installed"), ("ERROR", "error"))
+
+#: The steps of an install in their order (by first word: "removing PKG" is a step of its own kind).
+#: pip resolves, downloads and builds in turns (each dependency found is collected, then
+#: downloaded), so its lines flip back and forth; the progress line only ever moves forward.
+ORDER = ("starting", "creating", "resolving", "downloading", "building", "installing", "installed", "removing",
+         "verifying", "error")
+
+
+def _rank(step: str) -> int:
+    return ORDER.index(step.split()[0])
 
 
 class Progress:
-    """One line per step of an engine's install, naming the engine, with the elapsed time; a
-    heartbeat once a minute while a step prints nothing (a source build is silent for minutes)."""
+    """One line per step of an engine's install, naming the engine, with the elapsed time; steps
+    only move forward (ORDER); a heartbeat once a minute while a step prints nothing (a source
+    build is silent for minutes)."""
 
     def __init__(self, engine: str) -> None:
         self.engine, self.step, self.t0 = engine, "starting", time.monotonic()
@@ -48,13 +59,14 @@ class Progress:
         return f"install {self.engine}: {self.step} ({time.monotonic() - self.t0:.0f} s)"
 
     def to(self, step: str) -> None:
-        if step != self.step:
+        if _rank(step) > _rank(self.step):
             self.step = step
             log.info(self.line())
 
     def feed(self, pip_line: str) -> None:
+        line = pip_line.lstrip()
         for prefix, step in _STEPS:
-            if pip_line.startswith(prefix):
+            if line.startswith(prefix):
                 self.to(step)
                 return
 
@@ -97,55 +109,75 @@ def env_id(name: str, ecfg: dict[str, Any]) -> str:
     return f"{package}-{ecfg['version']}-{hashlib.sha256(what.encode()).hexdigest()[:8]}"
 
 
+def _simulator(name: str, adapter: Engine, out_json: Path) -> dict:
+    """The simulator runs from this package's own environment: nothing to install."""
+    from . import __version__
+
+    sim = {"engine": name, "module": adapter.name, "package": "llm-almanac",
+           "version": f"simulator-{__version__}", "python": sys.executable, "pip_freeze": []}
+    write_json(out_json, sim)
+    return sim
+
+
+def _pip_install(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Path, logf: IO[str], log_path: Path,
+                 progress: Progress) -> list[str]:
+    """A new venv with the engine's requirements in it (and pip_remove removed): its pip command."""
+    package, reqs = requirements(name, ecfg)
+    progress.to("creating its environment")
+    if _run([sys.executable, "-m", "venv", str(venv_dir)], logf, progress):
+        raise InstallError(f"could not create a virtual environment at {venv_dir}")
+    pip = [str(venv_dir / "bin" / "python"), "-m", "pip", "--disable-pip-version-check"]
+    log.info("installing %s for engine %r (log: %s)", " ".join(reqs), name, log_path)
+    if _run([*pip, "install", *reqs], logf, progress, adapter.install_env()):
+        raise InstallError(
+            f"pip could not install {' '.join(reqs)} for engine {name!r}; check the version "
+            f"(`pip index versions {package}`) and the last lines of {log_path}"
+        )
+    remove = list(ecfg.get("pip_remove", []))
+    if remove:
+        progress.to("removing " + " ".join(remove))
+        if _run([*pip, "uninstall", "-y", *remove], logf, progress):
+            raise InstallError(f"pip could not remove {remove} for engine {name!r}; see {log_path}")
+    return pip
+
+
+def _verify(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Path, pip: list[str], logf: IO[str],
+            log_path: Path, progress: Progress) -> tuple[str, list[str], dict]:
+    """The installed version, its import check, pip freeze and the adapter's post-install step."""
+    package, _ = requirements(name, ecfg)
+    python = str(venv_dir / "bin" / "python")
+    progress.to("verifying")
+    version = subprocess.run(
+        [python, "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    check = ecfg.get("import_check")
+    if check and _run([python, "-c", f"import {check}"], logf, progress):
+        raise InstallError(
+            f"engine {name!r} installed but `import {check}` fails in {venv_dir}; "
+            f"see the last lines of {log_path}"
+        )
+    freeze = subprocess.run([*pip, "freeze", "--all"], capture_output=True, text=True, check=True).stdout.splitlines()
+    try:
+        extra = adapter.post_install(python)
+    except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+        raise InstallError(f"engine {name!r} installed but its post-install step failed: {exc}") from None
+    return version, freeze, extra
+
+
 def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Path, log_path: Path) -> dict:
     adapter = adapter_for(name, ecfg)
-    if not adapter.needs_install:  # the simulator runs from this package's own environment
-        from . import __version__
-
-        sim = {"engine": name, "module": adapter.name, "package": "llm-almanac",
-               "version": f"simulator-{__version__}", "python": sys.executable, "pip_freeze": []}
-        write_json(out_json, sim)
-        return sim
+    if not adapter.needs_install:
+        return _simulator(name, adapter, out_json)
     package, reqs = requirements(name, ecfg)
     t0 = time.monotonic()
     if venv_dir.exists():
         shutil.rmtree(venv_dir)  # a half-built venv from an interrupted install
-    python = venv_dir / "bin" / "python"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as logf:
         progress = Progress(name)
-        progress.to("creating its environment")
-        if _run([sys.executable, "-m", "venv", str(venv_dir)], logf, progress):
-            raise InstallError(f"could not create a virtual environment at {venv_dir}")
-        pip = [str(python), "-m", "pip", "--disable-pip-version-check"]
-        log.info("installing %s for engine %r (log: %s)", " ".join(reqs), name, log_path)
-        if _run([*pip, "install", *reqs], logf, progress, adapter.install_env()):
-            raise InstallError(
-                f"pip could not install {' '.join(reqs)} for engine {name!r}; check the version "
-                f"(`pip index versions {package}`) and the last lines of {log_path}"
-            )
-        remove = list(ecfg.get("pip_remove", []))
-        progress.to("removing " + " ".join(ecfg.get("pip_remove", [])) if ecfg.get("pip_remove") else "verifying")
-        if remove and _run([*pip, "uninstall", "-y", *remove], logf, progress):
-            raise InstallError(f"pip could not remove {remove} for engine {name!r}; see {log_path}")
-        version = subprocess.run(
-            [str(python), "-c", f"import importlib.metadata as m; print(m.version({package!r}))"],
-            capture_output=True, text=True, check=True,
-        ).stdout.strip()
-        check = ecfg.get("import_check")
-        progress.to("verifying")
-        if check and _run([str(python), "-c", f"import {check}"], logf, progress):
-            raise InstallError(
-                f"engine {name!r} installed but `import {check}` fails in {venv_dir}; "
-                f"see the last lines of {log_path}"
-            )
-        freeze = subprocess.run(
-            [*pip, "freeze", "--all"], capture_output=True, text=True, check=True
-        ).stdout.splitlines()
-        try:
-            extra = adapter.post_install(str(python))
-        except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
-            raise InstallError(f"engine {name!r} installed but its post-install step failed: {exc}") from None
+        pip = _pip_install(name, ecfg, adapter, venv_dir, logf, log_path, progress)
+        version, freeze, extra = _verify(name, ecfg, adapter, venv_dir, pip, logf, log_path, progress)
     info: dict[str, Any] = {
         "engine": name,
         "module": ecfg.get("module", name),
@@ -153,7 +185,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
         "version": version,
         "requirements": reqs,
         "removed": ecfg.get("pip_remove", []),
-        "python": str(python.absolute()),
+        "python": str((venv_dir / "bin" / "python").absolute()),
         "venv": str(venv_dir.absolute()),
         "install_s": round(time.monotonic() - t0, 1),
         "installed_at": datetime.now(UTC).isoformat(),

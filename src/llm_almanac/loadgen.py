@@ -28,7 +28,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import orjson
@@ -176,8 +176,19 @@ def arrival_offsets(rps: float, duration_s: float, arrival: str = "constant", se
     return offsets
 
 
+class Ticker(Protocol):
+    """A phase's progress: told of every request that finished."""
+
+    def tick(self, ok: bool) -> None: ...
+
+
+#: A phase's progress reporter from its label and request count (LoadGenerator.progress).
+ProgressFactory = Callable[[str, "int | None"], Ticker]
+
+
 class Progress:
-    """Log 'done/total' for a phase at most every `every_s` seconds and at the end."""
+    """Log 'done/total' for a phase at most every `every_s` seconds and at the end (the default
+    reporter: log lines suit a job's log file; `almanac bench` in a terminal shows bars instead)."""
 
     def __init__(self, label: str, total: int | None, every_s: float = 5.0) -> None:
         self.label, self.total, self.every_s = label, total, every_s
@@ -234,6 +245,7 @@ class LoadGenerator:
         self._ids = itertools.count()
         self.t0_ns = time.perf_counter_ns()
         self.warmed = False
+        self.progress: ProgressFactory = Progress
 
     def skip_ids_to(self, first_id: int) -> None:
         """Continue request ids at first_id (ids, and so prompts, stay unique across resumes)."""
@@ -348,7 +360,7 @@ class LoadGenerator:
         return req
 
     async def _send_counted(
-        self, client: httpx.AsyncClient | StreamingClient, r: Req, sem: asyncio.Semaphore | None, prog: Progress
+        self, client: httpx.AsyncClient | StreamingClient, r: Req, sem: asyncio.Semaphore | None, prog: Ticker
     ) -> None:
         """Send within the client-side concurrency limit (if any) and count the result."""
         if sem:
@@ -381,7 +393,7 @@ class LoadGenerator:
 
     async def sequential(self, n: int) -> Measured:
         reqs = self.new_reqs(n, "sequential")
-        prog = Progress("sequential", n)
+        prog = self.progress("sequential", n)
 
         async def traffic() -> None:
             async with self.client() as client:
@@ -394,7 +406,7 @@ class LoadGenerator:
     async def burst(self, n: int, max_concurrency: int | None = None) -> Measured:
         """All n requests submitted at t0 (at most max_concurrency in flight if set)."""
         reqs = self.new_reqs(n, "burst")
-        prog = Progress("burst", n)
+        prog = self.progress("burst", n)
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
         async def traffic() -> None:
@@ -418,7 +430,7 @@ class LoadGenerator:
         """Open-loop arrivals at `rps` for `duration_s` (constant gaps or Poisson)."""
         offsets = arrival_offsets(rps, duration_s, arrival, seed)
         reqs = self.new_reqs(len(offsets), "sweep", step, target_rps=rps)
-        prog = Progress(f"sweep step {step} @ {rps:.3f} rps", len(reqs))
+        prog = self.progress(f"sweep step {step} @ {rps:.3f} rps", len(reqs))
         sem = asyncio.Semaphore(max_concurrency) if max_concurrency else None
 
         async def one(client: httpx.AsyncClient | StreamingClient, r: Req) -> None:

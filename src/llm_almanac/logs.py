@@ -8,8 +8,12 @@ import sys
 import traceback
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from .redact import scrub
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 
 class _Scrubbing(logging.Formatter):
@@ -25,16 +29,22 @@ def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType
     sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
 
 
-def setup(log_path: str | Path | None = None, level: int = logging.INFO) -> None:
+def setup(log_path: str | Path | None = None, level: int = logging.INFO, console: Console | None = None) -> None:
+    """Log lines to stderr (and `log_path`); with a rich `console` (one showing live progress
+    bars) the terminal's lines go through it, above the bars."""
     fmt = _Scrubbing("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
+    if console is not None:
+        from rich.logging import RichHandler
+
+        handlers = [RichHandler(console=console, show_path=False, markup=False)]
     if log_path:
         Path(log_path).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_path, mode="w"))
     root = logging.getLogger()
     root.handlers.clear()
     for h in handlers:
-        h.setFormatter(fmt)
+        h.setFormatter(_Scrubbing("%(name)s: %(message)s") if console is not None and h is handlers[0] else fmt)
         root.addHandler(h)
     root.setLevel(level)
     sys.excepthook = _excepthook

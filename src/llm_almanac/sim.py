@@ -40,6 +40,7 @@ class SimConfig:
     fault_after: int = 0  # serve this many completions normally before the fault applies
     tokenizer: str | None = None  # count prompt tokens with this tokenizer.json (as an engine would)
     model_name: str = "sim"  # what GET /v1/models lists (any name is accepted in requests)
+    also_lists: tuple[str, ...] = ()  # more model ids GET /v1/models lists, after model_name
     log_path: str | None = None
 
 
@@ -137,7 +138,8 @@ class SimServer:
                 elif method == "GET" and path in ("/health", "/v1/models"):
                     ok = self.cfg.fault != "no_health"
                     body = (orjson.dumps({"object": "list", "data": [
-                        {"id": self.cfg.model_name, "object": "model", "owned_by": "llm-almanac-sim"}]})
+                        {"id": m, "object": "model", "owned_by": "llm-almanac-sim"}
+                        for m in (self.cfg.model_name, *self.cfg.also_lists)]})
                         if path == "/v1/models" else b'{"status":"ok"}')
                     await self._respond(writer, 200 if ok else 503, body)
                 elif method == "POST" and path in ("/v1/completions", "/v1/chat/completions"):
@@ -187,7 +189,7 @@ class SimServer:
                       # pairing keys for clients that log wall-clock times or their prompts
                       "arrived_unix_ns": arrived + self._unix_offset_ns,
                       "prompt_sha1": hashlib.sha1(prompt.encode()).hexdigest(),
-                      "x_request_id": request_id})
+                      "x_request_id": request_id, "model": req.get("model")})
 
     async def _fail_early(self, writer, fault: str | None) -> bool:
         """The faults that happen before any token: a crash, an HTTP 500, an endless line."""
@@ -315,27 +317,33 @@ class SimServer:
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
     """The simulator's options (`python -m llm_almanac.sim` and `almanac sim` alike)."""
-    ap.add_argument("--host", default="127.0.0.1")
-    ap.add_argument("--port", type=int, default=8123)
-    ap.add_argument("--ttft-ms", type=float, default=0.0)
-    ap.add_argument("--tpot-ms", type=float, default=0.0)
-    ap.add_argument("--tokens-per-chunk", type=int, default=1)
-    ap.add_argument("--max-concurrency", type=int, default=0)
-    ap.add_argument("--fault", choices=FAULTS)
+    ap.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    ap.add_argument("--port", type=int, default=8123, help="port to listen on (0: any free one, printed)")
+    ap.add_argument("--ttft-ms", type=float, default=0.0, help="time to the first token of each response")
+    ap.add_argument("--tpot-ms", type=float, default=0.0, help="time between output tokens")
+    ap.add_argument("--tokens-per-chunk", type=int, default=1, help="output tokens per streamed chunk")
+    ap.add_argument("--max-concurrency", type=int, default=0,
+                    help="requests served at once, the rest queue; 0 = unlimited")
+    ap.add_argument("--fault", choices=FAULTS, help="misbehave this way (a test of the client) (default: none)")
     ap.add_argument("--fault-after", type=int, default=0, help="completions served normally first")
-    ap.add_argument("--tokenizer", help="tokenizer.json to count prompt tokens with")
-    ap.add_argument("--prompt-tokens", type=int, help="report this many prompt tokens (no counting)")
-    ap.add_argument("--log", help="JSONL file of what the server actually did")
+    ap.add_argument("--tokenizer", help="tokenizer.json to count prompt tokens with "
+                                        "(default: none; words are counted)")
+    ap.add_argument("--prompt-tokens", type=int, help="report this many prompt tokens (no counting) (default: off)")
+    ap.add_argument("--log", help="JSONL file of what the server actually did (default: none)")
     ap.add_argument("--model-name", default="sim", help="the model id GET /v1/models lists")
+    ap.add_argument("--also-lists", action="append", default=[], metavar="MODEL",
+                    help="another model id GET /v1/models lists (repeatable) (default: none)")
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the port (so that the server is not what limits a client benchmark)")
     ap.add_argument("--echo-env", action="append", default=[], metavar="VAR",
-                    help="print VAR=value at start (tests check that secrets are scrubbed from the log)")
+                    help="print VAR=value at start (tests check that secrets are scrubbed from the log) (default: none)")
 
 
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    from .cli import HelpWithDefaults
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=HelpWithDefaults)
     add_arguments(ap)
     serve(ap.parse_args(argv))
 
