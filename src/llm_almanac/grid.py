@@ -90,6 +90,13 @@ def _check_quant(engine: str, ecfg: dict[str, Any], quant: str, cid: str) -> Non
         raise ConfigError(f"cell {cid}: {exc}; remove it from the grid or exclude it") from None
 
 
+#: Engine modules that are test instruments, not engines: allowed only with allow_simulator.
+TEST_INSTRUMENTS = {
+    "sim": "the test simulator",
+    "sglang-standin": "SGLang's CPU mode with llm-almanac's stand-in kernels (a test instrument)",
+}
+
+
 def expand_grid(config: dict[str, Any]) -> list[Cell]:
     """Return the cells of the config, in config order, without duplicates.
 
@@ -104,10 +111,11 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
         _check_slug("model", name)
     for name, ecfg in engines.items():
         _check_slug("engine", name)
-        if ecfg.get("module", name) == "sim" and not config.get("allow_simulator"):
+        module = ecfg.get("module", name)
+        if module in TEST_INSTRUMENTS and not config.get("allow_simulator"):
             raise ConfigError(
-                f"engine {name!r} uses module 'sim', the test simulator, which is not an engine; "
-                "it is allowed only in test configs that set allow_simulator: true"
+                f"engine {name!r} uses module {module!r}, {TEST_INSTRUMENTS[module]}, which is not "
+                "an engine; it is allowed only in test configs that set allow_simulator: true"
             )
     global_excl = config.get("exclude") or []
 

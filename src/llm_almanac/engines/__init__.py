@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from .base import Engine, ServerSpec, UnsupportedQuantization
 from .llamacpp import LlamaCpp
-from .sglang import SGLang
+from .sglang import SGLang, SGLangStandIn
 from .sim import Simulator
 from .trtllm import TensorRTLLM
 from .vllm import VLLM
 
 _REGISTRY: dict[str, type[Engine]] = {
     "vllm": VLLM, "sglang": SGLang, "trtllm": TensorRTLLM, "llamacpp": LlamaCpp, "sim": Simulator,
+    "sglang-standin": SGLangStandIn,  # test instrument: SGLang's CPU mode with a stand-in kernel package
 }
 
 
