@@ -15,7 +15,10 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-_SECRET_NAME = re.compile(r"(TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
+# TOKEN not followed by a letter: HF_TOKEN and --hf-token are secrets; token counts and
+# tokenizer settings are not (SGLang's --max-total-tokens 8192, vLLM's --max-num-batched-tokens,
+# --tokenizer PATH, TOKENIZERS_PARALLELISM), and hiding them broke recorded server commands.
+_SECRET_NAME = re.compile(r"(TOKEN(?![a-z])|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL)", re.I)
 REDACTED = "***"
 
 
