@@ -134,3 +134,18 @@ print(sorted(sgl_kernel.IMPORT_ONLY))
     assert "assign_req_to_token_pool_cpu" in names and "copy_all_layer_kv_cache_cpu" in names
     src = (SGL_KERNEL_STANDIN_PATH / "sgl_kernel" / "__init__.py").read_text()
     assert "import torch" not in src and "torch.library" not in src  # registers no operator
+
+
+def test_metrics_fixture_is_a_real_sglang_scrape_with_the_documented_names():
+    """tests/data/metrics/sglang_cpu.txt: what docs/engines.md says about SGLang's /metrics."""
+    text = (ROOT / "tests" / "data" / "metrics" / "sglang_cpu.txt").read_text()
+    families = {ln.split()[2]: ln.split()[3] for ln in text.splitlines() if ln.startswith("# TYPE ")}
+    assert len(families) >= 80 and all(n.startswith("sglang:") for n in families)
+    for name in ("time_to_first_token_seconds", "inter_token_latency_seconds", "e2e_request_latency_seconds",
+                 "request_time_per_output_token_seconds", "queue_time_seconds"):
+        assert families["sglang:" + name] == "histogram", name
+    for name in ("prompt_tokens_total", "generation_tokens_total", "num_requests_total"):
+        assert families["sglang:" + name] == "counter", name
+    for name in ("num_running_reqs", "num_queue_reqs", "token_usage", "cache_hit_rate", "gen_throughput"):
+        assert families["sglang:" + name] == "gauge", name
+    assert 'sglang:num_requests_total{engine_type="unified",is_streaming="true",model_name="smollm2-135m"} 6.0' in text
