@@ -58,16 +58,22 @@ def _snakemake(workdir, configfile, *args, check=True):
     return p
 
 
+def _is_sglang(cmd: str) -> bool:
+    """The server (`python -m sglang.launch_server`), its scheduler and detokenizer (which rename
+    themselves `sglang::scheduler`, ...), and the multiprocessing helpers an engine environment's
+    Python runs for it (resource tracker; children before they rename themselves)."""
+    return ("-m sglang.launch_server" in cmd or cmd.startswith("sglang::")
+            or (cmd.startswith(str(ROOT / "results" / "engines")) and "multiprocessing" in cmd))
+
+
 def _sglang_processes(workdir: Path) -> list[tuple[int, str, str]]:
-    """SGLang's processes started for this workdir: the server (`python -m sglang.launch_server`),
-    its scheduler and detokenizer (which rename themselves `sglang::scheduler`, ...), and the
-    multiprocessing resource tracker it starts. Found by their working directory, which they
-    inherit from the bench_cell job (the workdir), because the renamed ones name no path."""
+    """SGLang's processes started for this workdir, found by their working directory, which
+    they inherit from the bench_cell job (the workdir): the renamed ones name no path."""
     found = []
     for p in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
             cmd = " ".join(p.info["cmdline"] or [])
-            if "sglang" not in cmd and "resource_tracker" not in cmd:
+            if not _is_sglang(cmd):
                 continue
             if p.info["status"] == psutil.STATUS_ZOMBIE:
                 continue  # exited; only its parent's bookkeeping is left
@@ -250,7 +256,8 @@ def test_ctrl_c_mid_phase_leaves_no_sglang_process(run, tmp_path):
     try:
         _wait_for(cell / "partial" / "0-sequential-0.parquet", proc, 900)
         time.sleep(1)  # inside the burst
-        assert len(_sglang_processes(tmp_path)) >= 3  # server, scheduler, detokenizer (+ tracker)
+        running = [cmd for _, _, cmd in _sglang_processes(tmp_path)]
+        assert len(running) == 4, running  # server, scheduler, detokenizer, resource tracker
         os.killpg(proc.pid, signal.SIGINT)
         assert proc.wait(120) != 0
     finally:
