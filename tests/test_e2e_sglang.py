@@ -10,7 +10,7 @@ of SGLang's scheduler. Its latencies are not SGLang's (every layer runs in plain
 so nothing about speed is asserted.
 
 Slow: the first run installs the engine environment into the repository's results/engines
-(~5.4 GB, mostly torch's CUDA build and its NVIDIA libraries; shared with later runs).
+(~6.3 GB, mostly torch's CUDA build and its NVIDIA libraries; shared with later runs).
 """
 
 import copy
