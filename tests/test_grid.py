@@ -107,7 +107,7 @@ def test_engine_args_and_env_merge_into_cell():
                                                              r"'128' is not of type 'integer'"),
     (lambda c: c["grid"][0]["shapes"][0].update(osl=0), r"^config\.grid\[0\]\.shapes\[0\]\.osl: 0 is less than the minimum of 1"),
     (lambda c: c["engines"]["vllm-cpu"].update(module="vlm"), r"^config\.engines\.vllm-cpu\.module: "
-     r"'vlm' is not one of \['vllm', 'sglang', 'trtllm', 'llamacpp', 'sim'\]"),
+     r"'vlm' is not one of \['vllm', 'sglang', 'trtllm', 'llamacpp', 'sim', 'sglang-standin'\]"),
     (lambda c: c["bench"].update(burst_requests=-1), r"^config\.bench\.burst_requests: -1 is less than the minimum of 1"),
     (lambda c: c["engines"]["vllm-cpu"].update(versoin="1"), r"^config\.engines\.vllm-cpu: unknown key 'versoin'; "
                                                               r"allowed keys: \['args', .*'version'\]$"),

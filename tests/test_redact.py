@@ -15,6 +15,14 @@ def test_secret_flag_values_are_redacted_in_commands():
     assert redact_args(cmd) == ["vllm", "--model", "m", "--api-key", "***", "--hf-token=***", "--port", "1"]
 
 
+def test_token_counts_and_tokenizer_settings_are_not_secrets():
+    cmd = ["sglang", "--max-total-tokens", "8192", "--max-num-batched-tokens=512", "--tokenizer", "/t",
+           "--skip-tokenizer-init", "--port", "1", "--hf-token", "hf_x"]
+    assert redact_args(cmd) == cmd[:-1] + ["***"]
+    assert without_secrets({"TOKENIZERS_PARALLELISM": "false", "GITHUB_TOKEN": "x", "HF_TOKEN_PATH": "y"}) == {
+        "TOKENIZERS_PARALLELISM": "false"}
+
+
 def test_files_and_logs_are_scrubbed(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("HF_TOKEN", "hf_SuperSecretValue")
     vals = secret_values({"MY_KEY": "abcdefgh", "SHORT_KEY": "ab"})

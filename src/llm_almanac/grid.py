@@ -118,15 +118,23 @@ def _check_quant(engine: str, ecfg: dict[str, Any], quant: str, cid: str) -> Non
         raise ConfigError(f"cell {cid}: {exc}; remove it from the grid or exclude it") from None
 
 
+#: Engine modules that are test instruments, not engines: allowed only with allow_simulator.
+TEST_INSTRUMENTS = {
+    "sim": "the test simulator",
+    "sglang-standin": "SGLang's CPU mode with llm-almanac's stand-in kernels (a test instrument)",
+}
+
+
 def _check_names(config: dict[str, Any]) -> None:
     for name in config.get("models") or {}:
         _check_slug("model", name)
     for name, ecfg in (config.get("engines") or {}).items():
         _check_slug("engine", name)
-        if ecfg.get("module", name) == "sim" and not config.get("allow_simulator"):
+        module = ecfg.get("module", name)
+        if module in TEST_INSTRUMENTS and not config.get("allow_simulator"):
             raise ConfigError(
-                f"engine {name!r} uses module 'sim', the test simulator, which is not an engine; "
-                "it is allowed only in test configs that set allow_simulator: true"
+                f"engine {name!r} uses module {module!r}, {TEST_INSTRUMENTS[module]}, which is not "
+                "an engine; it is allowed only in test configs that set allow_simulator: true"
             )
 
 

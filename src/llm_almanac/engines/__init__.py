@@ -6,13 +6,14 @@ from typing import Any
 
 from .base import LOOPBACK, Engine, ServerSpec, UnsupportedQuantization, connect_host, requested_host
 from .llamacpp import LlamaCpp
-from .sglang import SGLang
+from .sglang import SGLang, SGLangStandIn
 from .sim import Simulator
 from .trtllm import TensorRTLLM
 from .vllm import VLLM
 
 _REGISTRY: dict[str, type[Engine]] = {
     "vllm": VLLM, "sglang": SGLang, "trtllm": TensorRTLLM, "llamacpp": LlamaCpp, "sim": Simulator,
+    "sglang-standin": SGLangStandIn,  # test instrument: SGLang's CPU mode with a stand-in kernel package
 }
 
 

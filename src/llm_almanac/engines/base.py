@@ -67,7 +67,8 @@ class Engine:
     startup_timeout_s: float = 900.0
     #: False for the simulator, which runs from this package's own environment.
     needs_install: bool = True
-    #: True only for test instruments (the simulator): their cells carry LABEL as hardware.
+    #: True only for test instruments (the simulator; SGLang with stand-in CPU kernels): their
+    #: cells say LABEL in `hardware`, and configs must set allow_simulator: true to use them.
     simulated: bool = False
     LABEL: str = ""
     #: False for servers that close keep-alive connections without saying so.
