@@ -9,10 +9,11 @@ Flags as declared in SGLang's `python/sglang/srt/server_args.py` (ServerArgs.add
 `--model-path`, `--served-model-name` (one string), `--host`, `--port`, `--tp-size`,
 `--quantization`, `--dtype`, `--context-length`, `--disable-radix-cache`. `--tp` only works as an
 argparse abbreviation of `--tp-size`, so the full name is used. Health: `/health` (refuses
-connections while the model loads, answers 503 while SGLang warms itself up, then 200).
-Tokenize: `/tokenize` (alias of `/v1/tokenize`), `{"model", "prompt", "add_special_tokens"}` ->
-`{"tokens", "count", "max_model_len"}`. Version: `GET /get_server_info` -> `version`. `/v1/completions` accepts `ignore_eos` and `min_tokens` (each alone forces the
-length) and, with `stream_options.include_usage`, sends usage in a last `choices: []` chunk.
+connections while the model loads, answers 503 while SGLang warms itself up, then 200). Tokenize:
+`/tokenize` (alias of `/v1/tokenize`), `{"model", "prompt", "add_special_tokens"}` -> `{"tokens",
+"count", "max_model_len"}`. Version: `GET /get_server_info` -> `version`. `/v1/completions` accepts
+`ignore_eos` and `min_tokens` (each alone forces the length) and, with
+`stream_options.include_usage`, sends usage in a last `choices: []` chunk.
 All of this was seen on sglang 0.5.23 running (CPU mode); docs/engines.md has the details.
 """
 
