@@ -1,5 +1,8 @@
 """results/report.html: one self-contained page (plotly.js inline; opens without network).
 
+plotly.js is its "basic" bundle where `make setup` installed it, else plotly.py's full one
+(plotlyjs.py says which, and why).
+
 - the executive summary (summary.py), written from the data;
 - an explorer: pickers for model, engine ("any" included), quantization, shape, hardware kind and
   the SLO (free TTFT/TPOT limits on p50|p90|p95|p99, presets from the config) drive the answer
@@ -19,15 +22,15 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import plotly.offline
 import polars as pl
 
-from . import answers, cost, summary
+from . import answers, cost, plotlyjs, summary
 from .files import write_text
 
 CURVE_KEYS = {"rps": "rps", "output_tok_s": "out", "input_tok_s": "in"}
@@ -170,8 +173,11 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
     cells_html = _cells_table(cells)
     if n_cells > CELLS_INLINE_MAX:
         cells_html = f"<template>{cells_html}</template>"
+    pjs = plotlyjs.script()
+    pjs_text = re.sub("</(script)", r"<\\/\1", pjs.text, flags=re.I)  # inert inside <script> (none today)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-almanac report</title>
-<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>
+<style>{CSS}</style><script id="plotly-js" data-bundle="{pjs.bundle}" data-version="{pjs.version}">
+{pjs_text}</script></head><body>
 <h1>llm-almanac report</h1>
 <p>{n_ok} of {n_cells} cells ok. Capacity = the most requests/s one replica holds under the SLO
 (latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured

@@ -256,14 +256,34 @@ function renderVerdicts(rows) {
 }
 
 function traceName(c) { return `${c.engine} ${c.version} ${c.quant}`; }
+
+// Only the charts the current pickers fill are drawn: an empty one costs plotly as much to lay
+// out as a full one (its first draw is most of the page's own start-up), so it is removed and
+// hidden instead, and drawn again when the pickers give it something to show.
+function drawPlot(id, traces, layout) {
+  const el = $(id);
+  el.style.display = "";
+  Plotly.react(el, traces, layout, {displaylogo: false, responsive: true});
+}
+function clearPlot(id) {
+  const el = $(id);
+  if (el._fullLayout) Plotly.purge(el);
+  el.style.display = "none";
+}
 function colorOf(c) { return PALETTE[COMBOS.indexOf(c.engine + " " + c.quant) % PALETTE.length]; }
 
 function renderCurves(rows) {
   const specific = state.model !== "any" && state.shape !== "any";
-  $("curves-note").textContent = specific ? "" : "Pick one model and one shape to see their curves.";
+  const drawn = specific ? rows.filter(x => !x.failed && D.curves[x.cell.id]) : [];
+  $("curves-note").textContent = !specific ? "Pick one model and one shape to see their curves."
+    : drawn.length ? "" : "No curve to draw for these pickers.";
   for (const [m, div, lim] of [["ttft", "plot-ttft", state.ttft], ["tpot", "plot-tpot", state.tpot]]) {
     const traces = [];
-    for (const r of specific ? rows.filter(x => !x.failed && D.curves[x.cell.id]) : []) {
+    if (!drawn.length) {
+      clearPlot(div);
+      continue;
+    }
+    for (const r of drawn) {
       const c = D.curves[r.cell.id], color = colorOf(r.cell);
       const stats = ["p50", "p95"].concat(["p50", "p95"].includes(state.stat) ? [] : [state.stat]);
       for (const s of stats) {
@@ -289,7 +309,7 @@ function renderCurves(rows) {
       layout.annotations.push({xref: "paper", x: 1, y: lim, xanchor: "right", yanchor: "bottom", showarrow: false,
                                text: `SLO: ${title} ${state.stat} ≤ ${lim} ms`, font: {color: "#d62728"}});
     }
-    Plotly.react(div, traces, layout, {displaylogo: false, responsive: true});
+    drawPlot(div, traces, layout);
   }
 }
 
@@ -297,7 +317,7 @@ function renderShapes() {
   const div = "plot-shapes";
   if (state.model === "any") {
     $("shapes-note").textContent = "Pick one model to compare its shapes.";
-    Plotly.react(div, [], {height: 60, margin: {t: 10, b: 10}, xaxis: {visible: false}, yaxis: {visible: false}});
+    clearPlot(div);
     return;
   }
   $("shapes-note").textContent = "";
@@ -320,11 +340,10 @@ function renderShapes() {
                       array: pts.map(r => (r && r.maxRps !== null && r.ciHigh !== null ? r.ciHigh - r.maxRps : 0)),
                       arrayminus: pts.map(r => (r && r.maxRps !== null && r.ciLow !== null ? r.maxRps - r.ciLow : 0))}};
   });
-  Plotly.react(div, traces, {
+  drawPlot(div, traces, {
     title: {text: `${state.model}: max requests/s under ${sloText() || "no SLO"} across shapes (ISL/OSL)`},
     barmode: "group", height: 420, margin: {t: 50}, xaxis: {title: {text: "ISL/OSL"}, type: "category"},
-    yaxis: {title: {text: "requests/s (95% CI)"}, rangemode: "tozero"}, legend: {orientation: "h", y: -0.2}},
-    {displaylogo: false, responsive: true});
+    yaxis: {title: {text: "requests/s (95% CI)"}, rangemode: "tozero"}, legend: {orientation: "h", y: -0.2}});
 }
 
 function render(deferShapes = false) {
