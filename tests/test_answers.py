@@ -342,3 +342,26 @@ def test_interval_brackets_the_answer_on_random_curves():
             assert a.ci_low_rps is None and a.ci_high_rps is None
             continue
         assert (a.ci_low_rps or 0.0) <= a.max_rps <= (math.inf if a.ci_high_rps is None else a.ci_high_rps)
+
+
+def test_a_database_from_before_measurement_keyed_curves_and_price_keys_still_answers(db, tmp_path):
+    """curve without measurement_id (recomputed from requests) and prices keyed by `kind`."""
+    import shutil
+
+    from llm_almanac import answers
+
+    old = tmp_path / "old.duckdb"
+    shutil.copy(db, old)
+    con = duckdb.connect(str(old))
+    con.execute("CREATE TABLE curve_old AS SELECT * EXCLUDE (measurement_id) FROM curve")
+    con.execute("DROP TABLE curve")
+    con.execute("ALTER TABLE curve_old RENAME TO curve")
+    con.execute("ALTER TABLE prices RENAME COLUMN price_key TO kind")
+    con.close()
+    slos = [SLO.from_limits(ttft_ms=700), SLO.from_limits(tpot_ms=30)]
+    got = {}
+    for path in (db, old):
+        con = duckdb.connect(str(path), read_only=True)
+        got[path] = answers.compute(con, slos).to_dicts()
+        con.close()
+    assert got[old] == got[db] and len(got[db]) > 4
