@@ -5,10 +5,11 @@ models, engines, quantizations, shapes and GPU counts; 12 points per cell: seque
 steps, burst; synthetic latencies), aggregates it with the pipeline's own aggregate, builds the
 report, then opens it in Debian's chromium (a fresh profile per run) and reads
 `data-interactive-ms`: performance.now() when the explorer's first view is drawn and its
-pickers are wired (answers, answer panel, table and curves drawn), i.e. from navigation start,
-through parsing the page (plotly.js included), to interactive; `data-complete-ms` when the
-cross-shape chart below the fold is drawn too; and, for scale, the same for a page that holds
-plotly.js alone. Nothing is committed: the data go to a temporary directory (or --out).
+pickers are wired (answers, answer panel, table and the current view's curves drawn, not merely
+scheduled), i.e. from navigation start, through parsing the page (plotly.js included), to
+interactive; `data-complete-ms` when the cross-shape chart below the fold is drawn too; and, for
+scale, the same for a page that holds the report's plotly.js bundle alone. Nothing is committed:
+the data go to a temporary directory (or --out).
 
     .venv/bin/python benchmarks/report_scale.py [--runs 5] [--requests 30] [--out DIR]
 """
