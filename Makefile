@@ -11,7 +11,14 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --disable-pip-version-check -q -e '.[test]'
 	touch $@
 
-setup: $(VENV)/.installed
+# The report inlines plotly.js's "basic" bundle (a quarter of the full one's size and start-up
+# time), fetched from the npm registry with npm, pinned and checked by hash (src/llm_almanac/
+# plotlyjs.py), never committed. Without npm the report falls back to plotly.py's full bundle.
+PLOTLY_BASIC = src/llm_almanac/web/vendor/plotly-basic.min.js
+$(PLOTLY_BASIC): src/llm_almanac/plotlyjs.py | $(VENV)/.installed
+	-$(VENV)/bin/python -m llm_almanac.plotlyjs
+
+setup: $(VENV)/.installed $(PLOTLY_BASIC)
 
 # The report test renders results/report.html in a real headless Chromium (Debian's package).
 # The SLURM test runs a one-node cluster of Debian's slurm-wlm and munge (their services are

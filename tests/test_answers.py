@@ -96,13 +96,13 @@ def test_answer_interval_reads_the_pessimistic_and_optimistic_ends():
 
 # -- cost and replicas ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("text,kind", [
+@pytest.mark.parametrize("text,key", [
     ("1x NVIDIA H100 80GB HBM3 (driver 550.54.15)", "h100"), ("8x NVIDIA A100-SXM4-80GB (driver 535)", "a100"),
     ("1x NVIDIA GeForce RTX 4090 (driver 550)", "rtx4090"), ("2x NVIDIA L40S (driver 550)", "l40s"),
     ("1x AMD Instinct MI300X", "mi300x"), ("CPU: AMD EPYC 7B13 (2 logical cores)", "cpu"),
     ("SIMULATOR (test instrument, not an engine)", "simulator"), (None, "unknown")])
-def test_hardware_kind(text, kind):
-    assert cost.hardware_kind(text) == kind
+def test_price_key(text, key):
+    assert cost.price_key(text) == key
 
 
 def test_cost_arithmetic_per_gpu_and_per_machine():
@@ -128,7 +128,7 @@ def test_prices_examples_then_config_then_command_line():
     assert (book["h100"].usd_per_hour, book["h100"].origin) == (2.0, "command line")
     assert cost.parse_overrides(["H100=2.5", "cpu=0"]) == {"h100": 2.5, "cpu": 0.0}
     for bad in ("h100", "h100=x", "=2", "h100=-1"):
-        with pytest.raises(ValueError, match="KIND=DOLLARS_PER_HOUR"):
+        with pytest.raises(ValueError, match="PRICE_KEY=DOLLARS_PER_HOUR"):
             cost.parse_overrides([bad])
 
 
@@ -143,9 +143,10 @@ def test_prices_section_is_validated(default_config, schema_path):
 
 def _row(engine, max_rps, lo, hi, basis="interpolated", **kw):
     return {"engine": engine, "quantization": "bf16", "engine_version": "1", "model": "m", "isl": 128, "osl": 32,
-            "hardware_kind": "h100", "n_gpus": 1, "max_rps": max_rps, "ci_low_rps": lo, "ci_high_rps": hi,
+            "price_key": "h100", "n_gpus": 1, "max_rps": max_rps, "ci_low_rps": lo, "ci_high_rps": hi,
             "basis": basis, "lower_bound": basis == "above-range", "answer": answer_text(max_rps, basis),
             "usd_per_hour": 2.5, "price": "$2.5/h per GPU x 1 GPU, from the config", "cell_id": f"m__{engine}",
+            "measurement_id": f"m__{engine}@h100-80gb-x1@r1",
             "usd_per_1m_output_tokens": 1.0, "usd_per_1m_total_tokens": 0.5, **kw}
 
 
@@ -225,7 +226,7 @@ def test_answers_table_agrees_with_slo_table_and_says_lower_bounds(db):
     con = duckdb.connect(str(db), read_only=True)
     n_ok = con.execute("SELECT count(*) FROM cells WHERE status = 'ok'").fetchall()[0][0]
     assert con.execute("SELECT count(*) FROM answers").fetchall()[0][0] == n_ok * 4
-    diff = con.execute("""SELECT count(*) FROM answers a JOIN slo s USING (cell_id, slo)
+    diff = con.execute("""SELECT count(*) FROM answers a JOIN slo s USING (measurement_id, slo)
         WHERE a.basis <> s.basis OR a.max_rps IS DISTINCT FROM s.max_rps
            OR a.ci_low_rps IS DISTINCT FROM s.ci_low_rps OR a.ci_high_rps IS DISTINCT FROM s.ci_high_rps""").fetchall()
     assert diff == [(0,)]
@@ -239,10 +240,15 @@ def test_answers_table_agrees_with_slo_table_and_says_lower_bounds(db):
     assert h[0] == 2.0 and "from the config" in h[1] and h[2] == h[3]
     assert h[4] == 2.0 / (h[2] * 3600) * 1e6 and h[5] == 1 / h[6] and h[7] == "0.9.1"
     assert h[8].startswith("snakemake --cores all --forcerun") and h[9].startswith("eng-a serve m1")
-    c = con.execute("""SELECT usd_per_hour, output_tok_s_per_gpu, gpu_s_per_request, hardware_kind FROM answers
+    c = con.execute("""SELECT usd_per_hour, output_tok_s_per_gpu, gpu_s_per_request, price_key FROM answers
         WHERE model = 'm2' LIMIT 1""").fetchall()[0]
     assert c == (cost.EXAMPLE_PRICES["cpu"].usd_per_hour, None, None, "cpu")
-    assert con.execute("SELECT origin FROM prices WHERE kind = 'h100'").fetchall() == [("config",)]
+    assert con.execute("SELECT origin FROM prices WHERE price_key = 'h100'").fetchall() == [("config",)]
+    # one name, one meaning: hardware_kind is the cells table's (what ran), price_key what is paid for
+    assert con.execute("""SELECT count(*) FROM answers a JOIN cells c USING (measurement_id)
+        WHERE a.hardware_kind IS DISTINCT FROM c.hardware_kind OR a.cell_id <> c.cell_id""").fetchall() == [(0,)]
+    assert con.execute("SELECT DISTINCT hardware_kind, price_key FROM answers WHERE model = 'm1'").fetchall() == [
+        ("h100-80gb-hbm3-x1", "h100")]
     con.close()
 
 
@@ -336,3 +342,26 @@ def test_interval_brackets_the_answer_on_random_curves():
             assert a.ci_low_rps is None and a.ci_high_rps is None
             continue
         assert (a.ci_low_rps or 0.0) <= a.max_rps <= (math.inf if a.ci_high_rps is None else a.ci_high_rps)
+
+
+def test_a_database_from_before_measurement_keyed_curves_and_price_keys_still_answers(db, tmp_path):
+    """curve without measurement_id (recomputed from requests) and prices keyed by `kind`."""
+    import shutil
+
+    from llm_almanac import answers
+
+    old = tmp_path / "old.duckdb"
+    shutil.copy(db, old)
+    con = duckdb.connect(str(old))
+    con.execute("CREATE TABLE curve_old AS SELECT * EXCLUDE (measurement_id) FROM curve")
+    con.execute("DROP TABLE curve")
+    con.execute("ALTER TABLE curve_old RENAME TO curve")
+    con.execute("ALTER TABLE prices RENAME COLUMN price_key TO kind")
+    con.close()
+    slos = [SLO.from_limits(ttft_ms=700), SLO.from_limits(tpot_ms=30)]
+    got = {}
+    for path in (db, old):
+        con = duckdb.connect(str(path), read_only=True)
+        got[path] = answers.compute(con, slos).to_dicts()
+        con.close()
+    assert got[old] == got[db] and len(got[db]) > 4

@@ -20,7 +20,7 @@ from llm_almanac.summary import fmt_usd
 from conftest import CHROME_FLAGS, chromium
 
 ROW = re.compile(r'<tr class="answer-row[^"]*" data-cell-id="([^"]*)" data-max-rps="([^"]*)" data-basis="([^"]*)" '
-                 r'data-ci-low="([^"]*)" data-ci-high="([^"]*)">(.*?)</tr>', re.S)
+                 r'data-ci-low="([^"]*)" data-ci-high="([^"]*)" data-measurement-id="[^"]*">(.*?)</tr>', re.S)
 
 
 @pytest.fixture(scope="module")

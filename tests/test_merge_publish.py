@@ -1,14 +1,22 @@
 """almanac merge and publish: result sets from two hosts and two runs side by side, identical
 measurements once, refused inputs leaving the output untouched, publish -> merge round trip."""
 
+import json
+import re
 import shutil
+import subprocess
 
 import duckdb
 import pytest
 from resultsets import CELLS, result_set
 
+from llm_almanac import answers, cli
+from llm_almanac.aggregate import aggregate
 from llm_almanac.merge import RefusedInput, merge
 from llm_almanac.publish import publish, verify
+from llm_almanac.report import build_report
+
+from conftest import CHROME_FLAGS, chromium
 
 
 def _q(db, sql):
@@ -109,3 +117,53 @@ def test_publish_then_merge_round_trip(sets, tmp_path):
         f.seek(100)
         f.write(b"XXXX")
     _untouched(tmp_path / "out2.duckdb", [site], "requests.parquet does not match its checksum")
+
+
+def test_a_cell_measured_twice_gives_two_answers(sets, tmp_path, capsys):
+    """Answers and curve points are per measurement, as every other table: a merged database
+    holding each cell from two runs answers for each run (its own requests, never pooled), the
+    same as each run's own `slo` rows; so does one aggregate over both runs' cell folders."""
+    slo = answers.SLO.from_limits(ttft_ms=1000)
+    merged = tmp_path / "twice.duckdb"
+    merge([str(sets["h100"]), str(sets["h100_again"])], merged)
+    con = duckdb.connect(str(merged), read_only=True)
+    rows = answers.compute(con, [slo]).to_dicts()
+    own = dict(con.execute("SELECT measurement_id, max_rps FROM slo WHERE slo = 'ttft_p95<=1000ms'").fetchall())
+    con.close()
+    assert len(rows) == 4 and {r["cell_id"] for r in rows} == set(CELLS)
+    assert {r["measurement_id"]: r["max_rps"] for r in rows} == own  # each run's own answer
+    assert len(set(own.values())) == 4  # the two runs differ, so pooling them would show
+    assert {(r["hardware_kind"], r["price_key"]) for r in rows} == {("h100-80gb-x1", "h100")}
+
+    assert cli.main(["slo", "--ttft-ms", "1000", "--format", "json", "--db", str(merged)]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert sorted(r["measurement_id"] for r in got) == sorted(own)
+    assert cli.main(["plan", "--qps", "10", "--ttft-ms", "1000", "--isl", "128", "--osl", "32", "--format", "json",
+                     "--db", str(merged)]) == 0
+    assert sorted(r["measurement_id"] for r in json.loads(capsys.readouterr().out)) == sorted(own)
+    assert cli.main(["slo", "--ttft-ms", "1000", "--best", "--format", "json", "--db", str(merged)]) == 0
+    [group] = json.loads(capsys.readouterr().out)
+    assert group["best"]["max_rps"] == max(own.values())
+    assert cli.main(["show", CELLS[0], "--db", str(merged)]) == 0
+    assert sum(f"measurement: {CELLS[0]}@" in line for line in capsys.readouterr().out.splitlines()) == 2
+
+    # one aggregate over the cell folders of both runs: the answers and curve tables hold both
+    dirs = [s.parent / "cells" / c for s in (sets["h100"], sets["h100_again"]) for c in CELLS]
+    db = tmp_path / "both-runs.duckdb"
+    aggregate(dirs, db)
+    con = duckdb.connect(str(db), read_only=True)
+    table = dict(con.execute("SELECT measurement_id, max_rps FROM answers WHERE slo = 'ttft_p95<=1000ms'").fetchall())
+    n_points = con.execute("SELECT count(*), count(DISTINCT measurement_id) FROM curve").fetchall()
+    con.close()
+    assert table == own and n_points == [(4 * 4, 4)]
+
+    # the report carries each measurement's curve, and its table has a row for each
+    report = build_report(merged, tmp_path / "report.html")
+    data = json.loads(re.search(r'<script type="application/json" id="almanac-data">(.*?)</script>',
+                                report.read_text(), re.S).group(1).replace("<\\/", "</"))
+    assert sorted(data["curves"]) == sorted(own) and sorted(c["mid"] for c in data["cells"]) == sorted(own)
+    dom = subprocess.run([chromium(), *CHROME_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom",
+                          report.as_uri() + "#model=m&isl=128&osl=32&ttft_ms=1000"],
+                         capture_output=True, text=True, timeout=180).stdout
+    shown = {mid: float(v) for v, mid in re.findall(r'data-max-rps="([^"]*)" [^>]*data-measurement-id="([^"]*)"', dom)}
+    assert shown == own

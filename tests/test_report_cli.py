@@ -99,7 +99,7 @@ def test_report_renders_plots_and_filters_in_chromium(fixture_db, tmp_path):
     text = out.read_text()
     # self-contained: plotly.js inline, no script or stylesheet fetched from the network
     assert not re.search(r"<script[^>]*\ssrc=|<link[^>]*\shref=", text)
-    assert "* plotly.js v" in text and "Plotly.react(" in text
+    assert re.search(r"\* plotly\.js (\(basic - minified\) )?v\d", text) and "Plotly.react(" in text
     dom, png = render(out, tmp_path)
     # plotly drew its SVGs: the TTFT and TPOT curves and the cross-shape bars, 2 svg layers each
     assert dom.count('class="main-svg"') >= 2 * 3

@@ -19,7 +19,7 @@ import numpy as np
 import polars as pl
 
 from . import curve, tables, trust
-from .answers import SLO, Curve, curves_by_cell, slo_answer
+from .answers import SLO, Curve, curves_by_measurement, slo_answer
 from .config import defaults
 from .curve import statistic  # noqa: F401 - kept importable from here
 from .files import read_json
@@ -38,12 +38,20 @@ def parse_metric(metric: str) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
+def _only_curve(points: pl.DataFrame) -> Curve | None:
+    """The curve of one measurement's points (analyse reads one cell's files: one measurement)."""
+    curves = curves_by_measurement(points)
+    if len(curves) > 1:
+        raise ValueError(f"analyse reads one measurement at a time, got {sorted(curves)}")
+    return next(iter(curves.values()), None)
+
+
 def _repeat_cv(requests: pl.DataFrame, phases: pl.DataFrame, slo: SLO) -> float | None:
     """Between-repeat coefficient of variation of the answer: each repeat's curve alone."""
     answers = []
     for r in sorted(phases["repeat"].unique().to_list()):
         ph = phases.filter(pl.col("repeat") == r)
-        crv = curves_by_cell(curve.points(requests.filter(pl.col("repeat") == r), ph)).get(ph["cell_id"][0])
+        crv = _only_curve(curve.points(requests.filter(pl.col("repeat") == r), ph))
         res = slo_answer(crv, slo) if crv else None
         if res is not None and res.max_rps is not None:
             answers.append(res.max_rps)
@@ -76,7 +84,8 @@ def analyse(requests: pl.DataFrame, phases: pl.DataFrame, slos: list[dict[str, A
             parse_metric(c["metric"])
     cell = phases["cell_id"][0]
     points = curve.points(requests, phases)
-    crv = curves_by_cell(points)[cell]
+    crv = _only_curve(points)
+    assert crv is not None  # phases is not empty
     n_rep = int(phases["repeat"].n_unique())
     rows = []
     for spec in slos:

@@ -1,8 +1,12 @@
-"""An answer = (cell, SLO) -> the most requests per second one replica holds under the SLO, with
+"""An answer = (measurement, SLO) -> the most requests per second one replica holds under the SLO, with
 its 95% interval and basis, the latency and tokens/s at that operating point, what it costs
 there, and the commands that reproduce it. One definition for every surface: the aggregate
 writes it to the `answers` table, `almanac slo|plan|summary` compute it with these functions,
 and the report's in-browser port (web/slo.js) is tested against them.
+
+A measurement (identity.py: one run of a cell on one hardware kind) is the unit, as in every
+other table: the `answers` and `curve` tables are keyed by `measurement_id` and keep `cell_id`
+as a column, so a merged database holding a cell measured twice answers for each measurement.
 
 - max_rps, basis, interval: slo.answer over the cell's curve points (curve.py).
 - operating point: every other statistic (TTFT and TPOT p50/p95, output/input tokens/s) is read
@@ -23,7 +27,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from . import cost, db
+from . import cost, db, tables
 from . import curve as curve_mod
 from . import slo as slo_mod
 from .cost import Price
@@ -65,7 +69,7 @@ class SLO:
 
 @dataclass(frozen=True)
 class Curve:
-    """One cell's curve points, as columns (rows in the curve table's order: by rate)."""
+    """One measurement's curve points, as columns (rows in the curve table's order: by rate)."""
     rps: list[float | None]
     cols: dict[str, list[float | None]]
 
@@ -73,11 +77,12 @@ class Curve:
         return self.cols.get(name) or [None] * len(self.rps)
 
 
-def curves_by_cell(points: pl.DataFrame) -> dict[str, Curve]:
+def curves_by_measurement(points: pl.DataFrame) -> dict[str, Curve]:
+    """measurement_id -> its Curve, from curve points (curve.CURVE_SCHEMA)."""
     out: dict[str, Curve] = {}
-    for (cid,), g in points.group_by(["cell_id"], maintain_order=True):
-        cols = {c: g[c].to_list() for c in g.columns if c not in ("cell_id", "phase", "step")}
-        out[cid] = Curve(cols["rps"], cols)
+    for (mid,), g in points.group_by(["measurement_id"], maintain_order=True):
+        cols = {c: g[c].to_list() for c in g.columns if c not in ("measurement_id", "cell_id", "phase", "step")}
+        out[mid] = Curve(cols["rps"], cols)
     return out
 
 
@@ -130,9 +135,11 @@ def answer_text(max_rps: float | None, basis: str) -> str:
 
 
 ANSWERS_SCHEMA: dict[str, Any] = {
-    "cell_id": pl.String, "slo": pl.String, "conditions": pl.String,
+    "measurement_id": pl.String, "cell_id": pl.String, "slo": pl.String, "conditions": pl.String,
     "model": pl.String, "engine": pl.String, "engine_version": pl.String, "quantization": pl.String,
-    "isl": pl.Int64, "osl": pl.Int64, "hardware": pl.String, "hardware_kind": pl.String,
+    "isl": pl.Int64, "osl": pl.Int64, "hardware": pl.String,
+    "hardware_kind": pl.String,  # the cells table's: what the measurement ran on (hardware.kind)
+    "price_key": pl.String,  # what its price is looked up by (cost.price_key): h100, cpu, ...
     "n_gpus": pl.Int64,
     "max_rps": pl.Float64, "basis": pl.String, "lower_bound": pl.Boolean, "answer": pl.String,
     "ci_low_rps": pl.Float64, "ci_high_rps": pl.Float64,
@@ -146,40 +153,46 @@ ANSWERS_SCHEMA: dict[str, Any] = {
 }
 
 
-def price_note(price: Price | None, kind: str, n_gpus: int | None) -> str:
+def price_note(price: Price | None, key: str, n_gpus: int | None) -> str:
     """How a replica's $/hour was obtained, in words (shown next to every cost)."""
     if price is None:
-        return f"no price for {kind}: set prices.{kind} in the config or pass --price {kind}=USD_PER_HOUR"
-    times = "" if price.kind == "cpu" else f" x {max(1, int(n_gpus or 0))} GPU"
+        return f"no price for {key}: set prices.{key} in the config or pass --price {key}=USD_PER_HOUR"
+    times = "" if price.key == "cpu" else f" x {max(1, int(n_gpus or 0))} GPU"
     where = {"example": "example figure", "config": "from the config", "command line": "from the command line"}[price.origin]
     read = f" read {price.read_on}" if price.read_on else ""
     return f"${price.usd_per_hour:g}/h {price.unit}{times}, {where}{read}"
 
 
+def measurement_of(cell: dict[str, Any]) -> str:
+    """A cells row's measurement_id (its cell_id where a hand-made row has none, as curve.py does)."""
+    return cell.get("measurement_id") or cell["cell_id"]
+
+
 def answer_row(cell: dict[str, Any], curve: Curve | None, slo: SLO, prices: dict[str, Price]) -> dict[str, Any]:
-    """One row of the answers table (ANSWERS_SCHEMA) for a cell's dict (cells-table columns)."""
+    """One row of the answers table (ANSWERS_SCHEMA) for a measurement's dict (cells-table columns)."""
     res = slo_answer(curve, slo) if curve is not None else slo_mod.SLOAnswer(None, "no-data", None, None)
     op = operating_point(curve, res.max_rps) if curve is not None else operating_point(Curve([], {}), None)
     n_gpus = int(cell.get("n_gpus") or 0)
-    kind = cost.hardware_kind(cell.get("hardware"), n_gpus)
-    price = prices.get(kind)
+    key = cost.price_key(cell.get("hardware"), n_gpus)
+    price = prices.get(key)
     usd_h = cost.replica_usd_per_hour(price, n_gpus)
 
     def per_gpu(v: float | None) -> float | None:
         return v / n_gpus if v is not None and n_gpus > 0 else None
 
     return {
-        "cell_id": cell["cell_id"], "slo": slo.name, "conditions": json.dumps(slo.conditions),
+        "measurement_id": measurement_of(cell), "cell_id": cell["cell_id"], "slo": slo.name,
+        "conditions": json.dumps(slo.conditions),
         **{k: cell.get(k) for k in ("model", "engine", "engine_version", "quantization", "isl", "osl",
-                                    "hardware")},
-        "hardware_kind": kind, "n_gpus": n_gpus,
+                                    "hardware", "hardware_kind")},
+        "price_key": key, "n_gpus": n_gpus,
         "max_rps": res.max_rps, "basis": res.basis, "lower_bound": res.lower_bound,
         "answer": answer_text(res.max_rps, res.basis),
         "ci_low_rps": res.ci_low_rps, "ci_high_rps": res.ci_high_rps,
         **op,
         "output_tok_s_per_gpu": per_gpu(op["output_tok_s"]), "input_tok_s_per_gpu": per_gpu(op["input_tok_s"]),
         "total_tok_s_per_gpu": per_gpu(op["total_tok_s"]),
-        "usd_per_hour": usd_h, "price": price_note(price, kind, n_gpus),
+        "usd_per_hour": usd_h, "price": price_note(price, key, n_gpus),
         **cost.costs(usd_h, res.max_rps, op["output_tok_s"], op["total_tok_s"], n_gpus),
         "reproduce": cell.get("reproduce"), "server_command": cell.get("server_command"),
     }
@@ -187,41 +200,40 @@ def answer_row(cell: dict[str, Any], curve: Curve | None, slo: SLO, prices: dict
 
 def answers_frame(cells: pl.DataFrame, points: pl.DataFrame, slos: list[SLO],
                   prices: dict[str, Price]) -> pl.DataFrame:
-    """Every ok cell x SLO (failed cells have no curve to read an answer from)."""
-    curves = curves_by_cell(points)
-    rows = [answer_row(c, curves.get(c["cell_id"]), s, prices)
+    """Every ok measurement x SLO (failed ones have no curve to read an answer from)."""
+    curves = curves_by_measurement(points)
+    rows = [answer_row(c, curves.get(measurement_of(c)), s, prices)
             for c in cells.filter(pl.col("status") == "ok").iter_rows(named=True) for s in slos]
     return pl.DataFrame(rows, schema=ANSWERS_SCHEMA)
 
 
-PRICES_SCHEMA: dict[str, Any] = {"kind": pl.String, "usd_per_hour": pl.Float64, "unit": pl.String,
+PRICES_SCHEMA: dict[str, Any] = {"price_key": pl.String, "usd_per_hour": pl.Float64, "unit": pl.String,
                                  "read_on": pl.String, "source": pl.String, "origin": pl.String}
 
 
 def prices_frame(prices: dict[str, Price]) -> pl.DataFrame:
-    return pl.DataFrame([{"kind": p.kind, "usd_per_hour": p.usd_per_hour, "unit": p.unit, "read_on": p.read_on,
+    return pl.DataFrame([{"price_key": p.key, "usd_per_hour": p.usd_per_hour, "unit": p.unit, "read_on": p.read_on,
                           "source": p.source, "origin": p.origin} for p in prices.values()],
                         schema=PRICES_SCHEMA)
 
 
-def _write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame, key: str) -> None:
+def _write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame) -> None:
     con.register(f"{name}_df", df.to_arrow())
     con.execute(f"CREATE TABLE {name} AS SELECT * FROM {name}_df")
-    con.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({key})")
+    con.execute(f"ALTER TABLE {name} ADD PRIMARY KEY ({', '.join(tables.DERIVED_KEYS[name])})")
     con.unregister(f"{name}_df")
 
 
 def write_tables(con: duckdb.DuckDBPyConnection, cells: pl.DataFrame, requests: pl.DataFrame,
                  phases: pl.DataFrame, slos: list[dict[str, Any]], config_prices: dict[str, Any] | None) -> None:
-    """The aggregate's tables for answers: `curve` (every cell's points with their intervals),
-    `prices` (what each hardware kind costs, and where that figure came from) and `answers`
-    (every ok cell x configured SLO)."""
+    """The aggregate's tables for answers: `curve` (every measurement's points with their
+    intervals), `prices` (the $/hour of each price key, and where that figure came from) and
+    `answers` (every ok measurement x configured SLO)."""
     points = curve_mod.points(requests, phases)
     prices = cost.resolve(config_prices)
-    _write(con, "curve", points, "cell_id, phase, step")
-    _write(con, "prices", prices_frame(prices), "kind")
-    _write(con, "answers", answers_frame(cells, points, [SLO.from_config(s) for s in slos], prices),
-           "cell_id, slo")
+    _write(con, "curve", points)
+    _write(con, "prices", prices_frame(prices))
+    _write(con, "answers", answers_frame(cells, points, [SLO.from_config(s) for s in slos], prices))
 
 
 # -- reading them back (the CLI) ------------------------------------------------------------
@@ -238,20 +250,26 @@ def _frame(con: duckdb.DuckDBPyConnection, sql: str) -> pl.DataFrame:
 def load_points(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     """The curve table; for a database written before it existed, computed from its requests."""
     if _has_table(con, "curve"):
-        return _frame(con, "SELECT * FROM curve ORDER BY cell_id, rps, phase, step").cast(pl.Schema(curve_mod.CURVE_SCHEMA))
+        have = {r[0] for r in con.execute("DESCRIBE curve").fetchall()}
+        if "measurement_id" in have:
+            return _frame(con, "SELECT * FROM curve ORDER BY measurement_id, rps, phase, step").cast(
+                pl.Schema(curve_mod.CURVE_SCHEMA))
+        # written before curves were keyed by measurement: recompute (requests carry the ids)
     return curve_mod.points(_frame(con, "SELECT * FROM requests"), _frame(con, "SELECT * FROM phases"))
 
 
 def load_cells(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    return _frame(con, "SELECT * FROM cells ORDER BY model, isl, osl, engine, quantization, cell_id")
+    return _frame(con, "SELECT * FROM cells ORDER BY model, isl, osl, engine, quantization, cell_id, measurement_id")
 
 
 def load_prices(con: duckdb.DuckDBPyConnection, overrides: dict[str, float] | None = None) -> dict[str, Price]:
     """The prices the database was built with (examples where it has none), then `overrides`."""
     if not _has_table(con, "prices"):
         return cost.resolve(None, overrides)
-    book = {r["kind"]: Price(r["kind"], r["usd_per_hour"], r["read_on"], r["source"], r["origin"])
-            for r in _frame(con, "SELECT * FROM prices").iter_rows(named=True)}
+    book = {}
+    for r in _frame(con, "SELECT * FROM prices").iter_rows(named=True):
+        key = r["price_key"] if "price_key" in r else r["kind"]  # `kind` before it was named exactly
+        book[key] = Price(key, r["usd_per_hour"], r["read_on"], r["source"], r["origin"])
     for kind, usd in (overrides or {}).items():
         book[kind] = Price(kind, usd, None, "command line", "command line")
     return book
@@ -271,7 +289,7 @@ def load_slos(con: duckdb.DuckDBPyConnection) -> list[SLO]:
 
 def compute(con: duckdb.DuckDBPyConnection, slos: list[SLO], overrides: dict[str, float] | None = None,
             where: dict[str, Any] | None = None) -> pl.DataFrame:
-    """Answers for `slos` over the database's ok cells matching `where` (column -> value)."""
+    """Answers for `slos` over the database's ok measurements matching `where` (column -> value)."""
     cells = load_cells(con)
     for col, v in (where or {}).items():
         if v is not None:

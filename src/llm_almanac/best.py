@@ -1,5 +1,5 @@
-"""'Any engine': under one SLO, the best engine + quantization for a model x shape x hardware
-kind, its runner-up, and whether the two are told apart by their 95% intervals.
+"""'Any engine': under one SLO, the best engine + quantization for a model x shape x price key
+(the GPU model, or cpu: cost.price_key), its runner-up, and whether the two are told apart by their 95% intervals.
 
 Rank by max_rps (higher first; configurations without an answer do not rank). The winner is
 clear only when the two intervals do not overlap; an interval's missing low end counts as 0 (not
@@ -15,7 +15,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-GROUP = ("model", "isl", "osl", "hardware_kind")
+GROUP = ("model", "isl", "osl", "price_key")
 NO_CLEAR_WINNER = "no clear winner"
 CLEAR_WINNER = "clear winner"
 
@@ -49,7 +49,7 @@ def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def verdict(rows: list[dict[str, Any]]) -> Verdict:
-    """The best of `rows` (one SLO, one model x shape x hardware kind) and how clearly it wins."""
+    """The best of `rows` (one SLO, one model x shape x price key) and how clearly it wins."""
     ranked = rank(rows)
     if not ranked:
         return Verdict(None, None, None, "no configuration meets it")

@@ -316,16 +316,16 @@ def cmd_slo(a: argparse.Namespace) -> int:
         out = best.table(rows)
         if a.format != "table":
             if a.format == "csv":  # one line per group: the two configurations' key numbers
-                out = [{"model": o["model"], "isl": o["isl"], "osl": o["osl"], "hardware_kind": o["hardware_kind"],
+                out = [{"model": o["model"], "isl": o["isl"], "osl": o["osl"], "price_key": o["price_key"],
                         **{f"{w}_{k}": (o[w] or {}).get(k) for w in ("best", "runner_up")
-                           for k in ("cell_id", "max_rps", "basis", "ci_low_rps", "ci_high_rps")},
+                           for k in ("measurement_id", "cell_id", "max_rps", "basis", "ci_low_rps", "ci_high_rps")},
                         "overlap": o["overlap"], "verdict": o["verdict"]} for o in out]
             _emit(out, a.format, [], "")
             return 0
         shown = []
         for o in out:
             b, r = o["best"] or {}, o["runner_up"] or {}
-            shown.append({"model": o["model"], "shape": f"{o['isl']}/{o['osl']}", "hw": o["hardware_kind"],
+            shown.append({"model": o["model"], "shape": f"{o['isl']}/{o['osl']}", "hw": o["price_key"],
                           "best": best.label(b) if b else "-", "b_rps": b.get("answer", "-"),
                           "b_ci": ci_range(b) if b else "-", "runner": best.label(r) if r else "-",
                           "r_rps": r.get("answer", "-"), "r_ci": ci_range(r) if r else "-", "verdict": o["verdict"]})
@@ -344,7 +344,7 @@ def cmd_slo(a: argparse.Namespace) -> int:
         r["tok"] = _f(r["output_tok_s"], 1)
         r["usd"] = ("≤ " if r["lower_bound"] and r["usd_per_1m_output_tokens"] else "") + fmt_usd(r["usd_per_1m_output_tokens"])
     _emit(rows, "table", [("model", "model"), ("engine", "engine"), ("version", "engine_version"),
-                          ("quant", "quantization"), ("ISL/OSL", "shape"), ("hardware", "hardware_kind"),
+                          ("quant", "quantization"), ("ISL/OSL", "shape"), ("hardware", "price_key"),
                           ("max req/s", "answer"), ("95% CI", "ci"), ("basis", "basis"),
                           ("TTFT p95 ms @", "ttft"), ("TPOT p95 ms @", "tpot"), ("out tok/s @", "tok"),
                           ("$/1M out tok", "usd")],
@@ -382,7 +382,7 @@ def cmd_plan(a: argparse.Namespace) -> int:
                           "usd_mc": ("" if r["usd_per_month_conservative"] is None else le)
                           + fmt_usd(r["usd_per_month_conservative"])})
         _emit(shown, "table", [("model", "model"), ("engine", "engine"), ("version", "engine_version"),
-                               ("quant", "quantization"), ("hardware", "hardware_kind"),
+                               ("quant", "quantization"), ("hardware", "price_key"),
                                ("max req/s", "answer"), ("replicas", "reps"), ("conservative", "cons"),
                                ("GPUs", "gpus_t"), ("$/hour", "usd_h"), ("$/month", "usd_m"),
                                ("$/month conservative", "usd_mc"), ("price", "price")],
@@ -417,22 +417,25 @@ def cmd_summary(a: argparse.Namespace) -> int:
 
 def cmd_show(a: argparse.Namespace) -> int:
     con = _connect(a.db)
-    cell = frame(con, "SELECT * FROM cells WHERE cell_id = ?", [a.cell])
+    # a cell id (every measurement of it: a merged database may hold several) or one measurement id
+    cell = frame(con, "SELECT * FROM cells WHERE cell_id = ? OR measurement_id = ? ORDER BY measurement_id",
+                 [a.cell, a.cell])
     if cell.is_empty():
-        ids = [r[0] for r in con.execute("SELECT cell_id FROM cells ORDER BY 1").fetchall()]
+        ids = [r[0] for r in con.execute("SELECT DISTINCT cell_id FROM cells ORDER BY 1").fetchall()]
         raise SystemExit(f"almanac show: no cell {a.cell!r}; cells: {', '.join(ids)}")
-    c = cell.row(0, named=True)
-    Console().print(f"[bold]{c['cell_id']}[/]  status={c['status']}  engine {c['engine']} {c['engine_version']}"
-                    f"  hardware: {c['hardware']}  startup {c['startup_s']} s")
-    if c["error"]:
-        Console().print(f"[red]error:[/] {c['error']}")
-    Console().print(f"server: {c['server_command']}\nreproduce: {c['reproduce']}")
-    ph = frame(con, "SELECT * FROM phases WHERE cell_id = ? ORDER BY rps", [a.cell])
-    print_phases(ph)
-    slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis, repeat_cv, trust_grade, trust_reasons "
-                     "FROM slo WHERE cell_id = ?", [a.cell])
-    if not slo.is_empty():
-        _print_frame(slo, "SLOs")
+    for c in cell.iter_rows(named=True):
+        Console().print(f"[bold]{c['cell_id']}[/]  status={c['status']}  engine {c['engine']} {c['engine_version']}"
+                        f"  hardware: {c['hardware']}  startup {c['startup_s']} s")
+        Console().print(f"measurement: {c['measurement_id']}")
+        if c["error"]:
+            Console().print(f"[red]error:[/] {c['error']}")
+        Console().print(f"server: {c['server_command']}\nreproduce: {c['reproduce']}")
+        ph = frame(con, "SELECT * FROM phases WHERE measurement_id = ? ORDER BY rps", [c["measurement_id"]])
+        print_phases(ph)
+        slo = frame(con, "SELECT slo, max_rps, ci_low_rps, ci_high_rps, basis, repeat_cv, trust_grade, trust_reasons "
+                         "FROM slo WHERE measurement_id = ?", [c["measurement_id"]])
+        if not slo.is_empty():
+            _print_frame(slo, "SLOs")
     con.close()
     return 0
 
@@ -681,7 +684,8 @@ def _answer_parsers(sub: argparse._SubParsersAction) -> None:
     sl.add_argument("--best", action="store_true",
                     help="per model x shape x hardware: the best engine+quantization, its runner-up, and "
                          "whether their 95%% intervals overlap")
-    sl.add_argument("--price", action="append", metavar="KIND=USD", help="$/hour per GPU (per machine for cpu)")
+    sl.add_argument("--price", action="append", metavar="PRICE_KEY=USD",
+                    help="$/hour per GPU (per machine for cpu); price keys: h100, a100, cpu, ...")
     sl.add_argument("--format", choices=["table", "csv", "json"], default="table")
     sl.add_argument("--db", default=DB_PATH)
     sl.set_defaults(func=cmd_slo)
@@ -694,13 +698,15 @@ def _answer_parsers(sub: argparse._SubParsersAction) -> None:
     pl_.add_argument("--isl", type=int, required=True)
     pl_.add_argument("--osl", type=int, required=True)
     pl_.add_argument("--model")
-    pl_.add_argument("--price", action="append", metavar="KIND=USD", help="$/hour per GPU (per machine for cpu)")
+    pl_.add_argument("--price", action="append", metavar="PRICE_KEY=USD",
+                    help="$/hour per GPU (per machine for cpu); price keys: h100, a100, cpu, ...")
     pl_.add_argument("--format", choices=["table", "csv", "json"], default="table")
     pl_.add_argument("--db", default=DB_PATH)
     pl_.set_defaults(func=cmd_plan)
 
     su = sub.add_parser("summary", help="the executive summary, in markdown, written from the data")
-    su.add_argument("--price", action="append", metavar="KIND=USD", help="$/hour per GPU (per machine for cpu)")
+    su.add_argument("--price", action="append", metavar="PRICE_KEY=USD",
+                    help="$/hour per GPU (per machine for cpu); price keys: h100, a100, cpu, ...")
     su.add_argument("--out", help="write it to this file instead of printing it")
     su.add_argument("--db", default=DB_PATH)
     su.set_defaults(func=cmd_summary)
@@ -708,8 +714,8 @@ def _answer_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _database_parsers(sub: argparse._SubParsersAction) -> None:
     """Reading one database: `show`, `query`, `export`."""
-    sh = sub.add_parser("show", help="a cell's status, phases and SLOs")
-    sh.add_argument("cell")
+    sh = sub.add_parser("show", help="a cell's status, phases and SLOs (each of its measurements)")
+    sh.add_argument("cell", help="a cell id (every measurement of it) or a measurement id")
     sh.add_argument("--db", default=DB_PATH)
     sh.set_defaults(func=cmd_show)
 

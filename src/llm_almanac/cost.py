@@ -1,4 +1,4 @@
-"""What an answer costs: prices per hardware kind, cost at the operating point, replicas for a load.
+"""What an answer costs: prices per price key, cost at the operating point, replicas for a load.
 
 Definitions (DESIGN.md, "From measurements to answers"), with price_h the replica's $/hour:
   $ per 1 M output tokens = price_h / (output_tok_s * 3600) * 1e6
@@ -10,9 +10,12 @@ Definitions (DESIGN.md, "From measurements to answers"), with price_h the replic
 An above-range answer is a lower bound on max_rps, so its costs and replica counts are upper
 bounds; callers say so (answers.lower_bound).
 
-Prices are $/hour per *hardware kind*: per GPU for GPU kinds (a replica on N GPUs costs N times
-that), per machine for `cpu`. Where they come from, the later winning: the example figures
-below, the config's `prices:` section, the command line (`--price h100=2.5`).
+Prices are $/hour per *price key*: the GPU's model (`h100`, `a100`, `rtx4090`) or `cpu`
+(`price_key`). Not the measurement's `hardware_kind` (identity.py: `h100-80gb-hbm3-x1`, GPU count
+included), which says exactly what ran; a price key says what to pay for one GPU of it. Per GPU
+for GPU keys (a replica on N GPUs costs N times that), per machine for `cpu`. Where they come
+from, the later winning: the example figures below, the config's `prices:` section, the command
+line (`--price h100=2.5`).
 """
 
 from __future__ import annotations
@@ -30,15 +33,15 @@ _GPU_SOURCE = ("https://www.mercatus-ai.com/blog/cloud-gpu-pricing (its table 'C
 
 @dataclass(frozen=True)
 class Price:
-    kind: str
-    usd_per_hour: float  # per GPU for GPU kinds, per machine for cpu
+    key: str  # the price key (price_key)
+    usd_per_hour: float  # per GPU for GPU keys, per machine for cpu
     read_on: str | None
     source: str | None
     origin: str  # example | config | command line
 
     @property
     def unit(self) -> str:
-        return "per machine" if self.kind == "cpu" else "per GPU"
+        return "per machine" if self.key == "cpu" else "per GPU"
 
 
 # Example figures, so that a first run shows costs. They are someone else's list prices on the
@@ -55,12 +58,12 @@ EXAMPLE_PRICES: dict[str, Price] = {
 _VENDOR_WORDS = {"nvidia", "amd", "intel", "tesla", "geforce", "instinct", "radeon", "data", "center"}
 
 
-def hardware_kind(hardware: str | None, n_gpus: int | None = None) -> str:
+def price_key(hardware: str | None, n_gpus: int | None = None) -> str:
     """The price key of a cell's `hardware` text: `cpu` for CPU cells, else the GPU's model in
     lower case ("1x NVIDIA H100 80GB HBM3 (driver 550.54)" -> h100, "NVIDIA A100-SXM4-80GB" ->
     a100, "NVIDIA GeForce RTX 4090" -> rtx4090, "AMD Instinct MI300X" -> mi300x): the first word
-    with a digit, after dropping vendor words and anything in parentheses. One function, so that
-    a recorded hardware kind (issue 14) can replace this derivation in one place."""
+    with a digit, after dropping vendor words and anything in parentheses. The answers table's
+    `price_key` and the report's hardware picker use it; `hardware_kind` is the cells table's."""
     text = (hardware or "").strip()
     if not text:
         return "unknown"
@@ -74,20 +77,20 @@ def hardware_kind(hardware: str | None, n_gpus: int | None = None) -> str:
     return "-".join(words) or "unknown"
 
 
-def _from_config(kind: str, value: Any) -> Price:
+def _from_config(key: str, value: Any) -> Price:
     if isinstance(value, dict):
-        return Price(kind, float(value["usd_per_hour"]), value.get("read_on"), value.get("source"), "config")
-    return Price(kind, float(value), None, None, "config")
+        return Price(key, float(value["usd_per_hour"]), value.get("read_on"), value.get("source"), "config")
+    return Price(key, float(value), None, None, "config")
 
 
 def resolve(config_prices: dict[str, Any] | None = None, overrides: dict[str, float] | None = None,
             examples: bool = True) -> dict[str, Price]:
-    """Every known kind's price: example figures, then the config's, then the command line's."""
+    """Every known price key's price: example figures, then the config's, then the command line's."""
     book = dict(EXAMPLE_PRICES) if examples else {}
-    for kind, value in (config_prices or {}).items():
-        book[kind] = _from_config(kind, value)
-    for kind, usd in (overrides or {}).items():
-        book[kind] = Price(kind, float(usd), None, "command line", "command line")
+    for key, value in (config_prices or {}).items():
+        book[key] = _from_config(key, value)
+    for key, usd in (overrides or {}).items():
+        book[key] = Price(key, float(usd), None, "command line", "command line")
     return book
 
 
@@ -95,14 +98,14 @@ def parse_overrides(items: list[str] | None) -> dict[str, float]:
     """['h100=2.5', 'cpu=0.04'] -> {'h100': 2.5, 'cpu': 0.04}; ValueError with the bad item."""
     out: dict[str, float] = {}
     for item in items or []:
-        kind, sep, usd = item.partition("=")
+        key, sep, usd = item.partition("=")
         try:
             value = float(usd)
         except ValueError:
             value = -1.0
-        if not sep or not kind.strip() or not value >= 0:
-            raise ValueError(f"--price {item!r}: expected KIND=DOLLARS_PER_HOUR, e.g. h100=2.5")
-        out[kind.strip().lower()] = value
+        if not sep or not key.strip() or not value >= 0:
+            raise ValueError(f"--price {item!r}: expected PRICE_KEY=DOLLARS_PER_HOUR, e.g. h100=2.5")
+        out[key.strip().lower()] = value
     return out
 
 
@@ -110,7 +113,7 @@ def replica_usd_per_hour(price: Price | None, n_gpus: int | None) -> float | Non
     """$/hour of one replica: the GPU price times its GPUs, or the machine price for cpu."""
     if price is None:
         return None
-    if price.kind == "cpu":
+    if price.key == "cpu":
         return price.usd_per_hour
     return price.usd_per_hour * max(1, int(n_gpus or 0))
 

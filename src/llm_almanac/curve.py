@@ -1,6 +1,7 @@
-"""A cell's latency-throughput curve: its measured points, each with its statistics and their
-95% intervals. Every SLO answer (the `slo` and `answers` tables, `almanac slo|plan|summary`,
-the report's in-browser answers) is read from these points, so they are computed in one place.
+"""A measurement's latency-throughput curve (one run of a cell on one hardware kind: identity.py):
+its measured points, each with its statistics and their 95% intervals. Every SLO answer (the
+`slo` and `answers` tables, `almanac slo|plan|summary`, the report's in-browser answers) is read
+from these points, so they are computed in one place.
 
 A point is one phase or sweep step: the sequential phase, each sweep step, the burst. With
 repeats it pools the successful requests of every repeat (percentiles of the pooled requests,
@@ -40,7 +41,7 @@ INTERVAL_STATS = ("mean", "p50", "p90", "p95", "p99")
 
 def _schema() -> dict[str, Any]:
     schema: dict[str, Any] = {
-        "cell_id": pl.String, "phase": pl.String, "step": pl.Int64, "rps": pl.Float64,
+        "measurement_id": pl.String, "cell_id": pl.String, "phase": pl.String, "step": pl.Int64, "rps": pl.Float64,
         "output_tok_s": pl.Float64, "input_tok_s": pl.Float64, "n_ok": pl.Int64, "n_repeats": pl.Int64,
     }
     for m in METRICS:
@@ -113,31 +114,42 @@ def _mean(xs: list[float | None]) -> float | None:
     return math.fsum(vals) / len(vals) if vals else None
 
 
+def _measured(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` with a measurement_id on every row: a database's own, or, in one cell's frames that
+    carry none yet (analyse, before the aggregate names the measurement), the cell_id."""
+    mid = pl.col("measurement_id") if "measurement_id" in df.columns else pl.lit(None, pl.String)
+    return df.with_columns(pl.coalesce(mid.cast(pl.String), pl.col("cell_id")).alias("measurement_id"))
+
+
 def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
-    """One row per (cell, phase, step) of `phases` (CURVE_SCHEMA), ordered by cell and rate.
+    """One row per (measurement, phase, step) of `phases` (CURVE_SCHEMA), ordered by measurement
+    and rate. A measurement (identity.py), not a cell: a merged database can hold one cell
+    measured twice (two hosts, two versions), and their requests are never pooled.
 
     rps and output_tok_s are the phases' own (means over repeats); input_tok_s is the ok
     requests' server-reported prompt tokens over the same window (phases.duration_s)."""
     if phases.is_empty():
         return pl.DataFrame(schema=CURVE_SCHEMA)
-    keys = ["cell_id", "repeat", "phase", "step"]
+    requests, phases = _measured(requests), _measured(phases)
+    point = ["measurement_id", "cell_id", "phase", "step"]
+    keys = ["measurement_id", "cell_id", "repeat", "phase", "step"]
     ok = requests.filter(pl.col("status") == "ok")
     prompt = ok.group_by(keys).agg(pl.col("prompt_tokens").sum().alias("prompt_tokens"))
     per_rep = phases.select([*keys, "rps", "output_tok_s", "duration_s"]).join(prompt, on=keys, how="left")
     per_rep = per_rep.with_columns(
         (pl.col("prompt_tokens").fill_null(0) / pl.col("duration_s")).alias("input_tok_s"))
-    reps = per_rep.group_by(["cell_id", "phase", "step"]).agg(
+    reps = per_rep.group_by(point).agg(
         pl.col("rps"), pl.col("output_tok_s"), pl.col("input_tok_s"), pl.col("repeat").n_unique().alias("n"))
-    lat = ok.group_by(["cell_id", "phase", "step"]).agg(
+    lat = ok.group_by(point).agg(
         pl.col("ttft_ms").drop_nulls(), pl.col("tpot_ms").drop_nulls(), pl.col("e2e_ms").drop_nulls(),
         pl.col("itl_ms").explode().drop_nulls())
     rows = []
-    lat_by_key = {(r["cell_id"], r["phase"], r["step"]): r for r in lat.iter_rows(named=True)}
+    lat_by_key = {tuple(r[k] for k in point): r for r in lat.iter_rows(named=True)}
     for rep in reps.iter_rows(named=True):
-        key = (rep["cell_id"], rep["phase"], rep["step"])
+        key = tuple(rep[k] for k in point)
         got = lat_by_key.get(key, {})
         row: dict[str, Any] = {
-            "cell_id": key[0], "phase": key[1], "step": key[2],
+            **dict(zip(point, key)),
             "rps": _mean(rep["rps"]), "output_tok_s": _mean(rep["output_tok_s"]),
             "input_tok_s": _mean(rep["input_tok_s"]), "n_ok": len(got.get("ttft_ms") or []),
             "n_repeats": rep["n"],
@@ -149,4 +161,4 @@ def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
                     row[f"{m}_{s}_lo_ms"], row[f"{m}_{s}_hi_ms"] = _us(lo), _us(hi)
         rows.append(row)
     out = pl.DataFrame(rows, schema=CURVE_SCHEMA)
-    return out.sort(["cell_id", "rps", "phase", "step"], nulls_last=True)
+    return out.sort(["measurement_id", "rps", "phase", "step"], nulls_last=True)

@@ -19,10 +19,10 @@ from typing import Any
 from . import cost
 from .answers import SLO
 
-PLAN_COLUMNS = ("model", "engine", "engine_version", "quantization", "hardware_kind", "n_gpus",
+PLAN_COLUMNS = ("model", "engine", "engine_version", "quantization", "price_key", "n_gpus",
                 "answer", "max_rps", "basis", "ci_low_rps", "replicas", "replicas_conservative",
                 "upper_bound", "gpus", "usd_per_hour", "usd_per_hour_conservative", "usd_per_month",
-                "usd_per_month_conservative", "price", "cell_id")
+                "usd_per_month_conservative", "price", "cell_id", "measurement_id")
 
 
 @dataclass
@@ -40,8 +40,8 @@ def _row(a: dict[str, Any], qps: float) -> dict[str, Any]:
         return None if k is None or usd is None else k * usd * per
 
     return {
-        **{k: a[k] for k in ("model", "engine", "engine_version", "quantization", "hardware_kind", "n_gpus",
-                             "answer", "max_rps", "basis", "ci_low_rps", "price", "cell_id")},
+        **{k: a[k] for k in ("model", "engine", "engine_version", "quantization", "price_key", "n_gpus",
+                             "answer", "max_rps", "basis", "ci_low_rps", "price", "cell_id", "measurement_id")},
         "replicas": n, "replicas_conservative": n_cons, "upper_bound": bool(a["lower_bound"]),
         "gpus": None if n is None else n * int(a["n_gpus"] or 0),
         "usd_per_hour": money(n, 1.0), "usd_per_hour_conservative": money(n_cons, 1.0),
@@ -80,5 +80,5 @@ def plan(answers: list[dict[str, Any]], qps: float, slo: SLO, isl: int, osl: int
     if any(r["upper_bound"] for r in rows):
         notes.append("≤: every measured rate met the SLO, so fewer replicas may do (an upper bound)")
     if any(r["usd_per_hour"] is None for r in rows):
-        notes.append("no $ where a hardware kind has no price: pass --price KIND=USD_PER_HOUR")
+        notes.append("no $ where a price key has no price: pass --price PRICE_KEY=USD_PER_HOUR")
     return Plan(rows, "; ".join(notes) or None)

@@ -1,7 +1,11 @@
 """results/report.html: one self-contained page (plotly.js inline; opens without network).
 
+plotly.js is its "basic" bundle where `make setup` installed it, else plotly.py's full one
+(plotlyjs.py says which, and why).
+
 - the executive summary (summary.py), written from the data;
-- an explorer: pickers for model, engine ("any" included), quantization, shape, hardware kind and
+- an explorer: pickers for model, engine ("any" included), quantization, shape, price key (the GPU
+  model, or cpu) and
   the SLO (free TTFT/TPOT limits on p50|p90|p95|p99, presets from the config) drive the answer
   panel (best, runner-up, "no clear winner"), the curves (TTFT and TPOT p50/p95 against achieved
   req/s, one colour per engine+quantization, the SLO as a line, each operating point a star), a
@@ -19,15 +23,15 @@ from __future__ import annotations
 import html
 import json
 import math
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import duckdb
-import plotly.offline
 import polars as pl
 
-from . import answers, cost, summary
+from . import answers, cost, plotlyjs, summary
 from .files import write_text
 
 CURVE_KEYS = {"rps": "rps", "output_tok_s": "out", "input_tok_s": "in"}
@@ -46,29 +50,32 @@ def _finite(xs: list) -> list:
 
 
 def _curves(points: pl.DataFrame) -> dict[str, dict[str, list]]:
-    """Per ok cell, the columns the browser needs (exact floats: JSON keeps every bit)."""
+    """Per ok measurement (measurement_id), the columns the browser needs (exact floats: JSON
+    keeps every bit)."""
     out: dict[str, dict[str, list]] = {}
-    for (cid,), g in points.group_by(["cell_id"], maintain_order=True):
+    for (mid,), g in points.group_by(["measurement_id"], maintain_order=True):
         d: dict[str, list] = {short: _finite(g[col].to_list()) for col, short in CURVE_KEYS.items()}
         d["ph"] = [p if p != "sweep" else f"sweep[{s}]" for p, s in zip(g["phase"], g["step"])]
         for m in PAGE_METRICS:
             for s in PAGE_STATS:
                 for suffix in ("", "_lo", "_hi"):
                     d[f"{m}_{s}{suffix}"] = _finite(g[f"{m}_{s}{suffix}_ms"].to_list())
-        out[cid] = d
+        out[mid] = d
     return out
 
 
 def _cells(cells: pl.DataFrame, prices: dict[str, cost.Price]) -> list[dict[str, Any]]:
     out = []
     for c in cells.iter_rows(named=True):
-        kind = cost.hardware_kind(c["hardware"], c["n_gpus"])
+        key = cost.price_key(c["hardware"], c["n_gpus"])
         n = int(c["n_gpus"] or 0)
         out.append({
-            "id": c["cell_id"], "model": c["model"], "engine": c["engine"], "version": c["engine_version"],
-            "quant": c["quantization"], "isl": c["isl"], "osl": c["osl"], "hw": c["hardware"], "kind": kind,
-            "gpus": n, "usd_h": cost.replica_usd_per_hour(prices.get(kind), n),
-            "price": answers.price_note(prices.get(kind), kind, n), "reproduce": c["reproduce"],
+            "id": c["cell_id"], "mid": answers.measurement_of(c), "run": c.get("run_id"),
+            "model": c["model"], "engine": c["engine"], "version": c["engine_version"],
+            "quant": c["quantization"], "isl": c["isl"], "osl": c["osl"], "hw": c["hardware"],
+            "hw_kind": c.get("hardware_kind"), "price_key": key,
+            "gpus": n, "usd_h": cost.replica_usd_per_hour(prices.get(key), n),
+            "price": answers.price_note(prices.get(key), key, n), "reproduce": c["reproduce"],
             "server": c["server_command"], "status": c["status"], "error": (c["error"] or "")[:600],
         })
     return out
@@ -101,7 +108,8 @@ def _notes_and_error(r: dict[str, Any]) -> str:
 
 def _cells_table(cells: pl.DataFrame) -> str:
     body = "".join(
-        f"<tr class='{html.escape(r['status'])}'><td>{html.escape(r['cell_id'])}</td><td>{html.escape(r['status'])}</td>"
+        f"<tr class='{html.escape(r['status'])}'><td title='measurement {html.escape(answers.measurement_of(r))}'>"
+        f"{html.escape(r['cell_id'])}</td><td>{html.escape(r['status'])}</td>"
         f"<td>{html.escape(r['engine_version'] or '')}</td><td>{html.escape(r['hardware'] or '')}</td>"
         f"<td class=num>{'—' if r['startup_s'] is None else format(r['startup_s'], '.1f')}</td>"
         f"<td><pre>{html.escape(_notes_and_error(r)[:600])}</pre></td></tr>"
@@ -110,9 +118,9 @@ def _cells_table(cells: pl.DataFrame) -> str:
             f"<th>hardware</th><th>startup s</th><th>notes, error</th></tr></thead><tbody>{body}</tbody></table>")
 
 
-def _price_inputs(kinds: list[str], prices: dict[str, cost.Price]) -> str:
+def _price_inputs(keys: list[str], prices: dict[str, cost.Price]) -> str:
     out = []
-    for k in kinds:
+    for k in keys:
         p = prices.get(k)
         unit = "per machine" if k == "cpu" else "per GPU"
         hint = f"{p.usd_per_hour:g}" if p else "no price"
@@ -166,12 +174,15 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
         f'<button class="preset" data-ttft="{p["ttft_ms"] if p["ttft_ms"] is not None else ""}" '
         f'data-tpot="{p["tpot_ms"] if p["tpot_ms"] is not None else ""}" data-stat="{p["stat"]}">'
         f'{html.escape(p["text"])}</button>' for p in data["presets"])
-    kinds = sorted({c["kind"] for c in page_cells if c["status"] == "ok"})
+    keys = sorted({c["price_key"] for c in page_cells if c["status"] == "ok"})
     cells_html = _cells_table(cells)
     if n_cells > CELLS_INLINE_MAX:
         cells_html = f"<template>{cells_html}</template>"
+    pjs = plotlyjs.script()
+    pjs_text = re.sub("</(script)", r"<\\/\1", pjs.text, flags=re.I)  # inert inside <script> (none today)
     page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-almanac report</title>
-<style>{CSS}</style><script>{plotly.offline.get_plotlyjs()}</script></head><body>
+<style>{CSS}</style><script id="plotly-js" data-bundle="{pjs.bundle}" data-version="{pjs.version}">
+{pjs_text}</script></head><body>
 <h1>llm-almanac report</h1>
 <p>{n_ok} of {n_cells} cells ok. Capacity = the most requests/s one replica holds under the SLO
 (latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured
@@ -192,7 +203,7 @@ of <code>almanac summary</code>)</summary>{summary_html}</details>
 <option selected>p95</option><option>p99</option></select></label>
 <span>presets: {presets}</span> <a id="permalink" href="#">link to this view</a>
 <div class="prices">your prices, $/hour (empty: the figure of the config or the example, shown greyed):
-{_price_inputs(kinds, prices)}</div>
+{_price_inputs(keys, prices)}</div>
 </div>
 <h3>Answer under <span id="slo-text"></span></h3>
 <div id="verdicts"></div>

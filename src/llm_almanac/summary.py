@@ -1,6 +1,6 @@
 """The executive summary (`almanac summary`, and the top of the report), written from the data.
 
-Per model and shape (and hardware kind): under each SLO the best configuration, the margin to
+Per model and shape (and price key, the GPU model or cpu): under each SLO the best configuration, the margin to
 the runner-up and whether their 95% intervals tell them apart (best.py), and the cost per
 million tokens at the best's operating point. Per model: how capacity under the first SLO moves
 with the prompt length and with the output length (prefill vs decode), from pairs of measured
@@ -48,7 +48,7 @@ def _config(row: dict[str, Any]) -> str:
 
 
 def slo_sentence(slo: SLO, rows: list[dict[str, Any]]) -> str:
-    """One bullet: the best under `slo` among `rows` (one model x shape x hardware kind)."""
+    """One bullet: the best under `slo` among `rows` (one model x shape x price key)."""
     v = best.verdict(rows)
     head = f"**{slo.text()}**: "
     if v.best is None:
@@ -82,7 +82,7 @@ def shape_contrast(slo: SLO, rows: list[dict[str, Any]]) -> list[Block]:
     """Prefill vs decode for one model's rows under `slo` (module docstring)."""
     by_conf: dict[tuple, dict[tuple[int, int], dict[str, Any]]] = {}
     for r in rows:
-        by_conf.setdefault((r["engine"], r["quantization"], r["hardware_kind"]), {})[(r["isl"], r["osl"])] = r
+        by_conf.setdefault((r["engine"], r["quantization"], r["price_key"]), {})[(r["isl"], r["osl"])] = r
     prompt, output, skipped = [], [], 0
     for shapes in by_conf.values():
         for (i1, o1), a in shapes.items():
@@ -132,9 +132,9 @@ def blocks(answers: list[dict[str, Any]], slos: list[SLO], n_cells: int, n_faile
            failed: list[dict[str, Any]] | None = None) -> list[Block]:
     """The summary of `answers` (answers.py rows of every ok cell x each of `slos`); `failed`:
     the cells-table rows of failed cells, named with the first line of their error."""
-    ok_cells = {a["cell_id"] for a in answers}
+    ok_cells = {a["measurement_id"] for a in answers}
     models = sorted({a["model"] for a in answers})
-    kinds = sorted({a["hardware_kind"] for a in answers})
+    kinds = sorted({a["price_key"] for a in answers})
     out: list[Block] = [("h1", "Executive summary")]
     out.append(("p", f"{len(ok_cells)} of {n_cells} configurations measured ({n_failed} failed): "
                      f"{len(models)} model(s), engines {', '.join(sorted({a['engine'] for a in answers})) or '—'}, "
@@ -147,7 +147,7 @@ def blocks(answers: list[dict[str, Any]], slos: list[SLO], n_cells: int, n_faile
         mrows = [a for a in answers if a["model"] == model]
         groups: dict[tuple, list[dict[str, Any]]] = {}
         for a in mrows:
-            groups.setdefault((a["isl"], a["osl"], a["hardware_kind"]), []).append(a)
+            groups.setdefault((a["isl"], a["osl"], a["price_key"]), []).append(a)
         for (isl, osl, kind) in sorted(groups):
             out.append(("h3", f"ISL {isl} / OSL {osl} on {kind}"))
             for s in slos:

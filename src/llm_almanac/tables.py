@@ -213,6 +213,14 @@ KEYS: dict[str, list[str]] = {
     "engine_metrics": ["measurement_id", "repeat", "phase", "step", "metric", "labels"],
 }
 
+#: Primary keys of the tables the aggregate derives from these (answers.write_tables): a
+#: measurement's curve points and answers, and the price of each price key (cost.py).
+DERIVED_KEYS: dict[str, list[str]] = {
+    "curve": ["measurement_id", "phase", "step"],
+    "answers": ["measurement_id", "slo"],
+    "prices": ["price_key"],
+}
+
 #: Every database names its layout's version per table (identity.SCHEMA_VERSION), so that a
 #: result set written by an older version still merges and an unknown one is refused.
 SCHEMA_TABLE = "almanac_schema"

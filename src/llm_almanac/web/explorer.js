@@ -41,9 +41,9 @@ function costs(usdH, rps, out, total, gpus) {
           gpuSReq: gpus && rps ? gpus / rps : null};
 }
 function replicaUsdH(cell) {
-  const p = state.prices[cell.kind];
+  const p = state.prices[cell.price_key];
   if (p === undefined) return cell.usd_h;
-  return cell.kind === "cpu" ? p : p * Math.max(1, cell.gpus || 0);
+  return cell.price_key === "cpu" ? p : p * Math.max(1, cell.gpus || 0);
 }
 const label = r => r.cell.engine + " " + r.cell.quant;
 function overlap(a, b) {
@@ -117,7 +117,7 @@ function syncPickers() {
   state.engine = setOptions($("f-engine"), ["any", ...uniq(inModel.map(c => c.engine)).sort()], null, state.engine, "any");
   const quants = uniq(inModel.filter(c => state.engine === "any" || c.engine === state.engine).map(c => c.quant)).sort();
   state.quant = setOptions($("f-quantization"), ["any", ...quants], null, state.quant, "any");
-  state.hw = setOptions($("f-hardware"), ["any", ...uniq(inModel.map(c => c.kind)).sort()], null, state.hw, "any");
+  state.hw = setOptions($("f-hardware"), ["any", ...uniq(inModel.map(c => c.price_key)).sort()], null, state.hw, "any");
   $("f-ttft").value = state.ttft === null ? "" : state.ttft;
   $("f-tpot").value = state.tpot === null ? "" : state.tpot;
   $("f-stat").value = state.stat;
@@ -143,7 +143,7 @@ function readPickers() {
 
 // --- answers -----------------------------------------------------------------------------
 function answerFor(cell) {
-  const c = D.curves[cell.id] || NO_POINTS;  // no point measured: "no-data", as in Python
+  const c = D.curves[cell.mid] || NO_POINTS;  // no point measured: "no-data", as in Python
   const conds = [];
   for (const [m, lim] of [["ttft", state.ttft], ["tpot", state.tpot]]) {
     if (lim === null) continue;
@@ -164,7 +164,7 @@ function selected(cells, allShapes) {
     && (allShapes || state.shape === "any" || c.isl + "/" + c.osl === state.shape)
     && (state.engine === "any" || c.engine === state.engine)
     && (state.quant === "any" || c.quant === state.quant)
-    && (state.hw === "any" || c.kind === state.hw));
+    && (state.hw === "any" || c.price_key === state.hw));
 }
 
 function sloText() {
@@ -181,7 +181,7 @@ const COLUMNS = [  // [header, sort value, html]
   ["version", r => r.cell.version, r => esc(r.cell.version)],
   ["quant", r => r.cell.quant, r => esc(r.cell.quant)],
   ["ISL/OSL", r => r.cell.isl * 1e6 + r.cell.osl, r => r.cell.isl + "/" + r.cell.osl],
-  ["hardware", r => r.cell.kind, r => `<span title="${esc(r.cell.hw)}">${esc(r.cell.kind)}</span>`],
+  ["hardware", r => r.cell.price_key, r => `<span title="${esc(r.cell.hw)}">${esc(r.cell.price_key)}</span>`],
   ["max req/s", r => r.maxRps, r => `<b class="answer">${esc(r.failed ? "failed" : answerText(r.maxRps, r.basis))}</b>`],
   ["95% CI", r => r.ciLow, r => (r.maxRps === null ? "—" : ciRange(r))],
   ["basis", r => r.basis, r => esc(r.basis)],
@@ -194,7 +194,8 @@ const COLUMNS = [  // [header, sort value, html]
   ["$/1M tok", r => r.cost && r.cost.usd1mTotal, r => usdCell(r, "usd1mTotal")],
   ["$/1k req", r => r.cost && r.cost.usd1kReq, r => usdCell(r, "usd1kReq")],
   ["GPU-s/req", r => r.cost && r.cost.gpuSReq, r => (r.cost ? fmt(r.cost.gpuSReq, 2) : "—")],
-  ["commands", r => r.cell.id, r => `<details><summary>${esc(r.cell.id)}</summary><div>server: <code>${
+  ["commands", r => r.cell.id, r => `<details><summary>${esc(r.cell.id)}</summary><div>measurement: <code>${
+    esc(r.cell.mid)}</code></div><div>server: <code>${
     esc(r.cell.server)}</code></div><div>reproduce: <code>${esc(r.cell.reproduce)}</code></div>${
     r.failed ? `<pre>${esc(r.cell.error)}</pre>` : ""}</details>`],
 ];
@@ -218,7 +219,8 @@ function renderTable(rows) {
     `<th data-col="${i}" class="${i === sortBy.col ? (sortBy.desc ? "desc" : "asc") : ""}">${c[0]}</th>`).join("") + "</tr>";
   $("answers-body").innerHTML = sorted.map(r => `<tr class="answer-row${r.failed ? " failed" : ""}" data-cell-id="${
     esc(r.cell.id)}" data-max-rps="${r.maxRps === null ? "" : r.maxRps}" data-basis="${esc(r.basis)}" data-ci-low="${
-    r.ciLow === null || r.ciLow === undefined ? "" : r.ciLow}" data-ci-high="${r.ciHigh === null || r.ciHigh === undefined ? "" : r.ciHigh}">${
+    r.ciLow === null || r.ciLow === undefined ? "" : r.ciLow}" data-ci-high="${r.ciHigh === null || r.ciHigh === undefined ? "" : r.ciHigh
+    }" data-measurement-id="${esc(r.cell.mid)}">${
     COLUMNS.map(c => `<td>${c[2](r)}</td>`).join("")}</tr>`).join("");
   $("answers-count").textContent = rows.length;
 }
@@ -227,7 +229,7 @@ function renderVerdicts(rows) {
   const groups = new Map();
   for (const r of rows) {
     if (r.failed) continue;
-    const k = [r.cell.model, r.cell.isl, r.cell.osl, r.cell.kind].join("|");
+    const k = [r.cell.model, r.cell.isl, r.cell.osl, r.cell.price_key].join("|");
     if (!groups.has(k)) groups.set(k, []);
     groups.get(k).push(r);
   }
@@ -237,7 +239,9 @@ function renderVerdicts(rows) {
     const v = verdict(g);
     const who = r => `<b>${esc(label(r))}</b> (${esc(r.cell.version)}) ${esc(answerText(r.maxRps, r.basis))} req/s (${ciText(r)})`;
     let html = `<div class="verdict" data-group="${esc(k)}" data-verdict="${esc(v.text)}" data-best-cell-id="${
-      v.best ? esc(v.best.cell.id) : ""}" data-runner-up-cell-id="${v.runnerUp ? esc(v.runnerUp.cell.id) : ""}">`;
+      v.best ? esc(v.best.cell.id) : ""}" data-runner-up-cell-id="${v.runnerUp ? esc(v.runnerUp.cell.id) : ""
+      }" data-best-measurement-id="${v.best ? esc(v.best.cell.mid) : ""}" data-runner-up-measurement-id="${
+      v.runnerUp ? esc(v.runnerUp.cell.mid) : ""}">`;
     html += `<div class="vhead">${esc(model)} · ISL ${isl} / OSL ${osl} · ${esc(kind)}: <span class="vtext">${esc(v.text)}</span></div>`;
     if (v.best) {
       const b = v.best, le = b.basis === "above-range" ? "≤ " : "";
@@ -245,8 +249,8 @@ function renderVerdicts(rows) {
       html += `<div class="op">at that load: TTFT p50/p95 ${fmt(b.op.ttft_p50, 0)}/${fmt(b.op.ttft_p95, 0)} ms, TPOT p50/p95 ${
         fmt(b.op.tpot_p50, 1)}/${fmt(b.op.tpot_p95, 1)} ms, ${fmt(b.op.out, 1)} output tok/s (${fmt(b.op.total, 1)} in+out)` +
         (b.cost.usd1mOut !== null ? `; ${le}${fmtUsd(b.cost.usd1mOut)} per 1M output tokens, ${le}${fmtUsd(b.cost.usd1mTotal)} per 1M tokens, ${
-          le}${fmtUsd(b.cost.usd1kReq)} per 1k requests <span class="price">(${esc(Object.hasOwn(state.prices, b.cell.kind)
-          ? "$" + state.prices[b.cell.kind] + "/h " + (b.cell.kind === "cpu" ? "per machine" : "per GPU") + ", from this page"
+          le}${fmtUsd(b.cost.usd1kReq)} per 1k requests <span class="price">(${esc(Object.hasOwn(state.prices, b.cell.price_key)
+          ? "$" + state.prices[b.cell.price_key] + "/h " + (b.cell.price_key === "cpu" ? "per machine" : "per GPU") + ", from this page"
           : b.cell.price)})</span>` : `; <span class="price">${esc(b.cell.price)}</span>`) + "</div>";
       html += `<div class="cmd">server: <code>${esc(b.cell.server)}</code><br>reproduce: <code>${esc(b.cell.reproduce)}</code></div>`;
     }
@@ -256,25 +260,51 @@ function renderVerdicts(rows) {
 }
 
 function traceName(c) { return `${c.engine} ${c.version} ${c.quant}`; }
+
+// Only the charts the current pickers fill are drawn: an empty one costs plotly as much to lay
+// out as a full one (its first draw is most of the page's own start-up), so it is removed and
+// hidden instead, and drawn again when the pickers give it something to show.
+function drawPlot(id, traces, layout) {
+  const el = $(id);
+  el.style.display = "";
+  Plotly.react(el, traces, layout, {displaylogo: false, responsive: true});
+}
+function clearPlot(id) {
+  const el = $(id);
+  if (el._fullLayout) Plotly.purge(el);
+  el.style.display = "none";
+}
 function colorOf(c) { return PALETTE[COMBOS.indexOf(c.engine + " " + c.quant) % PALETTE.length]; }
 
 function renderCurves(rows) {
   const specific = state.model !== "any" && state.shape !== "any";
-  $("curves-note").textContent = specific ? "" : "Pick one model and one shape to see their curves.";
+  const drawn = specific ? rows.filter(x => !x.failed && D.curves[x.cell.mid]) : [];
+  // one cell measured more than once (a merged database: two hosts, two runs): say which is which
+  const names = drawn.map(r => traceName(r.cell));
+  const nameOf = cell => {
+    const n = traceName(cell);
+    return names.indexOf(n) === names.lastIndexOf(n) ? n : `${n} (${[cell.hw_kind, cell.run].filter(Boolean).join(", ") || cell.mid})`;
+  };
+  $("curves-note").textContent = !specific ? "Pick one model and one shape to see their curves."
+    : drawn.length ? "" : "No curve to draw for these pickers.";
   for (const [m, div, lim] of [["ttft", "plot-ttft", state.ttft], ["tpot", "plot-tpot", state.tpot]]) {
     const traces = [];
-    for (const r of specific ? rows.filter(x => !x.failed && D.curves[x.cell.id]) : []) {
-      const c = D.curves[r.cell.id], color = colorOf(r.cell);
+    if (!drawn.length) {
+      clearPlot(div);
+      continue;
+    }
+    for (const r of drawn) {
+      const c = D.curves[r.cell.mid], color = colorOf(r.cell);
       const stats = ["p50", "p95"].concat(["p50", "p95"].includes(state.stat) ? [] : [state.stat]);
       for (const s of stats) {
         traces.push({x: c.rps, y: c[m + "_" + s], mode: "lines+markers", type: "scatter",
                      line: {color, dash: s === "p50" ? "solid" : s === "p95" ? "dot" : "dash"},
-                     name: `${traceName(r.cell)} ${s}`, legendgroup: r.cell.id, hovertext: c.ph});
+                     name: `${nameOf(r.cell)} ${s}`, legendgroup: r.cell.mid, hovertext: c.ph});
       }
       if (r.maxRps !== null && lim !== null) {
         traces.push({x: [r.maxRps], y: [valueAt(c.rps, c[m + "_" + state.stat], r.maxRps)], mode: "markers",
                      type: "scatter", marker: {symbol: "star", size: 15, color, line: {color: "#000", width: 1}},
-                     name: `${traceName(r.cell)}: ${answerText(r.maxRps, r.basis)} req/s`, legendgroup: r.cell.id,
+                     name: `${nameOf(r.cell)}: ${answerText(r.maxRps, r.basis)} req/s`, legendgroup: r.cell.mid,
                      showlegend: false});
       }
     }
@@ -289,7 +319,7 @@ function renderCurves(rows) {
       layout.annotations.push({xref: "paper", x: 1, y: lim, xanchor: "right", yanchor: "bottom", showarrow: false,
                                text: `SLO: ${title} ${state.stat} ≤ ${lim} ms`, font: {color: "#d62728"}});
     }
-    Plotly.react(div, traces, layout, {displaylogo: false, responsive: true});
+    drawPlot(div, traces, layout);
   }
 }
 
@@ -297,7 +327,7 @@ function renderShapes() {
   const div = "plot-shapes";
   if (state.model === "any") {
     $("shapes-note").textContent = "Pick one model to compare its shapes.";
-    Plotly.react(div, [], {height: 60, margin: {t: 10, b: 10}, xaxis: {visible: false}, yaxis: {visible: false}});
+    clearPlot(div);
     return;
   }
   $("shapes-note").textContent = "";
@@ -306,9 +336,11 @@ function renderShapes() {
     .sort((a, b) => a.split("/")[0] - b.split("/")[0] || a.split("/")[1] - b.split("/")[1]);
   const groups = new Map();
   for (const r of rows) {
-    const k = `${traceName(r.cell)} · ${r.cell.kind}`;
+    const base = `${traceName(r.cell)} · ${r.cell.price_key}`, shape = r.cell.isl + "/" + r.cell.osl;
+    let k = base;  // a configuration measured twice at one shape (a merged database): a second series
+    for (let i = 2; groups.has(k) && groups.get(k).by[shape]; i++) k = `${base} #${i}`;
     if (!groups.has(k)) groups.set(k, {cell: r.cell, by: {}});
-    groups.get(k).by[r.cell.isl + "/" + r.cell.osl] = r;
+    groups.get(k).by[shape] = r;
   }
   const traces = [...groups].map(([name, g]) => {
     const pts = shapes.map(s => g.by[s] || null);
@@ -320,11 +352,10 @@ function renderShapes() {
                       array: pts.map(r => (r && r.maxRps !== null && r.ciHigh !== null ? r.ciHigh - r.maxRps : 0)),
                       arrayminus: pts.map(r => (r && r.maxRps !== null && r.ciLow !== null ? r.maxRps - r.ciLow : 0))}};
   });
-  Plotly.react(div, traces, {
+  drawPlot(div, traces, {
     title: {text: `${state.model}: max requests/s under ${sloText() || "no SLO"} across shapes (ISL/OSL)`},
     barmode: "group", height: 420, margin: {t: 50}, xaxis: {title: {text: "ISL/OSL"}, type: "category"},
-    yaxis: {title: {text: "requests/s (95% CI)"}, rangemode: "tozero"}, legend: {orientation: "h", y: -0.2}},
-    {displaylogo: false, responsive: true});
+    yaxis: {title: {text: "requests/s (95% CI)"}, rangemode: "tozero"}, legend: {orientation: "h", y: -0.2}});
 }
 
 function render(deferShapes = false) {
