@@ -157,39 +157,51 @@ def build_report(db_path: str | Path, out_path: str | Path) -> Path:
     finally:
         con.close()
     rows = answers.answers_frame(cells, points, slos, prices).to_dicts()
+    page_cells = _cells(cells, prices)
+    data: dict[str, Any] = {"cells": page_cells, "curves": _curves(points), "presets": _presets(slos)}
     n_cells, n_ok = len(cells), cells.filter(pl.col("status") == "ok").height
-    blocks = summary.blocks(rows, slos, n_cells, n_cells - n_ok, cells.filter(pl.col("status") != "ok").to_dicts())
+    cells_html = _cells_table(cells)
+    if n_cells > CELLS_INLINE_MAX:
+        cells_html = f"<template>{cells_html}</template>"
+    intro = f"""<h1>llm-almanac report</h1>
+<p>{n_ok} of {n_cells} cells ok. Capacity = the most requests/s one replica holds under the SLO
+(latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured
+rate met it); intervals are 95%. Definitions: docs/methodology.md, docs/answers.md.
+Data: {html.escape(str(db_path))}.</p>
+{_summary(rows, slos, cells)}"""
+    keys = sorted({c["price_key"] for c in page_cells if c["status"] == "ok"})
+    out = Path(out_path)
+    write_text(out, _page(intro, data, keys, prices, cells_html, n_cells - n_ok))
+    return out
+
+
+def _summary(rows: list[dict[str, Any]], slos: list[dict[str, Any]], cells: pl.DataFrame) -> str:
+    """The executive summary, folded when long."""
+    failed = cells.filter(pl.col("status") != "ok")
+    blocks = summary.blocks(rows, slos, len(cells), failed.height, failed.to_dicts())
     summary_html = summary.to_html(blocks[1:])  # its title is the <summary> line
     # A long summary would push the explorer away: it starts folded, and stays an inert <template>
     # (no style or layout work while the page loads) until it is first opened.
     short = len(blocks) <= SUMMARY_OPEN_MAX_BLOCKS
-    summary_open = " open" if short else ""
     if not short:
         summary_html = f'<template id="summary-body">{summary_html}</template>'
+    return (f'<details id="summary" class="lazy"{" open" if short else ""}><summary><b>Executive summary</b> '
+            f"(written from the data by the code\nof <code>almanac summary</code>)</summary>{summary_html}</details>")
 
-    page_cells = _cells(cells, prices)
-    data: dict[str, Any] = {"cells": page_cells, "curves": _curves(points), "presets": _presets(slos)}
+
+def _page(intro: str, data: dict[str, Any], keys: list[str], prices: Any, cells_html: str, n_failed: int) -> str:
+    """The whole page: plotly.js, the explorer's elements, the data and the explorer's code."""
     payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False).replace("</", "<\\/")
     presets = "".join(
         f'<button class="preset" data-ttft="{p["ttft_ms"] if p["ttft_ms"] is not None else ""}" '
         f'data-tpot="{p["tpot_ms"] if p["tpot_ms"] is not None else ""}" data-stat="{p["stat"]}">'
         f'{html.escape(p["text"])}</button>' for p in data["presets"])
-    keys = sorted({c["price_key"] for c in page_cells if c["status"] == "ok"})
-    cells_html = _cells_table(cells)
-    if n_cells > CELLS_INLINE_MAX:
-        cells_html = f"<template>{cells_html}</template>"
     pjs = plotlyjs.script()
     pjs_text = re.sub("</(script)", r"<\\/\1", pjs.text, flags=re.I)  # inert inside <script> (none today)
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-almanac report</title>
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>llm-almanac report</title>
 <style>{CSS}</style><script id="plotly-js" data-bundle="{pjs.bundle}" data-version="{pjs.version}">
 {pjs_text}</script></head><body>
-<h1>llm-almanac report</h1>
-<p>{n_ok} of {n_cells} cells ok. Capacity = the most requests/s one replica holds under the SLO
-(latency limits apply to the chosen statistic, p95 by default); ≥ marks a lower bound (every measured
-rate met it); intervals are 95%. Definitions: docs/methodology.md, docs/answers.md.
-Data: {html.escape(str(db_path))}.</p>
-<details id="summary" class="lazy"{summary_open}><summary><b>Executive summary</b> (written from the data by the code
-of <code>almanac summary</code>)</summary>{summary_html}</details>
+{intro}
 <h2>Explorer</h2>
 <div class="pickers">
 <label>model <select id="f-model"></select></label>
@@ -212,14 +224,11 @@ of <code>almanac summary</code>)</summary>{summary_html}</details>
 <section id="answers"><h3>Answers (<span id="answers-count">0</span>; click a header to sort)</h3>
 <table id="answers-table"><thead id="answers-head"></thead><tbody id="answers-body"></tbody></table></section>
 <h3>Across shapes</h3><p class="note" id="shapes-note"></p><div id="plot-shapes"></div>
-<h2>Cells</h2><details class="lazy"><summary>every cell's status ({n_cells - n_ok} failed)</summary>{cells_html}</details>
+<h2>Cells</h2><details class="lazy"><summary>every cell's status ({n_failed} failed)</summary>{cells_html}</details>
 <script type="application/json" id="almanac-data">{payload}</script>
 <script>{_web("slo.js")}</script>
 <script>{_web("explorer.js")}</script>
 </body></html>"""
-    out = Path(out_path)
-    write_text(out, page)
-    return out
 
 
 def main() -> None:  # pragma: no cover - convenience for `python -m llm_almanac.report`
