@@ -175,7 +175,7 @@ Data: {html.escape(str(db_path))}.</p>
     return out
 
 
-def _summary(rows: list[dict[str, Any]], slos: list[dict[str, Any]], cells: pl.DataFrame) -> str:
+def _summary(rows: list[dict[str, Any]], slos: list[answers.SLO], cells: pl.DataFrame) -> str:
     """The executive summary, folded when long."""
     failed = cells.filter(pl.col("status") != "ok")
     blocks = summary.blocks(rows, slos, len(cells), failed.height, failed.to_dicts())
