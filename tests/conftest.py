@@ -257,7 +257,7 @@ def check_sweep_strictly_between_the_anchors(db, engine):
         # vLLM batches concurrent requests, so its burst beats one at a time. By how much depends
         # on the CPU: on an AVX2-only core (no native bf16) the 64-token prefill is compute-bound
         # (TTFT 1.8 s, TPOT 75 ms), batching speeds up only the decode, and the burst measured
-        # 1.26-1.36x the sequential rate in five runs on such a machine.
+        # 1.27-1.36x the sequential rate in four runs on such a machine.
         # llama.cpp's 4 slots on 2 CPU cores gain little over one at a time (measured 3.3 vs
         # 3.45-3.84 rps, and once 2.97 vs 2.44), so its order is not a property to assert.
         assert rates["burst"] > 1.1 * rates["sequential"]
