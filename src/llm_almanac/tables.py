@@ -18,14 +18,20 @@ PERCENTILES = (50, 90, 95, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 STATS = ("mean", "min", "max", *(f"p{p}" for p in PERCENTILES))
 
-#: One row per request (and per repeat of its phase).
-REQUESTS: dict[str, Any] = {
+#: The columns that name one measured unit (a phase's step in one repeat of one measurement),
+#: leading both the requests and the phases tables.
+_UNIT: dict[str, Any] = {
     "measurement_id": pl.String,
     "cell_id": pl.String,
     "repeat": pl.Int32,
     "phase": pl.String,
     "step": pl.Int32,
     "target_rps": pl.Float64,
+}
+
+#: One row per request (and per repeat of its phase).
+REQUESTS: dict[str, Any] = {
+    **_UNIT,
     "request_id": pl.Int64,
     "scheduled_s": pl.Float64,
     "sent_s": pl.Float64,
@@ -110,12 +116,7 @@ ENGINE_PHASE: dict[str, Any] = {
 
 def _phases() -> dict[str, Any]:
     schema: dict[str, Any] = {
-        "measurement_id": pl.String,
-        "cell_id": pl.String,
-        "repeat": pl.Int32,
-        "phase": pl.String,
-        "step": pl.Int32,
-        "target_rps": pl.Float64,
+        **_UNIT,
         "n_ok": pl.Int64,
         "n_failed": pl.Int64,
         "fail_rate": pl.Float64,  # n_failed / all requests: read beside rps, which counts only ok ones
