@@ -182,6 +182,26 @@ def e2e_config(default):
     return cfg
 
 
+def interrupt_config(default, earlier_run):
+    """One llama.cpp cell (32/16), long enough in its sweep to be interrupted there. llama.cpp, not
+    vLLM: its server starts in about a second, so the two runs an interrupt test needs cost
+    seconds instead of two vLLM start-ups and a GGUF conversion (this cut `make test` by minutes;
+    the process-tree kill of a multi-process engine is proven by the SGLang tests and the main
+    runs). A bundled GGUF carries no tokenizer.json, so the cell uses the one the earlier run's
+    conversion produced (a grid of llama.cpp alone is refused with that advice: ModelError)."""
+    cfg = e2e_config(default)
+    cfg["grid"] = [{**cfg["grid"][1], "shapes": [{"isl": 32, "osl": 16}]}]
+    assert cfg["grid"][0]["engines"] == ["llama-cpp"]
+    tok = Path(earlier_run) / "results" / "models" / "smollm2-135m" / "hf" / "tokenizer.json"
+    assert tok.exists(), tok
+    cfg["models"]["smollm2-135m"]["tokenizer"] = str(tok)
+    cfg["bench"].update(sweep_rates=2, sweep_duration_s=6)
+    return cfg
+
+
+INTERRUPTED_CELL = "smollm2-135m__llama-cpp__q4_1__32-16"
+
+
 def run_snakemake(workdir, configfile, *args, check=True, env=None, timeout=1800):
     """Snakemake on this repository's Snakefile in `workdir`, with `configfile` (the HF token is
     a known fake, so tests can prove it never reaches results)."""

@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from conftest import (
+    INTERRUPTED_CELL,
     ROOT,
     SNAKEMAKE,
     check_exact_token_counts_on_every_ok_request,
@@ -29,6 +30,7 @@ from conftest import (
     check_sweep_strictly_between_the_anchors,
     e2e_config,
     engine_processes,
+    interrupt_config,
     run_snakemake,
 )
 
@@ -118,7 +120,7 @@ def test_rerun_failed_reruns_exactly_the_failed_cells(run):
     con.close()
 
 
-def test_interrupt_leaves_nothing_running_and_resume_keeps_measured_phases(tmp_path, default_config_module):
+def test_interrupt_leaves_nothing_running_and_resume_keeps_measured_phases(run, tmp_path, default_config_module):
     """SIGINT to Snakemake (as Ctrl-C sends it to the terminal's process group) mid-cell: the
     server is stopped, the phases already measured stay on disk, and the next plain run
     finishes the cell without measuring them again."""
@@ -127,13 +129,10 @@ def test_interrupt_leaves_nothing_running_and_resume_keeps_measured_phases(tmp_p
 
     import polars as pl
 
-    cfg = e2e_config(default_config_module)
-    cfg["grid"] = cfg["grid"][:1]
-    cfg["grid"][0]["shapes"] = [{"isl": 32, "osl": 8}]
-    cfg["bench"].update(sweep_rates=2, sweep_duration_s=6)
+    cfg = interrupt_config(default_config_module, run[0])
     cfgfile = tmp_path / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    cell = tmp_path / "results/cells/smollm2-135m__vllm-cpu__bf16__32-8"
+    cell = tmp_path / "results/cells" / INTERRUPTED_CELL
     cmd = [*SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(cfgfile), "--cores", "2"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -165,6 +164,6 @@ def test_interrupt_leaves_nothing_running_and_resume_keeps_measured_phases(tmp_p
     assert req["request_id"].n_unique() == req.height
     assert set(req["phase"]) == {"sequential", "burst", "sweep"}
     assert not (cell / "partial").exists()
-    log = (tmp_path / "results/logs/bench_cell/smollm2-135m__vllm-cpu__bf16__32-8.log").read_text()
+    log = (tmp_path / "results/logs/bench_cell" / f"{INTERRUPTED_CELL}.log").read_text()
     assert "kept from an earlier run, not measured again" in log
     assert engine_processes(str(tmp_path)) == []

@@ -305,6 +305,29 @@ def test_externalize_keeps_secret_values_out_of_the_config_with_stable_names():
     assert res.args[1] == "sk-lit-123456" and "c-123456" in res.secrets
 
 
+def test_an_uncaught_error_reaches_the_jobs_own_log_one_line_when_it_is_ours(tmp_path, capsys):
+    """A job that dies of an uncaught exception leaves its reason in its own log file (before, it
+    went to stderr only and the job's log was empty); the project's own errors are one line."""
+    from llm_almanac.models import ModelError
+
+    logs.setup(tmp_path / "job.log")
+    try:
+        for exc in (ModelError("model 'm' has no tokenizer.json: set models.m.tokenizer"), KeyError("x")):
+            try:
+                raise exc
+            except Exception:  # noqa: BLE001 - handed to the hook exactly as Python would
+                sys.excepthook(*sys.exc_info())
+        text = (tmp_path / "job.log").read_text()
+        lines = text.splitlines()
+        assert lines[0].endswith("ERROR root: ModelError: model 'm' has no tokenizer.json: set models.m.tokenizer")
+        assert "Traceback" not in lines[0] and "uncaught KeyError" in lines[1]
+        assert "Traceback (most recent call last)" in text and "raise exc" in text
+        assert "ModelError: model 'm'" in capsys.readouterr().err
+    finally:
+        logging.getLogger().handlers.clear()
+        sys.excepthook = sys.__excepthook__
+
+
 def test_logs_and_tracebacks_are_scrubbed_of_remembered_secrets(tmp_path, capsys):
     redact.remember(["remembered-secret-42"])
     logs.setup(tmp_path / "job.log")

@@ -208,20 +208,17 @@ def test_rerun_failed_through_slurm_reruns_exactly_the_failed_cell(cluster, run)
 
 
 def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured_phases(
-        cluster, tmp_path, default_config_module):
+        cluster, run, tmp_path, default_config_module):
     """scancel in the middle of a cell's sweep (what SLURM does at the job's time limit): SLURM
     signals every process of the job, the cell stops its server, no engine process survives the
     job, and the profile's retry resubmits the cell, which measures only the phases it lacks."""
     import polars as pl
 
-    cfg = shared.e2e_config(default_config_module)
-    cfg["grid"] = cfg["grid"][:1]
-    cfg["grid"][0]["shapes"] = [{"isl": 32, "osl": 8}]
-    cfg["bench"].update(sweep_rates=2, sweep_duration_s=6)
+    cfg = shared.interrupt_config(default_config_module, run[0])
     cfg["resources"] = {"cpus": cluster.hardware["CPUs"], "mem_mb": MEM_MB, "runtime": RUNTIME_MIN}
     cfgfile = tmp_path / "config.yaml"
     cfgfile.write_text(yaml.safe_dump(cfg))
-    cell = tmp_path / "results/cells/smollm2-135m__vllm-cpu__bf16__32-8"
+    cell = tmp_path / "results/cells" / shared.INTERRUPTED_CELL
     cmd = [*shared.SNAKEMAKE, "-s", str(ROOT / "Snakefile"), "--directory", str(tmp_path),
            "--configfile", str(cfgfile), "--workflow-profile", str(_profile(cluster))]
     with open(tmp_path / "snakemake.out", "w") as out:
@@ -261,6 +258,6 @@ def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured
         got = req.filter((pl.col("phase") == phase) & (pl.col("step") == int(step))).sort("request_id")
         assert got["ttft_ms"].to_list() == df.sort("request_id")["ttft_ms"].to_list()
     assert set(req["phase"]) == {"sequential", "burst", "sweep"}
-    log = (tmp_path / "results/logs/bench_cell/smollm2-135m__vllm-cpu__bf16__32-8.log").read_text()
+    log = (tmp_path / "results/logs/bench_cell" / f"{shared.INTERRUPTED_CELL}.log").read_text()
     assert "kept from an earlier run, not measured again" in log
     assert shared.engine_processes(str(tmp_path)) == []

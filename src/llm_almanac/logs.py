@@ -25,8 +25,20 @@ class _Scrubbing(logging.Formatter):
 
 
 def _excepthook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
-    """An uncaught exception's traceback, scrubbed like every log line."""
-    sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
+    """An uncaught exception, into the job's log file as well as the terminal (before, it reached
+    only stderr, so a failed job's own log was empty), scrubbed like every log line. The
+    project's own errors (`llm_almanac.*`) already say what is wrong and what to do: one line;
+    anything else keeps its traceback."""
+    root = logging.getLogger()
+    if not root.handlers:
+        sys.stderr.write(scrub("".join(traceback.format_exception(kind, exc, tb))))
+        return
+    if kind.__module__.startswith("llm_almanac."):
+        root.error("%s: %s", kind.__name__, exc)
+    else:
+        root.error("uncaught %s", kind.__name__, exc_info=(kind, exc, tb))
+    for h in root.handlers:
+        h.flush()
 
 
 def setup(log_path: str | Path | None = None, level: int = logging.INFO, console: Console | None = None) -> None:
