@@ -113,6 +113,28 @@ def test_report_renders_plots_and_filters_in_chromium(fixture_db, tmp_path):
     assert png.stat().st_size > 30_000  # a page with plots, not a blank one
 
 
+def test_commands_other_than_bench_start_without_the_measuring_modules():
+    """`almanac query` and the other commands run in a process of their own (a user's shell,
+    every test that runs one): they must not pay for numpy, uvloop, httptools, httpx and the load
+    generator, which only `almanac bench` uses (about half the start-up time)."""
+    code = ("import sys, llm_almanac.cli as c; c.build_parser(); "
+            "print(sorted(m for m in ('numpy', 'uvloop', 'httptools', 'httpx', 'jsonschema', 'prometheus_client', "
+            "'llm_almanac.loadgen', 'llm_almanac.phases', 'llm_almanac.stream') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert p.stdout.strip() == "[]"
+
+
+def test_bench_choices_are_the_config_schemas():
+    """The command line offers exactly the values a config may say (and the load generator takes)."""
+    from llm_almanac import cli, loadgen, phases
+
+    opts = {a.dest: a for a in cli.build_parser()._subparsers._group_actions[0].choices["bench"]._actions}
+    assert opts["arrival"].choices == list(loadgen.ARRIVALS)
+    assert sorted(opts["endpoint"].choices) == sorted(loadgen.ENDPOINTS)
+    assert opts["transport"].choices == list(loadgen.TRANSPORTS)
+    assert opts["phases"].default == ",".join(phases.PHASES)
+
+
 def test_version_and_query_formats(fixture_db, capsys):
     import json as _json
 

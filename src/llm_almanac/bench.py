@@ -18,14 +18,18 @@ import tempfile
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
-from . import enginemetrics, loadgen, logs, phases
+from . import logs
 from .files import write_json, write_parquet
-from .loadgen import LoadGenerator, Ticker
-from .phases import CellFailure, Plan
+
+if TYPE_CHECKING:  # the measuring modules (numpy, uvloop, httptools) load only when a run starts:
+    # `almanac query` and the other commands import this module to build their parser
+    from . import enginemetrics, phases
+    from .loadgen import LoadGenerator, Ticker
+    from .phases import Plan
 
 #: where a run without --out writes: a new folder per run under this one (in the working directory)
 RESULTS_ROOT = Path("bench-results")
@@ -127,6 +131,8 @@ def checkpoint(out: Path, settings: dict, force: bool) -> phases.Checkpoint:
     """The folder's checkpoint of measured phases: resumed when its settings are these, refused
     when they are not, or when the folder holds results without a checkpoint (unless `force`,
     which discards them): a folder's results are never overwritten silently."""
+    from . import phases
+
     fingerprint = json.dumps(settings, sort_keys=True)
     partial = out / "partial"
     recorded = partial / "fingerprint"
@@ -154,6 +160,7 @@ def run(gen: LoadGenerator, plan: Plan, store: phases.PhaseStore, notes: list[st
         scraper: enginemetrics.Scraper | None) -> tuple[str | None, int]:
     """The phases, stopped cleanly by Ctrl-C, SIGTERM or a failure: (why it stopped, exit code),
     (None, 0) when every phase ran. What was measured is in `store` either way."""
+    from . import loadgen, phases
     from .server import signals_raise
 
     try:
@@ -162,7 +169,7 @@ def run(gen: LoadGenerator, plan: Plan, store: phases.PhaseStore, notes: list[st
     except KeyboardInterrupt as exc:
         stopped = str(exc) or "received SIGINT"
         return stopped, 143 if "SIGTERM" in stopped else 130
-    except CellFailure as exc:
+    except phases.CellFailure as exc:
         return f"failed: {exc}", 1
     return None, 0
 
@@ -222,6 +229,8 @@ def write_results(out: Path, store: phases.PhaseStore, label: str, max_concurren
                   engine_metrics: bool, about: dict[str, Any]) -> tuple[pl.DataFrame, dict[str, Any], list[str]]:
     """requests.parquet, phases.parquet (and engine_metrics.parquet) and summary.json, from what
     `store` holds: (the phase rows, the summary, notes on them)."""
+    from . import phases
+
     requests, phase_rows, notes = phases.results(store, label, max_concurrency)
     write_parquet(out / "requests.parquet", requests)
     write_parquet(out / "phases.parquet", phase_rows)

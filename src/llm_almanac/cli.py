@@ -38,14 +38,16 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, bench, enginemetrics, logs, phases
-from .config import defaults
+from . import __version__, bench, enginemetrics, logs
+from .config import choices, defaults
 from .db import DB_PATH, frame
 from .files import write_parquet
-from .loadgen import ARRIVALS, ENDPOINTS, TRANSPORTS, LoadGenerator
-from .phases import PHASES, CellFailure, Plan
+from .tables import PHASE_NAMES
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the measuring modules load only for `almanac bench`: every other command (and
+    # every test that runs one in a process of its own) starts in about half the time
+    from . import phases
+    from .phases import Plan
     from .prompts import LoadedTokenizer, PromptFactory
 
 BENCH_DEFAULTS = defaults("bench")
@@ -107,6 +109,8 @@ def _bench_settings(a: argparse.Namespace) -> dict:
 def _bench_inputs(a: argparse.Namespace) -> tuple[dict, Plan, str]:
     """The bench settings, the plan and the server's URL (and an explicit --out), each checked
     before anything is sent: nothing measured can be lost to a typo."""
+    from .phases import Plan
+
     cfg = _bench_settings(a)
     plan = Plan(cfg, tuple(p.strip() for p in a.phases.split(",") if p.strip()))
     try:
@@ -145,6 +149,7 @@ def _bench_target(a: argparse.Namespace, base: str) -> tuple[str, LoadedTokenize
 
 def cmd_bench(a: argparse.Namespace) -> int:
     from .config import GUARD_RAILS
+    from .loadgen import LoadGenerator
 
     logs.setup(None)
     try:
@@ -183,6 +188,7 @@ def _check_tokenize(a: argparse.Namespace, base: str, model: str, prompts: Promp
 
     from .cell import check_prompt_tokens
     from .engines import get_engine
+    from .phases import CellFailure
 
     try:
         check_prompt_tokens(base, get_engine(a.tokenize_style), model, prompts.make(10**9), a.isl)
@@ -607,7 +613,7 @@ class HelpWithDefaults(argparse.ArgumentDefaultsHelpFormatter):
 
 def _bench_load_arguments(b: argparse.ArgumentParser) -> None:
     """The load `almanac bench` sends: its phases and their settings (the config schema's defaults)."""
-    b.add_argument("--phases", default=",".join(PHASES), help="comma-separated phases to run")
+    b.add_argument("--phases", default=",".join(PHASE_NAMES), help="comma-separated phases to run")
     b.add_argument("--warmup-requests", type=int, default=BENCH_DEFAULTS["warmup_requests"],
                    help="requests before the first phase, excluded from all metrics")
     b.add_argument("--sequential-requests", type=int, default=BENCH_DEFAULTS["sequential_requests"],
@@ -620,9 +626,9 @@ def _bench_load_arguments(b: argparse.ArgumentParser) -> None:
                    help="request rates of the sweep, evenly between the sequential and burst rates")
     b.add_argument("--sweep-duration", type=float, default=BENCH_DEFAULTS["sweep_duration_s"],
                    help="seconds of traffic per sweep rate")
-    b.add_argument("--arrival", choices=list(ARRIVALS), default=BENCH_DEFAULTS["arrival"],
+    b.add_argument("--arrival", choices=choices("bench", "arrival"), default=BENCH_DEFAULTS["arrival"],
                    help="arrival process of the sweep")
-    b.add_argument("--endpoint", choices=sorted(ENDPOINTS), default=BENCH_DEFAULTS["endpoint"],
+    b.add_argument("--endpoint", choices=choices("bench", "endpoint"), default=BENCH_DEFAULTS["endpoint"],
                    help="completions: /v1/completions; chat: /v1/chat/completions")
     b.add_argument("--request-timeout", type=float, default=BENCH_DEFAULTS["request_timeout_s"],
                    help="seconds for one whole response; a slower one counts as failed")
@@ -650,7 +656,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="check the prompt length with the server's /tokenize before measuring")
     b.add_argument("--tokenize-style", choices=["vllm", "llamacpp"], default="vllm",
                    help="request/response shape of that /tokenize")
-    b.add_argument("--transport", choices=list(TRANSPORTS), default=BENCH_DEFAULTS["transport"],
+    b.add_argument("--transport", choices=choices("bench", "transport"), default=BENCH_DEFAULTS["transport"],
                    help="HTTP client: fast (asyncio + llhttp, plain http) or httpx (also https)")
     b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
                    help="scrape this engine's Prometheus metrics around and during each phase "

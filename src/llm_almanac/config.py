@@ -11,12 +11,14 @@ import functools
 import re
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import jsonschema
 import yaml
 
 from .grid import Cell, ConfigError, expand_grid
+
+if TYPE_CHECKING:  # loaded by the validating functions only: reading defaults needs no validator
+    import jsonschema
 
 SCHEMA_PATH = Path(str(files("llm_almanac") / "config_schema.yaml"))
 
@@ -34,6 +36,12 @@ def defaults(section: str) -> dict[str, Any]:
     """The schema's default for every key of a config section (e.g. "bench", "analysis")."""
     props = _schema(str(SCHEMA_PATH))["properties"][section]["properties"]
     return {k: v["default"] for k, v in props.items() if "default" in v}
+
+
+def choices(section: str, key: str) -> list[str]:
+    """The values the schema allows for one key of a config section (its `enum`): the command
+    line offers exactly what a config file may say."""
+    return list(_schema(str(SCHEMA_PATH))["properties"][section]["properties"][key]["enum"])
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -79,6 +87,8 @@ def _bench_message(err: jsonschema.ValidationError) -> str:
 def bench_problems(bench: dict[str, Any]) -> list[tuple[str, str]]:
     """(setting, what is wrong) for each bench setting the schema refuses (for `almanac bench`,
     whose options are the same settings)."""
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(_schema(str(SCHEMA_PATH))["properties"]["bench"])
     return [(".".join(map(str, e.absolute_path)), _bench_message(e))
             for e in sorted(validator.iter_errors(bench), key=lambda e: list(map(str, e.absolute_path)))]
@@ -90,6 +100,8 @@ def _where(err: jsonschema.ValidationError) -> str:
 
 def validate(config: dict[str, Any], schema_path: str | Path = SCHEMA_PATH) -> None:
     """Raise ConfigError naming the first offending key (the most specific schema error)."""
+    import jsonschema
+
     schema = _schema(str(schema_path))
     validator = jsonschema.Draft202012Validator(schema)
     err = jsonschema.exceptions.best_match(validator.iter_errors(config))

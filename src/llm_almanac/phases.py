@@ -24,7 +24,7 @@ from .loadgen import LoadGenerator, Measured
 
 log = logging.getLogger(__name__)
 
-PHASES = ("sequential", "burst", "sweep")
+PHASES = tables.PHASE_NAMES
 
 
 class CellFailure(RuntimeError):

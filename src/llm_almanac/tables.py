@@ -17,6 +17,8 @@ import polars as pl
 PERCENTILES = (50, 90, 95, 99)
 LATENCY_METRICS = ("ttft", "tpot", "itl", "e2e")
 STATS = ("mean", "min", "max", *(f"p{p}" for p in PERCENTILES))
+#: The values of the `phase` column, in the order a cell runs them.
+PHASE_NAMES = ("sequential", "burst", "sweep")
 
 #: The columns that name one measured unit (a phase's step in one repeat of one measurement),
 #: leading both the requests and the phases tables.

@@ -24,10 +24,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
+if TYPE_CHECKING:  # httpx and the Prometheus parser load when a scrape or a parse happens, so that
+    # the command line (which offers ENGINES as choices) starts without them
+    import httpx
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,8 @@ def names_for(engine: str) -> Names | None:
 
 def parse(text: str) -> dict[tuple[str, str], float]:
     """Every sample of a /metrics text: (sample name, labels as sorted JSON) -> value."""
+    from prometheus_client.parser import text_string_to_metric_families
+
     out: dict[tuple[str, str], float] = {}
     for fam in text_string_to_metric_families(text):
         for s in fam.samples:
@@ -116,6 +119,8 @@ class Scraper:
         self._transport = transport
 
     async def _fetch(self, client: httpx.AsyncClient, scrape: Scrape) -> tuple[int, bytes] | None:
+        import httpx
+
         try:
             resp = await client.get(self.url)
             if resp.status_code != 200:
@@ -141,6 +146,8 @@ class Scraper:
     async def around(self, measure: Any) -> tuple[Any, Scrape]:
         """Run `measure()` (a coroutine function) between a before and an after scrape, with
         gauge samples during it; returns its result and the raw scrape."""
+        import httpx
+
         scrape = Scrape()
         async with httpx.AsyncClient(timeout=self.timeout_s, transport=self._transport) as client:
             scrape.before = await self._fetch(client, scrape)
