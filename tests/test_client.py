@@ -461,7 +461,9 @@ def test_every_option_shows_its_default(cmd, capsys):
         from llm_almanac.config import defaults
 
         assert entries["--sequential-requests"].endswith(f"(default: {defaults('bench')['sequential_requests']})")
-        assert entries["--base-url"].endswith("(required)") and "(default: the --model value)" in entries["--tokenizer"]
+        assert entries["--base-url"].endswith("(default: http://127.0.0.1:8000)")
+        assert "(default: the --model value)" in entries["--tokenizer"]
+        assert entries["--isl"].endswith("(default: 1024)") and entries["--osl"].endswith("(default: 128)")
         assert "bench-results/MODEL-ISL-OSL-YYYYmmdd-HHMMSS" in entries["--out"]
 
 

@@ -12,7 +12,7 @@
   almanac rerun-failed [--configfile F] [-- SNAKEMAKE ARGS]   rerun exactly the failed cells, keeping
                  their measured phases (on SLURM: -- --workflow-profile profiles/slurm)
 
-  almanac bench  --base-url http://127.0.0.1:8000 --isl N --osl N [--model NAME --tokenizer DIR|HUB_ID --out DIR]
+  almanac bench  [--base-url http://127.0.0.1:8000 --isl 1024 --osl 128 --model NAME --tokenizer DIR|HUB_ID --out DIR]
                  the phases of a cell against an already running OpenAI-compatible server (model:
                  the server's only one; tokenizer: the model's; out: a new bench-results/ folder)
   almanac sim [--port N --ttft-ms X ...]   a simulated streaming server (a test instrument,
@@ -642,14 +642,16 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                        description="The phases of a cell (warm-up, sequential, burst, sweep) against an already "
                                    "running OpenAI-compatible server; writes requests.parquet, phases.parquet "
                                    "and summary.json, and prints the phases.")
-    b.add_argument("--base-url", required=True, help="server root, e.g. http://127.0.0.1:8000")
+    b.add_argument("--base-url", default="http://127.0.0.1:8000",
+                   help="server root (the default is where `vllm serve` and `vllm bench serve` meet)")
     b.add_argument("--model", help="model name sent in each request (default: the server's only "
                                     "GET /v1/models entry; an error lists them when it serves several)")
     b.add_argument("--tokenizer", help="tokenizer that counts prompt tokens: a tokenizer.json, a folder holding one, "
                                        "or a Hugging Face Hub id (fetched with HF_TOKEN if set; cache only under "
                                        "HF_HUB_OFFLINE=1) (default: the --model value)")
-    b.add_argument("--isl", type=int, required=True, help="input sequence length: prompt tokens per request")
-    b.add_argument("--osl", type=int, required=True, help="output sequence length: tokens generated per request")
+    # vllm bench serve's random dataset defaults, so that the same bare command measures the same shape
+    b.add_argument("--isl", type=int, default=1024, help="input sequence length: prompt tokens per request")
+    b.add_argument("--osl", type=int, default=128, help="output sequence length: tokens generated per request")
     _bench_load_arguments(b)
     b.add_argument("--min-tokens", action="store_true", help="also send min_tokens=OSL (vLLM)")
     b.add_argument("--check-tokenize", action="store_true",
