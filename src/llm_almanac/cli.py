@@ -643,7 +643,7 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                                    "running OpenAI-compatible server; writes requests.parquet, phases.parquet "
                                    "and summary.json, and prints the phases.")
     b.add_argument("--base-url", default="http://127.0.0.1:8000",
-                   help="server root (the default is where `vllm serve` and `vllm bench serve` meet)")
+                   help="server root (where `vllm serve` listens unless told otherwise)")
     b.add_argument("--model", help="model name sent in each request (default: the server's only "
                                     "GET /v1/models entry; an error lists them when it serves several)")
     b.add_argument("--tokenizer", help="tokenizer that counts prompt tokens: a tokenizer.json, a folder holding one, "
