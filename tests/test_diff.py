@@ -78,3 +78,17 @@ def test_a_corrupt_input_is_refused_with_its_name(base, tmp_path):
     bad.write_bytes(b"garbage" * 50)
     p = _almanac("diff", str(base), str(bad))
     assert p.returncode == 2 and "bad.duckdb" in p.stderr
+
+
+def test_two_engine_entries_of_one_set_compare_cell_by_cell(base):
+    """Two versions of an engine, or tuned against default flags, are two engine entries of one
+    grid: `--base-engine A --new-engine B` diffs them within one result set, shape by shape."""
+    res = diff(str(base), str(base), threshold=0.05, n_boot=100, engines=("eng-a", "eng-b"))
+    assert set(res["engine"]) == {"eng-a -> eng-b"}
+    ids = set(zip(res["base_measurement"], res["new_measurement"], strict=True))
+    assert all("eng-a" in b and "eng-b" in n for b, n in ids) and len(ids) >= 1
+    assert "only-in-base" not in set(res["status"]) and "only-in-new" not in set(res["status"])
+    p = _almanac("diff", str(base), str(base), "--base-engine", "eng-a", "--new-engine", "eng-nope")
+    assert p.returncode == 2 and "--new-engine eng-nope: no ok cell of that engine" in p.stderr and "eng-b" in p.stderr
+    p = _almanac("diff", str(base), str(base), "--base-engine", "eng-a")
+    assert p.returncode == 1 and "go together" in p.stderr

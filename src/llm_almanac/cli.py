@@ -20,8 +20,9 @@
   almanac cells  the cells of a config, as Snakemake will run them
 
   almanac merge SRC... --out DB   result sets (DuckDB files, results/ or published folders) into one
-  almanac diff BASE NEW [--threshold 0.05] [--format table|json|csv|markdown]
-                 per cell and SLO what changed, with bootstrap CIs; exit 1 on a regression
+  almanac diff BASE NEW [--threshold 0.05] [--format table|json|csv|markdown] [--base-engine A --new-engine B]
+                 per cell and SLO what changed, with bootstrap CIs; exit 1 on a regression; with
+                 --base-engine/--new-engine: two engine entries (versions, flags), even of one set
   almanac publish DIR [--db DB]   report, tables as Parquet, methodology and a checksummed manifest
 """
 
@@ -565,10 +566,16 @@ def cmd_diff(a: argparse.Namespace) -> int:
     from .diff import diff, gate
     from .merge import RefusedInput
 
+    if (a.base_engine is None) != (a.new_engine is None):
+        raise SystemExit("almanac diff: --base-engine and --new-engine go together (the two entries to compare)")
+    engines = (a.base_engine, a.new_engine) if a.base_engine else None
     try:
-        result = diff(a.base, a.new, a.threshold, a.bootstrap, a.seed)
+        result = diff(a.base, a.new, a.threshold, a.bootstrap, a.seed, engines)
     except RefusedInput as exc:
         print(f"almanac diff: refused: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:  # an engine entry that is not there: 2, never mistaken for a regression
+        print(f"almanac diff: {exc}", file=sys.stderr)
         return 2
     if a.format == "json":
         print(json.dumps(result.to_dicts(), indent=1))
@@ -756,6 +763,8 @@ def _result_set_parsers(sub: argparse._SubParsersAction) -> None:
     df.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
     df.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
     df.add_argument("--seed", type=int, default=0)
+    df.add_argument("--base-engine", help="compare this engine entry of BASE ...")
+    df.add_argument("--new-engine", help="... with this one of NEW, cell by cell (BASE and NEW may be the same set)")
     df.set_defaults(func=cmd_diff)
 
     pb = sub.add_parser("publish", help="a folder to serve or download: report, Parquet tables, manifest")

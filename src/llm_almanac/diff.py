@@ -3,6 +3,8 @@
 Cells are matched by what they mean and where they ran (identity.MATCH_KEY: model, engine,
 quantization, shape, hardware kind) — engine versions and flags may differ, that is the point.
 Where one side holds several measurements of a cell, the latest (by finish time) is compared.
+`--base-engine A --new-engine B` compares two engine entries instead (two versions of an engine,
+or tuned against default flags: docs/recipes.md), from two result sets or from one.
 
 Per matched cell it reports the relative change (new / base − 1) of
   - max req/s under every SLO of the base (analyse.py's rule, recomputed from the requests), and
@@ -227,14 +229,29 @@ def conclude(rows: list[dict[str, Any]], threshold: float, level: float = 0.95) 
     return rows
 
 
-def diff(base_src: str, new_src: str, threshold: float = 0.05, n_boot: int = 1000, seed: int = 0) -> pl.DataFrame:
-    """The change table (COLUMNS) of NEW against BASE."""
+def _one_engine(cells: pl.DataFrame, engine: str, label: str, side: str, src: str) -> pl.DataFrame:
+    """The cells of one engine entry, under a shared label so that two entries (two versions,
+    or tuned against default flags) match cell by cell."""
+    if engine not in set(cells["engine"]):
+        have = ", ".join(sorted(set(cells["engine"]))) or "none"
+        raise ValueError(f"--{side}-engine {engine}: no ok cell of that engine in {src} (engines there: {have})")
+    return cells.filter(pl.col("engine") == engine).with_columns(engine=pl.lit(label))
+
+
+def diff(base_src: str, new_src: str, threshold: float = 0.05, n_boot: int = 1000, seed: int = 0,
+         engines: tuple[str, str] | None = None) -> pl.DataFrame:
+    """The change table (COLUMNS) of NEW against BASE; with `engines` (base entry, new entry),
+    only those two engine entries, matched with each other (BASE and NEW may be one result set)."""
     rng = np.random.default_rng(seed)
     key = list(identity.MATCH_KEY)
     with tempfile.TemporaryDirectory(prefix="almanac-diff-") as td:
         bcon, ncon = _load(base_src, Path(td)), _load(new_src, Path(td))
         try:
             b, n = _latest(bcon), _latest(ncon)
+            if engines:
+                label = f"{engines[0]} -> {engines[1]}"
+                b = _one_engine(b, engines[0], label, "base", base_src)
+                n = _one_engine(n, engines[1], label, "new", new_src)
             slos = _slos(bcon)
             joined = b.join(n, on=key, how="full", suffix="_new", coalesce=True, nulls_equal=True).sort(key)
             rows = []
