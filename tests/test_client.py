@@ -2,6 +2,7 @@
 transport's connection handling, the client-saturation flag, and `almanac bench` end to end."""
 
 import asyncio
+import itertools
 import time
 
 import orjson
@@ -196,6 +197,35 @@ def test_fast_client_request_id_header_is_one_line():
     for bad in ("a\r\nX-Evil: 1", "", "a\nb"):
         with pytest.raises(ValueError, match="X-Request-Id"):
             c.request_bytes("/v1/completions", b"{}", bad)
+
+
+def test_sim_interleave_makes_zero_delay_streams_take_turns():
+    """`sim --interleave`: without delays, concurrent streams are written chunk by chunk in turn
+    (as an engine's front end writes them), not one whole response after the other."""
+    sim = SimThread(SimConfig(interleave=True))
+    try:
+        async def go():
+            async with StreamingClient(sim.url) as c:
+                async def one(i):
+                    raw = []
+                    body = orjson.dumps({"prompt": f"p{i} a", "max_tokens": 3000, "stream": True})
+                    assert await c.post("/v1/completions", body, raw) == 200
+                await asyncio.gather(one(0), one(1))
+
+        asyncio.run(go())
+        deadline = time.monotonic() + 5
+        while len(sim.srv.records) < 2 and time.monotonic() < deadline:  # logged after the last write
+            time.sleep(0.01)
+        a, b = sorted(sim.srv.records, key=lambda r: r["event_ns"][0])
+        assert len(a["event_ns"]) == len(b["event_ns"]) == 3000
+        assert b["event_ns"][0] < a["event_ns"][-1]  # the second began before the first ended
+        # and from then on they alternate: no long run of one stream's events
+        both = sorted([(t, 0) for t in a["event_ns"] if t > b["event_ns"][0]] +
+                      [(t, 1) for t in b["event_ns"] if t < a["event_ns"][-1]])
+        runs = [len(list(g)) for _, g in itertools.groupby(both, key=lambda x: x[1])]
+        assert max(runs) <= 3
+    finally:
+        sim.close()
 
 
 # -- the saturation self-check ----------------------------------------------------------------

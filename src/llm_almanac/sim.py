@@ -39,6 +39,7 @@ class SimConfig:
     fault_after: int = 0  # serve this many completions normally before the fault applies
     tokenizer: str | None = None  # count prompt tokens with this tokenizer.json (as an engine would)
     model_name: str = "sim"  # what GET /v1/models lists (any name is accepted in requests)
+    interleave: bool = False  # without pacing, yield after every chunk: streams take turns
     log_path: str | None = None
 
 
@@ -184,6 +185,7 @@ class SimServer:
             t_next = started + int(cfg.ttft_ms * 1e6)
             step_ns = int(cfg.tpot_ms * 1e6)
             paced = cfg.ttft_ms > 0 or cfg.tpot_ms > 0
+            interleave = cfg.interleave and not paced
             sent = 0
             while sent < n_out:
                 k = min(cfg.tokens_per_chunk, n_out - sent)
@@ -199,6 +201,8 @@ class SimServer:
                 events.append(now())  # stamped before the write: the event's true send time
                 writer.write(frame)
                 await writer.drain()
+                if interleave:
+                    await asyncio.sleep(0)
                 sent += k
                 t_next += step_ns * k
             if fault == "malformed":
@@ -255,6 +259,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log", help="JSONL file of what the server actually did")
     ap.add_argument("--model-name", default="sim", help="the model id GET /v1/models lists")
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="without delays, yield after every chunk, so that concurrent streams take turns "
+                         "chunk by chunk as in an engine's front end (default: each response in one go)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the port (so that the server is not what limits a client benchmark)")
     a = ap.parse_args(argv)
@@ -263,7 +270,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(3)
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
                     fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
-                    model_name=a.model_name, prompt_tokens=a.prompt_tokens)
+                    model_name=a.model_name, prompt_tokens=a.prompt_tokens, interleave=a.interleave)
 
     sock = None
     if a.workers > 1:
