@@ -109,7 +109,15 @@ class ClientRun:
     output: str = ""
     server_samples: list[tuple[int, float]] = field(default_factory=list)  # the simulator's tree
     machine_samples: list[tuple[int, float]] = field(default_factory=list)  # all CPUs' busy seconds
+    sleep_samples: list[tuple[int, float]] = field(default_factory=list)  # the tree's voluntary switches
     waited_s: float = 0.0  # waited for the machine to be quiet before starting
+
+    def sleeps(self, t0_ns: int, t1_ns: int) -> float | None:
+        """How often the client's processes blocked (voluntary context switches) between two
+        instants: a reader that blocks in epoll is woken by the server's next write."""
+        if len(self.sleep_samples) < 2:
+            return None
+        return _interp(self.sleep_samples, t1_ns) - _interp(self.sleep_samples, t0_ns)
 
     def others_cores(self, t0_ns: int, t1_ns: int) -> float | None:
         """Cores busy with anything but this client and the simulator between two instants (other
@@ -177,6 +185,7 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     samples: list[tuple[int, float]] = []
     server_samples: list[tuple[int, float]] = []
     machine: list[tuple[int, float]] = []
+    sleeps: list[tuple[int, float]] = []
     server = psutil.Process(server_pid) if server_pid else None
     stop = threading.Event()
 
@@ -189,6 +198,8 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
                     server_samples.append((now, _tree_cpu(server)))
             try:
                 samples.append((now, _tree_cpu(ps)))
+                sleeps.append((now, float(sum(q.num_ctx_switches().voluntary
+                                              for q in [ps, *ps.children(recursive=True)]))))
             except psutil.Error:
                 return
 
@@ -208,7 +219,7 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if proc.returncode != 0:
         log(f"{name} exited {proc.returncode}; last output:\n{out[-3000:]}")
-    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples, machine, waited)
+    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples, machine, sleeps, waited)
 
 
 def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, ...]], clients: list[str], builders,

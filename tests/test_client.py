@@ -199,6 +199,57 @@ def test_fast_client_request_id_header_is_one_line():
             c.request_bytes("/v1/completions", b"{}", bad)
 
 
+class _FakeLoop:
+    def __init__(self):
+        self.soon = []
+
+    def call_soon(self, cb):
+        self.soon.append(cb)
+
+
+def test_naps_only_when_reads_come_close_together_and_once_per_iteration():
+    from llm_almanac.fasthttp import _Naps
+
+    loop = _FakeLoop()
+    naps = _Naps(loop, 0.0, window_ns=1000 * 1000)
+    naps.read(10 * MS)  # after a quiet spell: no nap
+    assert loop.soon == []
+    naps.read(int(10.5 * MS))  # 0.5 ms later: nap before the next poll
+    naps.read(int(10.6 * MS))  # another connection in the same iteration: still one nap
+    assert len(loop.soon) == 1
+    loop.soon.pop()()  # the nap ran
+    naps.read(int(10.7 * MS))
+    assert len(loop.soon) == 1
+    loop.soon.pop()()
+    naps.read(13 * MS)  # 2.3 ms later: quiet again, no nap
+    assert loop.soon == []
+
+
+@pytest.mark.parametrize("nap_us", [0, 300])
+def test_fast_client_with_and_without_naps_gets_every_byte(nap_us):
+    """A fast stream read with or without naps between reads: every byte and event is there,
+    stamps in order (how many reads it takes depends on the machine: not asserted)."""
+    sim = SimThread(SimConfig(tokens_per_chunk=1))
+    try:
+        async def go():
+            async with StreamingClient(sim.url, nap_us=nap_us) as c:
+                out = []
+                for i in range(3):
+                    raw = []
+                    body = orjson.dumps({"prompt": f"p{i} a b", "max_tokens": 200, "stream": True})
+                    assert await c.post("/v1/completions", body, raw) == 200
+                    out.append(raw)
+                return out
+
+        for raw in asyncio.run(go()):
+            stamps = [ts for ts, _ in raw]
+            assert stamps == sorted(stamps)
+            token_ns, usage, done, err = parse_stream(raw)
+            assert len(token_ns) == 200 and usage["completion_tokens"] == 200 and done and err is None
+    finally:
+        sim.close()
+
+
 def test_sim_interleave_makes_zero_delay_streams_take_turns():
     """`sim --interleave`: without delays, concurrent streams are written chunk by chunk in turn
     (as an engine's front end writes them), not one whole response after the other."""
