@@ -22,10 +22,16 @@ async def main(url: str, out: Path, n: int, conc: int, osl: int) -> None:
 
     async def one(session: aiohttp.ClientSession, i: int) -> None:
         nonlocal ok, events
-        body = {"model": "sim", "prompt": f"p{i} " + "tok " * 127, "max_tokens": osl, "stream": True,
-                "stream_options": {"include_usage": True}, "temperature": 0, "ignore_eos": True}
-        async with sem, session.post(url + "/v1/completions", json=body,
-                                     headers={"X-Request-Id": f"aio-{i}"}) as resp:
+        body = {
+            "model": "sim",
+            "prompt": f"p{i} " + "tok " * 127,
+            "max_tokens": osl,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+            "temperature": 0,
+            "ignore_eos": True,
+        }
+        async with sem, session.post(url + "/v1/completions", json=body, headers={"X-Request-Id": f"aio-{i}"}) as resp:
             last = b""
             async for piece in resp.content.iter_any():
                 # an event ends at a blank line; one may straddle two reads
