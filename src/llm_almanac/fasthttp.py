@@ -11,10 +11,10 @@ The timestamp is taken first thing in `data_received`, before any parsing, so th
 can never delay it. Connections are pooled per client (keep-alive, idle expiry like httpx's)
 and are reused only after a complete response whose server allowed keep-alive.
 
-While responses stream fast, the client reads in batches (`_Naps`): a reader that always waits
-in epoll makes every server write wake it, and the server pays for each wake-up; a short sleep
-between polls lets writes queue and leave in one read (docs/methodology.md, "What reading costs
-the server").
+Optionally (`nap_us`, off by default), while responses stream fast, the client reads in batches
+(`_Naps`): a reader that always waits in epoll makes every server write wake it, and the server
+pays for each wake-up; a short sleep between polls lets writes queue and leave in one read. It
+did not pay off where measured (docs/methodology.md, "What reading costs the server").
 """
 
 from __future__ import annotations
@@ -28,9 +28,12 @@ import httptools
 _now = time.perf_counter_ns
 
 # Read batching (see _Naps): nap this long after a read that followed the previous one within
-# the window (time.sleep adds the kernel's timer slack, ~50-60 us here). Chosen from
-# benchmarks/read_naps.py; docs/methodology.md has the figures. 0 turns batching off.
-NAP_US = 50.0
+# the window (time.sleep adds the kernel's timer slack, ~50-60 us here). Off (0) by default:
+# measured with benchmarks/read_naps.py on 2026-11-30, 50 us naps cut the kernel blocks per chunk
+# 5-10x but did not lower the server's CPU per chunk, and cost 12-22 % of chunks/s
+# (docs/methodology.md, "What reading costs the server"). Kept as an option to re-measure on a
+# quiet machine and with real engine front ends.
+NAP_US = 0.0
 NAP_WINDOW_US = 1000.0
 
 
