@@ -33,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 PY = sys.executable
 GUIDELLM_VERSION = "0.8.1"
+AIOHTTP_VERSION = "3.14.5"
 
 
 def log(msg: str) -> None:
@@ -107,6 +108,26 @@ class ClientRun:
     samples: list[tuple[int, float]] = field(default_factory=list)  # (perf_counter_ns, tree CPU s)
     output: str = ""
     server_samples: list[tuple[int, float]] = field(default_factory=list)  # the simulator's tree
+    machine_samples: list[tuple[int, float]] = field(default_factory=list)  # all CPUs' busy seconds
+    sleep_samples: list[tuple[int, float]] = field(default_factory=list)  # the tree's voluntary switches
+    waited_s: float = 0.0  # waited for the machine to be quiet before starting
+
+    def sleeps(self, t0_ns: int, t1_ns: int) -> float | None:
+        """How often the client's processes blocked (voluntary context switches) between two
+        instants: a reader that blocks in epoll is woken by the server's next write."""
+        if len(self.sleep_samples) < 2:
+            return None
+        return _interp(self.sleep_samples, t1_ns) - _interp(self.sleep_samples, t0_ns)
+
+    def others_cores(self, t0_ns: int, t1_ns: int) -> float | None:
+        """Cores busy with anything but this client and the simulator between two instants (other
+        people's work on a shared machine, and this harness): the run's own interference."""
+        if len(self.machine_samples) < 2 or len(self.samples) < 2:
+            return None
+        busy = _interp(self.machine_samples, t1_ns) - _interp(self.machine_samples, t0_ns)
+        mine = _interp(self.samples, t1_ns) - _interp(self.samples, t0_ns)
+        srv = self.server_cpu(t0_ns, t1_ns) or 0.0
+        return max(busy - mine - srv, 0.0) / ((t1_ns - t0_ns) / 1e9)
 
     def server_cpu(self, t0_ns: int, t1_ns: int) -> float | None:
         """The simulator's CPU seconds between two instants (interpolated), if it was sampled."""
@@ -134,9 +155,28 @@ def _interp(samples: list[tuple[int, float]], t_ns: int) -> float:
     return c0 if t1 == t0 else c0 + (c1 - c0) * (t_ns - t0) / (t1 - t0)
 
 
+def _machine_busy_s() -> float:
+    t = psutil.cpu_times()
+    return sum(t) - t.idle - getattr(t, "iowait", 0.0) - getattr(t, "guest", 0.0) - getattr(t, "guest_nice", 0.0)
+
+
+def wait_quiet(max_wait_s: float, max_busy_cores: float = 0.3) -> float:
+    """Wait (at most max_wait_s) until the machine's CPUs were busy with less than
+    max_busy_cores over one second: on a shared machine, start a run in a lull. Returns the
+    seconds waited."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < max_wait_s:
+        b0 = _machine_busy_s()
+        time.sleep(1.0)
+        if _machine_busy_s() - b0 <= max_busy_cores:
+            break
+    return time.monotonic() - t0
+
+
 def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout_s: float = 900, server_pid: int | None = None) -> ClientRun:
-    log(f"{name}: {' '.join(cmd)}")
+               timeout_s: float = 900, server_pid: int | None = None, quiet_wait_s: float = 0.0) -> ClientRun:
+    waited = wait_quiet(quiet_wait_s) if quiet_wait_s > 0 else 0.0
+    log(f"{name}: {' '.join(cmd)}" + (f" (after waiting {waited:.0f} s for a quiet machine)" if waited >= 1.5 else ""))
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -144,17 +184,22 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     ps = psutil.Process(proc.pid)
     samples: list[tuple[int, float]] = []
     server_samples: list[tuple[int, float]] = []
+    machine: list[tuple[int, float]] = []
+    sleeps: list[tuple[int, float]] = []
     server = psutil.Process(server_pid) if server_pid else None
     stop = threading.Event()
 
     def sample() -> None:
         while not stop.wait(0.01):
             now = time.perf_counter_ns()
+            machine.append((now, _machine_busy_s()))
             if server is not None:
                 with contextlib.suppress(psutil.Error):
                     server_samples.append((now, _tree_cpu(server)))
             try:
                 samples.append((now, _tree_cpu(ps)))
+                sleeps.append((now, float(sum(q.num_ctx_switches().voluntary
+                                              for q in [ps, *ps.children(recursive=True)]))))
             except psutil.Error:
                 return
 
@@ -174,27 +219,32 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if proc.returncode != 0:
         log(f"{name} exited {proc.returncode}; last output:\n{out[-3000:]}")
-    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples)
+    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples, machine, sleeps, waited)
 
 
-def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, int]], clients: list[str], builders,
-               measure, sample_server: bool = False) -> list[dict]:
-    """Every client at every (concurrency, requests) of `plan`, one after the other, against
-    `sim`; `measure(name, conc, out_dir, run, sim_records)` makes a row. Stops the simulator."""
+def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, ...]], clients: list[str], builders,
+               measure, sample_server: bool = False, quiet_wait_s: float = 0.0) -> list[dict]:
+    """Every client at every (concurrency, requests[, repeat]) of `plan`, one after the other,
+    against `sim`; `measure(name, conc, out_dir, run, sim_records)` makes a row (it gets a
+    "rep" key). Repeat r starts the client order r places later, so that no client always
+    runs first or right after the same neighbour. Stops the simulator."""
     rows = []
     try:
-        for conc, n in plan:
-            for name in clients:
-                out = work / f"{name}-c{conc}"
+        for conc, n, *more in plan:
+            rep = more[0] if more else 0
+            k = rep % len(clients)
+            for name in clients[k:] + clients[:k]:
+                out = work / (f"{name}-c{conc}" + (f"-r{rep}" if more else ""))
                 out.mkdir(exist_ok=True)
                 cmd, env = builders[name](sim.url, out, n, conc)
-                run = run_client(name, cmd, env, server_pid=sim.proc.pid if sample_server else None)
+                run = run_client(name, cmd, env, server_pid=sim.proc.pid if sample_server else None,
+                                 quiet_wait_s=quiet_wait_s)
                 recs = sim.new_records()
                 if run.rc != 0 or not recs:
                     why = f"exit {run.rc}" if run.rc else "no request reached the simulator"
-                    rows.append({"client": name, "conc": conc, "error": why})
+                    rows.append({"client": name, "conc": conc, "rep": rep, "error": why})
                     continue
-                rows.append(measure(name, conc, out, run, recs))
+                rows.append({"rep": rep, **measure(name, conc, out, run, recs)})
     finally:
         sim.stop()
     return rows
@@ -203,11 +253,11 @@ def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, int]], clients: list[
 def print_table(rows: list[dict], columns: list[tuple[str, str, int, str]], note: str = "") -> None:
     """One line per row: client, concurrency, then `columns` as (header, key, width, format);
     None prints as '-', a failed run as its error."""
-    print("\n" + f"{'client':<15}{'conc':>5}" + "".join(f"{head:>{w}}" for head, _, w, _ in columns) + note)
+    print("\n" + f"{'client':<18}{'conc':>5}" + "".join(f"{head:>{w}}" for head, _, w, _ in columns) + note)
     for r in rows:
         cells = (f"  failed: {r['error']}" if "error" in r else "".join(
             f"{'-' if r[key] is None else format(r[key], fmt):>{w}}" for _, key, w, fmt in columns))
-        print(f"{r['client']:<15}{r['conc']:>5}{cells}")
+        print(f"{r['client']:<18}{r['conc']:>5}{cells}")
 
 
 # -- the clients -----------------------------------------------------------------------------
@@ -248,6 +298,19 @@ def guidellm_bin() -> Path:
                         f"guidellm=={GUIDELLM_VERSION}", "torch==2.13.0+cpu"], check=True)
         (venv / ".installed").touch()
     return exe
+
+
+def aiohttp_python() -> Path:
+    """A venv with only aiohttp, for the plain aiohttp loop (benchmarks/aiohttp_loop.py)."""
+    venv = ROOT / f"benchmarks/.venvs/aiohttp-{AIOHTTP_VERSION}"
+    if not (venv / ".installed").exists():  # marker written last: a cut install is redone
+        log(f"installing aiohttp=={AIOHTTP_VERSION} into {venv}")
+        shutil.rmtree(venv, ignore_errors=True)
+        subprocess.run([PY, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check",
+                        f"aiohttp=={AIOHTTP_VERSION}"], check=True)
+        (venv / ".installed").touch()
+    return venv / "bin/python"
 
 
 def almanac_cmd(url: str, out: Path, isl: int, osl: int, n: int, conc: int, transport: str = "fast",

@@ -52,8 +52,12 @@ def builders(tok: Path, isl: int, osl: int):
                 "--profile", profile, "--constraint", f"kind=max_requests,count={n}",
                 "--output", f"kind=json,path={out / 'guidellm.json'}", "--disable-console"], offline
 
+    def aiohttp(url, out, n, conc):  # the reference: a plain loop that only counts events
+        return [str(h.aiohttp_python()), str(h.ROOT / "benchmarks/aiohttp_loop.py"), url, str(out),
+                str(n), str(conc), str(osl)], {}
+
     return {"almanac": almanac("fast"), "almanac-httpx": almanac("httpx"),
-            "vllm": vllm, "guidellm": guidellm}
+            "vllm": vllm, "guidellm": guidellm, "aiohttp": aiohttp}
 
 
 def sha1(text: str) -> str:
@@ -97,6 +101,8 @@ def count_ok(name: str, out: Path) -> int:
         return pl.read_parquet(out / "requests.parquet").filter(pl.col("status") == "ok").height
     if name == "vllm":
         return int(json.loads((out / "vllm.json").read_text())["completed"])
+    if name == "aiohttp":
+        return int(json.loads((out / "aiohttp.json").read_text())["ok"])
     return len(json.loads((out / "guidellm.json").read_text())["benchmarks"][0]["requests"]["successful"])
 
 

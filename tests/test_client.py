@@ -2,6 +2,7 @@
 transport's connection handling, the client-saturation flag, and `almanac bench` end to end."""
 
 import asyncio
+import itertools
 import re
 import time
 
@@ -199,6 +200,86 @@ def test_fast_client_request_id_header_is_one_line():
     for bad in ("a\r\nX-Evil: 1", "", "a\nb"):
         with pytest.raises(ValueError, match="X-Request-Id"):
             c.request_bytes("/v1/completions", b"{}", bad)
+
+
+class _FakeLoop:
+    def __init__(self):
+        self.soon = []
+
+    def call_soon(self, cb):
+        self.soon.append(cb)
+
+
+def test_naps_only_when_reads_come_close_together_and_once_per_iteration():
+    from llm_almanac.fasthttp import _Naps
+
+    loop = _FakeLoop()
+    naps = _Naps(loop, 0.0, window_ns=1000 * 1000)
+    naps.read(10 * MS)  # after a quiet spell: no nap
+    assert loop.soon == []
+    naps.read(int(10.5 * MS))  # 0.5 ms later: nap before the next poll
+    naps.read(int(10.6 * MS))  # another connection in the same iteration: still one nap
+    assert len(loop.soon) == 1
+    loop.soon.pop()()  # the nap ran
+    naps.read(int(10.7 * MS))
+    assert len(loop.soon) == 1
+    loop.soon.pop()()
+    naps.read(13 * MS)  # 2.3 ms later: quiet again, no nap
+    assert loop.soon == []
+
+
+@pytest.mark.parametrize("nap_us", [0, 300])
+def test_fast_client_with_and_without_naps_gets_every_byte(nap_us):
+    """A fast stream read with or without naps between reads: every byte and event is there,
+    stamps in order (how many reads it takes depends on the machine: not asserted)."""
+    sim = SimThread(SimConfig(tokens_per_chunk=1))
+    try:
+        async def go():
+            async with StreamingClient(sim.url, nap_us=nap_us) as c:
+                out = []
+                for i in range(3):
+                    raw = []
+                    body = orjson.dumps({"prompt": f"p{i} a b", "max_tokens": 200, "stream": True})
+                    assert await c.post("/v1/completions", body, raw) == 200
+                    out.append(raw)
+                return out
+
+        for raw in asyncio.run(go()):
+            stamps = [ts for ts, _ in raw]
+            assert stamps == sorted(stamps)
+            token_ns, usage, done, err = parse_stream(raw)
+            assert len(token_ns) == 200 and usage["completion_tokens"] == 200 and done and err is None
+    finally:
+        sim.close()
+
+
+def test_sim_interleave_makes_zero_delay_streams_take_turns():
+    """`sim --interleave`: without delays, concurrent streams are written chunk by chunk in turn
+    (as an engine's front end writes them), not one whole response after the other."""
+    sim = SimThread(SimConfig(interleave=True))
+    try:
+        async def go():
+            async with StreamingClient(sim.url) as c:
+                async def one(i):
+                    raw = []
+                    body = orjson.dumps({"prompt": f"p{i} a", "max_tokens": 3000, "stream": True})
+                    assert await c.post("/v1/completions", body, raw) == 200
+                await asyncio.gather(one(0), one(1))
+
+        asyncio.run(go())
+        deadline = time.monotonic() + 5
+        while len(sim.srv.records) < 2 and time.monotonic() < deadline:  # logged after the last write
+            time.sleep(0.01)
+        a, b = sorted(sim.srv.records, key=lambda r: r["event_ns"][0])
+        assert len(a["event_ns"]) == len(b["event_ns"]) == 3000
+        assert b["event_ns"][0] < a["event_ns"][-1]  # the second began before the first ended
+        # and from then on they alternate: no long run of one stream's events
+        both = sorted([(t, 0) for t in a["event_ns"] if t > b["event_ns"][0]] +
+                      [(t, 1) for t in b["event_ns"] if t < a["event_ns"][-1]])
+        runs = [len(list(g)) for _, g in itertools.groupby(both, key=lambda x: x[1])]
+        assert max(runs) <= 3
+    finally:
+        sim.close()
 
 
 # -- the saturation self-check ----------------------------------------------------------------

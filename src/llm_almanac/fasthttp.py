@@ -10,6 +10,11 @@ one list append per body piece; nothing else happens until the response is compl
 The timestamp is taken first thing in `data_received`, before any parsing, so the framing work
 can never delay it. Connections are pooled per client (keep-alive, idle expiry like httpx's)
 and are reused only after a complete response whose server allowed keep-alive.
+
+Optionally (`nap_us`, off by default), while responses stream fast, the client reads in batches
+(`_Naps`): a reader that always waits in epoll makes every server write wake it, and the server
+pays for each wake-up; a short sleep between polls lets writes queue and leave in one read. It
+did not pay off where measured (docs/methodology.md, "What reading costs the server").
 """
 
 from __future__ import annotations
@@ -22,6 +27,15 @@ import httptools
 
 _now = time.perf_counter_ns
 
+# Read batching (see _Naps): nap this long after a read that followed the previous one within
+# the window (time.sleep adds the kernel's timer slack, ~50-60 us here). Off (0) by default:
+# measured with benchmarks/read_naps.py on 2026-11-30, 50 us naps cut the kernel blocks per chunk
+# 5-10x but did not lower the server's CPU per chunk, and cost 12-22 % of chunks/s
+# (docs/methodology.md, "What reading costs the server"). Kept as an option to re-measure on a
+# quiet machine and with real engine front ends.
+NAP_US = 0.0
+NAP_WINDOW_US = 1000.0
+
 
 class HTTPError(Exception):
     """A transport-level failure: refused, reset, closed mid-response, unparsable."""
@@ -31,11 +45,42 @@ class ResponseTooLarge(HTTPError):
     """The response's body went over the caller's cap (`post(max_bytes=)`): cut, connection closed."""
 
 
+class _Naps:
+    """Reads in batches while responses stream fast: after a read that came less than
+    `window_ns` after the previous one, the event loop sleeps `nap_s` (once per loop iteration,
+    however many connections read) before it polls again.
+
+    A sleeping client is not waiting in epoll, so the server's writes in the meantime queue up
+    without waking it; the next poll returns them all and each connection takes its backlog in
+    one read. A client that always waits makes every server write wake it instead: the server
+    pays a wake-up per chunk (see docs/methodology.md for the figures). A read that comes after
+    a quiet spell (a first token, tokens far apart) finds no nap in its way and is stamped on
+    arrival; a read during a nap is stamped when the nap ends, at most `nap_s` late."""
+
+    __slots__ = ("loop", "nap_s", "window_ns", "last", "pending")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, nap_s: float, window_ns: int) -> None:
+        self.loop, self.nap_s, self.window_ns = loop, nap_s, window_ns
+        self.last = 0
+        self.pending = False
+
+    def read(self, ts: int) -> None:
+        if ts - self.last < self.window_ns and not self.pending:
+            self.pending = True
+            self.loop.call_soon(self._nap)
+        self.last = ts
+
+    def _nap(self) -> None:
+        self.pending = False
+        time.sleep(self.nap_s)
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
-                 "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes")
+                 "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes", "naps")
 
-    def __init__(self) -> None:
+    def __init__(self, naps: _Naps | None = None) -> None:
+        self.naps = naps
         # set by connection_made, which create_connection calls before it returns the protocol
         self.transport: asyncio.Transport
         self.parser = httptools.HttpResponseParser(self)
@@ -56,13 +101,15 @@ class _Conn(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        self._ts = _now()
+        ts = self._ts = _now()
         self.received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(HTTPError(f"unparsable HTTP response: {exc}"))
             self.transport.close()
+        if self.naps is not None:
+            self.naps.read(ts)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
@@ -100,7 +147,8 @@ class StreamingClient:
     """
 
     def __init__(self, base_url: str, keepalive: bool = True, keepalive_expiry_s: float = 2.0,
-                 connect_timeout_s: float = 30.0) -> None:
+                 connect_timeout_s: float = 30.0, nap_us: float = NAP_US,
+                 nap_window_us: float = NAP_WINDOW_US) -> None:
         u = urlsplit(base_url)
         if u.scheme != "http":
             raise ValueError(f"the fast client speaks plain http only, not {u.scheme!r}: {base_url}")
@@ -110,6 +158,8 @@ class StreamingClient:
         self.keepalive = keepalive
         self.expiry_ns = int(keepalive_expiry_s * 1e9)
         self.connect_timeout_s = connect_timeout_s
+        self.nap_us, self.nap_window_us = nap_us, nap_window_us
+        self._naps: _Naps | None = None
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         host_hdr = self.host if self.port == 80 else f"{self.host}:{self.port}"
@@ -133,9 +183,11 @@ class StreamingClient:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
+        if self._naps is None and self.nap_us > 0:
+            self._naps = _Naps(loop, self.nap_us / 1e6, int(self.nap_window_us * 1e3))
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(_Conn, self.host, self.port)
+                _, conn = await loop.create_connection(lambda: _Conn(self._naps), self.host, self.port)
         except TimeoutError:
             raise HTTPError(f"connect to {self.host}:{self.port} timed out after "
                             f"{self.connect_timeout_s:g} s") from None

@@ -41,6 +41,7 @@ class SimConfig:
     tokenizer: str | None = None  # count prompt tokens with this tokenizer.json (as an engine would)
     model_name: str = "sim"  # what GET /v1/models lists (any name is accepted in requests)
     also_lists: tuple[str, ...] = ()  # more model ids GET /v1/models lists, after model_name
+    interleave: bool = False  # without pacing, yield after every chunk: streams take turns
     log_path: str | None = None
 
 
@@ -234,6 +235,7 @@ class SimServer:
         t_next = started + int(cfg.ttft_ms * 1e6)
         step_ns = int(cfg.tpot_ms * 1e6)
         paced = cfg.ttft_ms > 0 or cfg.tpot_ms > 0
+        interleave = cfg.interleave and not paced
         sent = 0
         while sent < n_out:
             k = min(cfg.tokens_per_chunk, n_out - sent)
@@ -249,6 +251,8 @@ class SimServer:
             events.append(now())  # stamped before the write: the event's true send time
             writer.write(frame)
             await writer.drain()
+            if interleave:
+                await asyncio.sleep(0)
             sent += k
             t_next += step_ns * k
         if fault == "malformed":
@@ -334,6 +338,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--also-lists", action="append", default=[], metavar="MODEL",
                     help="another model id GET /v1/models lists (repeatable) (default: none)")
     ap.add_argument("--uvloop", action="store_true", help="serve on uvloop (faster zero-delay mode)")
+    ap.add_argument("--interleave", action="store_true",
+                    help="without delays, yield after every chunk, so that concurrent streams take turns "
+                         "chunk by chunk as in an engine's front end (default: each response in one go)")
     ap.add_argument("--workers", type=int, default=1,
                     help="processes sharing the port (so that the server is not what limits a client benchmark)")
     ap.add_argument("--echo-env", action="append", default=[], metavar="VAR",
@@ -357,7 +364,7 @@ def serve(a: argparse.Namespace) -> None:
         raise SystemExit(3)
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
                     fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
-                    model_name=a.model_name, prompt_tokens=a.prompt_tokens)
+                    model_name=a.model_name, prompt_tokens=a.prompt_tokens, interleave=a.interleave)
     if a.workers <= 1:
         _serve_one(a, cfg, None, announce=True)
         return
