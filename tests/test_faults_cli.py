@@ -143,7 +143,7 @@ def test_almanac_sim_takes_its_options_and_help():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llm_almanac.cli", "sim", "--port", str(port), "--ttft-ms", "1",
-                             "--model-name", "tiny"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--model-name", "tiny", "--also-lists", "other"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -153,7 +153,7 @@ def test_almanac_sim_takes_its_options_and_help():
             except httpx.HTTPError:
                 assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
                 time.sleep(0.2)
-        assert r.json()["data"][0]["id"] == "tiny"
+        assert [m["id"] for m in r.json()["data"]] == ["tiny", "other"]  # --also-lists reaches the server
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=10)

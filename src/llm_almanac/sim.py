@@ -364,7 +364,8 @@ def serve(a: argparse.Namespace) -> None:
         raise SystemExit(3)
     cfg = SimConfig(a.ttft_ms, a.tpot_ms, a.tokens_per_chunk, a.max_concurrency,
                     fault=a.fault, fault_after=a.fault_after, tokenizer=a.tokenizer, log_path=a.log,
-                    model_name=a.model_name, prompt_tokens=a.prompt_tokens, interleave=a.interleave)
+                    model_name=a.model_name, prompt_tokens=a.prompt_tokens, interleave=a.interleave,
+                    also_lists=tuple(a.also_lists))
     if a.workers <= 1:
         _serve_one(a, cfg, None, announce=True)
         return
