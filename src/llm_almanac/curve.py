@@ -143,26 +143,37 @@ def _measured(df: pl.DataFrame) -> pl.DataFrame:
 _NONE = np.empty(0)
 
 
+def _runs(df: pl.DataFrame, point: list[str]) -> np.ndarray:
+    """Where each run of equal points starts."""
+    return np.flatnonzero(df.select(pl.struct(point).rle_id()).to_series().diff().fill_null(1).to_numpy())
+
+
 def _latency_values(ok: pl.DataFrame, point: list[str]) -> dict[tuple[Any, ...], dict[str, np.ndarray]]:
     """point -> metric -> its non-null values (ITL: every gap of every request), in row order,
-    as numpy arrays: sliced out of whole columns, never a Python list per value."""
+    as numpy arrays: sliced out of whole columns, never a Python list per value. Rows are
+    sorted by point only when a point's rows are not already together (a cell's file has them
+    in phase order), since sorting moves every ITL list."""
     ok = ok.select(*point, *(pl.col(f"{m}_ms").cast(pl.List(pl.Float64) if m == "itl" else pl.Float64)
-                             for m in METRICS)).sort(point, maintain_order=True, nulls_last=True)
+                             for m in METRICS))
     if ok.is_empty():
         return {}
-    starts = np.flatnonzero(ok.select(pl.struct(point).rle_id()).to_series().diff().fill_null(1).to_numpy())
+    starts = _runs(ok, point)
+    if starts.size != ok.select(point).n_unique():
+        ok = ok.sort(point, maintain_order=True, nulls_last=True)
+        starts = _runs(ok, point)
     bounds = [*starts.tolist(), ok.height]
     keys = ok.select(point)[starts.tolist()].rows()
-    cols: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+    cols: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
     for m in METRICS:
         col = ok[f"{m}_ms"]
         lens = col.list.len().fill_null(0).to_numpy() if m == "itl" else np.ones(ok.height, dtype=np.int64)
         flat = col.explode(empty_as_null=False, keep_nulls=False) if m == "itl" else col
         ends = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
-        cols[m] = (flat.to_numpy(), flat.is_not_null().to_numpy(), ends)
+        cols[m] = (flat.to_numpy(), flat.is_not_null().to_numpy() if flat.null_count() else None, ends)
     out = {}
     for key, a, b in zip(keys, bounds, bounds[1:], strict=False):
-        out[key] = {m: v[ends[a]:ends[b]][ok_[ends[a]:ends[b]]] for m, (v, ok_, ends) in cols.items()}
+        out[key] = {m: v[e[a]:e[b]] if valid is None else v[e[a]:e[b]][valid[e[a]:e[b]]]
+                    for m, (v, valid, e) in cols.items()}
     return out
 
 
