@@ -230,7 +230,7 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
             con.execute("CREATE TEMP TABLE seen (measurement_id VARCHAR PRIMARY KEY, fp UBIGINT, source VARCHAR)")
             _open(con, stack, sources)
             duplicates = 0
-            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole merge
+            con.execute("BEGIN TRANSACTION")
             for i, s in enumerate(sources):
                 a = f"s{i}"
                 _fingerprints(con, a)
@@ -252,6 +252,8 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                 con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
                 if s.has_sources:  # provenance recorded by an earlier merge travels on
                     con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
+                con.execute("COMMIT")  # a transaction holds its rows in memory; the output is a temp file
+                con.execute("BEGIN TRANSACTION")
             check_keys(con)
             con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
             con.execute("COMMIT")
