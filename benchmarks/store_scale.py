@@ -98,13 +98,19 @@ def same_files_other_hardware(dirs: list[Path], root: Path, kind: str) -> list[P
 
 
 def timed(code: str) -> tuple[float, float, str]:
-    """Run `code` in a fresh interpreter; (seconds it reports, peak RSS GB of the process, output)."""
+    """Run `code` in a fresh interpreter; (seconds it reports, peak RSS GB of the process, output).
+    Prints the step's CPU seconds and the load average after it: on a shared machine the wall
+    time is an upper bound, the CPU seconds what the work costs."""
     p = subprocess.run([sys.executable, "-c", "import resource, time\n" + code +
-                        "\nprint('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                        "\nru = resource.getrusage(resource.RUSAGE_SELF)\nprint('CPU', ru.ru_utime + ru.ru_stime)"
+                        "\nprint('RSS', ru.ru_maxrss)"],
                        capture_output=True, text=True, check=True)
     lines = p.stdout.strip().splitlines()
     secs = float(next(x for x in lines if x.startswith("SECS")).split()[1])
+    cpu = float(next(x for x in lines if x.startswith("CPU")).split()[1])
     rss = int(lines[-1].split()[1]) / 2**20
+    print(f"  {secs:9.3f} s wall, {cpu:7.1f} s CPU (process), peak RSS {rss:.2f} GB; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     return secs, rss, p.stdout
 
 
