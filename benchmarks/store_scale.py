@@ -36,37 +36,46 @@ TARGETS = {"aggregate": 30.0, "aggregate again (no-op)": 5.0, "SLO query": 0.1, 
 
 
 def generate(root: Path, n_cells: int, n_rows: int, kind: str, seed: int = 0) -> list[Path]:
-    """The cell folders of one synthetic result set."""
+    """The cell folders of one synthetic result set. Vectorised: the ITL values of every cell are
+    slices (at random offsets) of one pool of rounded normal draws, so 10 M rows take minutes."""
     rng = np.random.default_rng(seed)
     per = max(1, n_rows // n_cells)
+    pool = np.round(rng.normal(10, 1, per * ITL_LEN + 2**20), 2)
+    phase = pl.Series(np.where(np.arange(per) < per // 10, "sequential", "sweep"))
+    step = pl.Series(np.minimum(np.arange(per) * 4 // per, 3), dtype=pl.Int32)
     dirs = []
     for i in range(n_cells):
         cid = f"model-{i // 36}__eng-{i % 3}__bf16__{128 * (1 + (i // 3) % 12)}-128"
         d = root / "cells" / cid
         d.mkdir(parents=True)
-        phase = np.where(np.arange(per) < per // 10, "sequential", "sweep")
-        itl = np.round(rng.normal(10, 1, (per, ITL_LEN)), 2)
+        start = int(rng.integers(0, 2**20))
+        itl = pool[start:start + per * ITL_LEN].reshape(per, ITL_LEN)
         ttft = np.round(rng.gamma(4, 25, per), 3)
         req = pl.DataFrame({
-            "cell_id": cid, "repeat": pl.Series([0] * per, dtype=pl.Int32), "phase": phase,
-            "step": pl.Series(np.minimum(np.arange(per) * 4 // per, 3), dtype=pl.Int32),
-            "request_id": np.arange(per, dtype=np.int64), "ttft_ms": ttft, "tpot_ms": itl.mean(axis=1),
-            "e2e_ms": ttft + itl.sum(axis=1), "itl_ms": pl.Series(itl).cast(pl.List(pl.Float64)),
-            "n_token_events": pl.Series([ITL_LEN + 1] * per, dtype=pl.Int32), "prompt_tokens": 128,
-            "completion_tokens": ITL_LEN + 1, "status": "ok",
+            "cell_id": pl.repeat(cid, per, eager=True), "repeat": pl.repeat(0, per, dtype=pl.Int32, eager=True),
+            "phase": phase, "step": step, "request_id": np.arange(per, dtype=np.int64), "ttft_ms": ttft,
+            "tpot_ms": itl.mean(axis=1), "e2e_ms": ttft + itl.sum(axis=1),
+            "itl_ms": pl.Series(itl).cast(pl.List(pl.Float64)),
+            "n_token_events": pl.repeat(ITL_LEN + 1, per, dtype=pl.Int32, eager=True),
+            "prompt_tokens": pl.repeat(128, per, eager=True), "completion_tokens": pl.repeat(ITL_LEN + 1, per, eager=True),
+            "status": pl.repeat("ok", per, eager=True),
         })
         tables.conform(tables.REQUESTS, req).write_parquet(d / "requests.parquet")
-        ph = pl.DataFrame({"cell_id": cid, "repeat": pl.Series([0] * 4, dtype=pl.Int32),
-                           "phase": ["sequential", "sweep", "sweep", "sweep"],
-                           "step": pl.Series([0, 0, 1, 2], dtype=pl.Int32), "rps": [1.0, 4.0, 8.0, 16.0]})
-        tables.conform(tables.PHASES, ph).write_parquet(d / "phases.parquet")
-        slo = pl.DataFrame({"cell_id": cid, "slo": ["ttft_p95<=300ms", "ttft_p95<=1000ms"],
-                            "metric": "ttft_p95_ms", "threshold_ms": [300.0, 1000.0],
-                            "max_rps": rng.uniform(1, 16, 2), "basis": "interpolated"})
-        tables.conform(tables.SLO, slo).write_parquet(d / "slo.parquet")
+        _small_files(d, cid, rng)
         _cell_json(d, cid, kind)
         dirs.append(d)
     return dirs
+
+
+def _small_files(d: Path, cid: str, rng: np.random.Generator) -> None:
+    ph = pl.DataFrame({"cell_id": cid, "repeat": pl.Series([0] * 4, dtype=pl.Int32),
+                       "phase": ["sequential", "sweep", "sweep", "sweep"],
+                       "step": pl.Series([0, 0, 1, 2], dtype=pl.Int32), "rps": [1.0, 4.0, 8.0, 16.0]})
+    tables.conform(tables.PHASES, ph).write_parquet(d / "phases.parquet")
+    slo = pl.DataFrame({"cell_id": cid, "slo": ["ttft_p95<=300ms", "ttft_p95<=1000ms"],
+                        "metric": "ttft_p95_ms", "threshold_ms": [300.0, 1000.0],
+                        "max_rps": rng.uniform(1, 16, 2), "basis": "interpolated"})
+    tables.conform(tables.SLO, slo).write_parquet(d / "slo.parquet")
 
 
 def _cell_json(d: Path, cid: str, kind: str) -> None:
@@ -89,13 +98,19 @@ def same_files_other_hardware(dirs: list[Path], root: Path, kind: str) -> list[P
 
 
 def timed(code: str) -> tuple[float, float, str]:
-    """Run `code` in a fresh interpreter; (seconds it reports, peak RSS GB of the process, output)."""
+    """Run `code` in a fresh interpreter; (seconds it reports, peak RSS GB of the process, output).
+    Prints the step's CPU seconds and the load average after it: on a shared machine the wall
+    time is an upper bound, the CPU seconds what the work costs."""
     p = subprocess.run([sys.executable, "-c", "import resource, time\n" + code +
-                        "\nprint('RSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+                        "\nru = resource.getrusage(resource.RUSAGE_SELF)\nprint('CPU', ru.ru_utime + ru.ru_stime)"
+                        "\nprint('RSS', ru.ru_maxrss)"],
                        capture_output=True, text=True, check=True)
     lines = p.stdout.strip().splitlines()
     secs = float(next(x for x in lines if x.startswith("SECS")).split()[1])
+    cpu = float(next(x for x in lines if x.startswith("CPU")).split()[1])
     rss = int(lines[-1].split()[1]) / 2**20
+    print(f"  {secs:9.3f} s wall, {cpu:7.1f} s CPU (process), peak RSS {rss:.2f} GB; "
+          f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     return secs, rss, p.stdout
 
 

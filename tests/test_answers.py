@@ -324,6 +324,43 @@ def test_point_stats_equal_the_one_at_a_time_definitions():
     assert set(_point_stats(vals)) == set(STATS) and _point_stats(np.array([]))["p95"] == (None, None, None)
 
 
+def test_percentiles_read_off_sorted_values_are_numpys_bit_for_bit():
+    from llm_almanac.curve import _percentiles
+
+    rng = np.random.default_rng(4)
+    for n in [*range(1, 200), 1000, 4097, 100_003]:
+        vals = np.round(rng.normal(10, 1, n), int(rng.integers(0, 4)))  # ties, as rounded latencies have
+        qs = [50.0, 90.0, 95.0, 99.0]
+        assert _percentiles(np.sort(vals), qs) == [float(v) for v in np.percentile(vals, qs, method="linear")], n
+
+
+def test_curve_points_of_requests_with_failures_nulls_and_empty_itl_lists():
+    """The vectorised per-point values (curve._latency_values) are the old per-point lists."""
+    import polars as pl
+
+    from llm_almanac import curve
+
+    rng = np.random.default_rng(5)
+    n = 400
+    itl = [None if i % 7 == 0 else [] if i % 11 == 0 else [float(x) for x in rng.normal(10, 1, 3)] for i in range(n)]
+    req = pl.DataFrame({"cell_id": "c", "repeat": 0, "phase": ["sweep"] * n, "step": [i % 3 for i in range(n)],
+                        "status": ["error" if i % 5 == 0 else "ok" for i in range(n)], "prompt_tokens": 8,
+                        "ttft_ms": [None if i % 13 == 0 else float(i) for i in range(n)], "tpot_ms": 1.0,
+                        "e2e_ms": 2.0, "itl_ms": pl.Series(itl, dtype=pl.List(pl.Float64))})
+    ph = pl.DataFrame({"cell_id": "c", "repeat": 0, "phase": "sweep", "step": [0, 1, 2, 3], "rps": 1.0,
+                       "output_tok_s": 1.0, "duration_s": 10.0})
+    pts = curve.points(req, ph)
+    ok = req.filter(pl.col("status") == "ok")
+    for step in range(4):
+        one = ok.filter(pl.col("step") == step)
+        row = pts.filter(pl.col("step") == step).row(0, named=True)
+        gaps = np.array(one["itl_ms"].explode(empty_as_null=False, keep_nulls=False).drop_nulls().to_list())
+        ttft = np.array(one["ttft_ms"].drop_nulls().to_list())
+        assert row["n_ok"] == ttft.size
+        assert row["itl_p90_ms"] == (round(statistic(gaps, "p90"), 3) if gaps.size else None)
+        assert row["ttft_mean_ms"] == (round(statistic(ttft, "mean"), 3) if ttft.size else None)
+
+
 def test_interval_brackets_the_answer_on_random_curves():
     """The claim the interval rests on: a higher statistic never raises the answer, so the
     pessimistic and optimistic readings bracket it (non-monotone curves included)."""

@@ -3,8 +3,11 @@
 The database is rebuilt from scratch every time into a temporary file that replaces the old
 one at the end, so it is idempotent (no duplicate rows) and a reader never sees a half-built
 file. Failed cells are rows in `cells` with their error. The tables follow tables.py; DuckDB
-reads the per-cell Parquet files itself (columns a file lacks, from an older version, are null),
-so request rows never pass through Python.
+reads the per-cell Parquet files itself (columns a file lacks, from an older version, are null).
+Request rows come in batches of cells, as Arrow (never as Python objects): each batch is
+inserted and turned into its measurements' curve points, so each file is decoded once and memory
+stays bounded whatever the number of requests. Their key (tables.KEY_CHECKED) is checked by one
+query, not kept as an index.
 
 The last good database survives any failure: every cell file is checked before anything is
 written, a failed build leaves the old file and no temporary one, and the error names the bad
@@ -14,9 +17,11 @@ a manifest, `results/aggregate.json`, written after the database, not the databa
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,7 @@ import duckdb
 import polars as pl
 
 from . import answers, identity, tables
+from . import curve as curve_mod
 from .config import defaults
 from .db import frame, scalar
 from .files import read_json, replacing, write_json
@@ -57,10 +63,26 @@ def connect_for_build(path: Path) -> duckdb.DuckDBPyConnection:
 
 
 def ddl(name: str) -> str:
-    """CREATE TABLE for one of tables.TABLES, with its primary key (a duplicate row fails)."""
+    """CREATE TABLE for one of tables.TABLES, with its primary key (a duplicate row fails), but
+    for the tables whose key check_keys checks instead (tables.KEY_CHECKED)."""
     schema = tables.TABLES[name]
     cols = ", ".join(f'"{c}" {_DUCK_TYPES[t]}' for c, t in schema.items())
+    if name in tables.KEY_CHECKED:
+        return f"CREATE TABLE {name} ({cols})"
     return f'CREATE TABLE {name} ({cols}, PRIMARY KEY ({", ".join(tables.KEYS[name])}))'
+
+
+def check_keys(con: duckdb.DuckDBPyConnection) -> None:
+    """What the primary key of a KEY_CHECKED table would enforce, as one query each: no key
+    column null, no key twice (duckdb.ConstraintException, as the index would raise)."""
+    for name in tables.KEY_CHECKED:
+        keys = ", ".join(tables.KEYS[name])
+        nulls = " OR ".join(f"{k} IS NULL" for k in tables.KEYS[name])
+        bad = con.execute(f"SELECT {keys}, count(*) FROM {name} GROUP BY ALL HAVING count(*) > 1 "
+                          f"OR bool_or({nulls}) LIMIT 1").fetchone()
+        if bad:
+            raise duckdb.ConstraintException(
+                f"{name}: duplicate or null key ({keys}) = {bad[:-1]!r} ({bad[-1]} rows)")
 
 
 def schema_ddl() -> list[str]:
@@ -72,26 +94,87 @@ def schema_ddl() -> list[str]:
               for t in tables.TABLES)]
 
 
-def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
-    """DuckDB reads the files itself; each row's measurement_id comes from its cell's record
-    (the `ids` view: file name -> measurement_id), so files of older versions get one too."""
-    if not files:
-        return
+def _select(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> str:
+    """The files' rows in the table's columns: DuckDB reads them itself; each row's
+    measurement_id comes from its cell's record (the `ids` view: file name -> measurement_id),
+    so files of older versions get one too, and columns a file lacks are null."""
     src = f"read_parquet({[str(f) for f in files]!r}, union_by_name = true, filename = true)"
+    have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+    cols = ", ".join(
+        "ids.measurement_id" if c == "measurement_id"
+        else f'src."{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
+        for c, t in tables.TABLES[name].items())
+    return f"SELECT {cols} FROM {src} AS src JOIN ids ON src.filename = ids.filename"
+
+
+@contextlib.contextmanager
+def _naming_bad_file(con: duckdb.DuckDBPyConnection, files: list[Path]) -> Iterator[None]:
+    """A file DuckDB cannot read: AggregateError naming it (found only on the way out)."""
     try:
-        have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
-        cols = ", ".join(
-            "ids.measurement_id" if c == "measurement_id"
-            else f'src."{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
-            for c, t in tables.TABLES[name].items())
-        con.execute(f"INSERT INTO {name} SELECT {cols} FROM {src} AS src JOIN ids ON src.filename = ids.filename")
+        yield
     except (duckdb.IOException, duckdb.InvalidInputException, duckdb.ConversionException):
-        for f in files:  # which file? (only on the way out: one read each)
+        for f in files:
             try:
                 con.execute(f"SELECT count(*) FROM read_parquet({str(f)!r})").fetchall()
             except duckdb.Error as one:
                 raise AggregateError(f"bad cell file {f}: {one}") from None
         raise
+
+
+def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> None:
+    if files:
+        with _naming_bad_file(con, files):
+            con.execute(f"INSERT INTO {name} {_select(con, name, files)}")
+
+
+#: Request files are read this many bytes of Parquet at a time (about 250 k requests with their
+#: ITL lists, a few hundred MB in memory), each batch both inserted and turned into curve points.
+BATCH_BYTES = 64 * 2**20
+
+
+def _batches(cell_dirs: list[Path], mids: list[str]) -> Iterator[tuple[list[Path], list[str]]]:
+    """(request files, measurement ids) of consecutive cells, about BATCH_BYTES of files each."""
+    files: list[Path] = []
+    ids: list[str] = []
+    size = 0
+    for d, mid in zip(cell_dirs, mids, strict=True):
+        f = d / "requests.parquet"
+        if f.exists():
+            files.append(f)
+            size += f.stat().st_size
+        ids.append(mid)
+        if size >= BATCH_BYTES:
+            yield files, ids
+            files, ids, size = [], [], 0
+    if ids:
+        yield files, ids
+
+
+def _insert_requests(con: duckdb.DuckDBPyConnection, cell_dirs: list[Path], mids: list[str]) -> pl.DataFrame:
+    """Insert every cell's requests, a batch of cells at a time, and return the curve points
+    (curve.points) of every measurement, computed from the same batch as it goes in: the
+    request rows are read once, and never all in memory at once. Each batch is committed (a
+    transaction holds its appended rows in memory: 15 GB at 10 M requests); the database is a
+    temporary file until the build is whole, so a failure still leaves nothing behind."""
+    phases = frame(con, "SELECT * FROM phases")
+    parts = []
+    for files, ids in _batches(cell_dirs, mids):
+        if files:
+            with _naming_bad_file(con, files):
+                batch = con.sql(_select(con, "requests", files)).to_arrow_table()
+            con.register("batch", batch)
+            con.execute("INSERT INTO requests SELECT * FROM batch")
+            con.unregister("batch")
+            con.execute("COMMIT")
+            con.execute("BEGIN TRANSACTION")
+            requests = pl.from_arrow(batch)
+            assert isinstance(requests, pl.DataFrame)
+        else:
+            requests = tables.empty(tables.REQUESTS)
+        parts.append(curve_mod.points(requests, phases.filter(pl.col("measurement_id").is_in(ids))))
+        del requests
+    points = pl.concat(parts) if parts else pl.DataFrame(schema=curve_mod.CURVE_SCHEMA)
+    return points.sort(["measurement_id", "rps", "phase", "step"], nulls_last=True)
 
 
 def _fingerprint(cell_dirs: list[Path], settings: dict[str, Any]) -> str:
@@ -179,20 +262,19 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
     with replacing(db_path) as tmp:
         con = connect_for_build(tmp)
         try:
-            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole build
-            for name in tables.TABLES:
-                con.execute(ddl(name))
-            for stmt in schema_ddl():
+            con.execute("BEGIN TRANSACTION")  # committed per batch of requests: the file is renamed only when whole
+            for stmt in [*(ddl(name) for name in tables.TABLES), *schema_ddl()]:
                 con.execute(stmt)
             con.register("cells_df", cells.to_arrow())
             con.execute("INSERT INTO cells SELECT * FROM cells_df")
             con.register("ids", pl.DataFrame(ids, schema={"filename": pl.String, "measurement_id": pl.String})
                          .to_arrow())
-            for name, fname in (("phases", "phases.parquet"), ("requests", "requests.parquet"),
-                                ("slo", "slo.parquet"), ("engine_metrics", "engine_metrics.parquet")):
+            for name, fname in (("phases", "phases.parquet"), ("slo", "slo.parquet"),
+                                ("engine_metrics", "engine_metrics.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
-            answers.write_tables(con, cells, frame(con, "SELECT * FROM requests"),
-                                 frame(con, "SELECT * FROM phases"), slos, prices)
+            points = _insert_requests(con, cell_dirs, cells["measurement_id"].to_list())
+            check_keys(con)
+            answers.write_tables(con, cells, points, slos, prices)
             con.execute("INSERT INTO almanac_meta VALUES ('inputs', ?)", [fingerprint])
             con.execute("COMMIT")
             counts = {n: len(con.table(n)) for n in tables.TABLES}

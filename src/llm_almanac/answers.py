@@ -224,12 +224,11 @@ def _write(con: duckdb.DuckDBPyConnection, name: str, df: pl.DataFrame) -> None:
     con.unregister(f"{name}_df")
 
 
-def write_tables(con: duckdb.DuckDBPyConnection, cells: pl.DataFrame, requests: pl.DataFrame,
-                 phases: pl.DataFrame, slos: list[dict[str, Any]], config_prices: dict[str, Any] | None) -> None:
+def write_tables(con: duckdb.DuckDBPyConnection, cells: pl.DataFrame, points: pl.DataFrame,
+                 slos: list[dict[str, Any]], config_prices: dict[str, Any] | None) -> None:
     """The aggregate's tables for answers: `curve` (every measurement's points with their
-    intervals), `prices` (the $/hour of each price key, and where that figure came from) and
-    `answers` (every ok measurement x configured SLO)."""
-    points = curve_mod.points(requests, phases)
+    intervals: curve.points of its requests and phases), `prices` (the $/hour of each price
+    key, and where that figure came from) and `answers` (every ok measurement x configured SLO)."""
     prices = cost.resolve(config_prices)
     _write(con, "curve", points)
     _write(con, "prices", prices_frame(prices))

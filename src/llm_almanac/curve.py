@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 import polars as pl
+from numpy.lib._function_base_impl import _lerp  # type: ignore[attr-defined]  # numpy is pinned
 
 Z95 = 1.959963984540054
 METRICS = ("ttft", "tpot", "itl", "e2e")
@@ -92,13 +93,31 @@ def interval(values: np.ndarray, stat: str, ordered: np.ndarray | None = None,
     return min(float(ordered[r - 1]), est), max(float(ordered[s - 1]), est)
 
 
+def _percentiles(ordered: np.ndarray, qs: list[float]) -> list[float]:
+    """np.percentile(values, qs, method="linear") read off the already sorted values: numpy's own
+    steps (virtual index (n - 1) q, its floor and the next rank, numpy's _lerp), so the same bits
+    without numpy partitioning the array again (tests/test_answers.py checks it against numpy)."""
+    n = ordered.size
+    if np.isnan(ordered[-1]):  # numpy's answer with NaNs among the values: NaN
+        return [float(v) for v in np.percentile(ordered, qs, method="linear")]
+    virtual = (n - 1) * np.true_divide(np.asarray(qs, dtype=float), 100)
+    prev = np.floor(virtual)
+    gamma = np.asanyarray(virtual - prev, dtype=virtual.dtype)
+    lo = prev.astype(np.intp)
+    hi = np.minimum(lo + 1, n - 1)
+    above = virtual >= n - 1
+    lo[above], hi[above] = n - 1, n - 1
+    return [float(v) for v in _lerp(ordered[lo], ordered[hi], gamma)]
+
+
 def _point_stats(values: np.ndarray) -> dict[str, tuple[float | None, float | None, float | None]]:
-    """stat -> (value, low, high) for every stat, sorting once and asking numpy for all
-    percentiles in one call (the same numbers as `statistic`, a hundred times faster)."""
+    """stat -> (value, low, high) for every stat, sorting once and reading every percentile and
+    order statistic off the sorted values (the same numbers as `statistic`, a hundred times
+    faster)."""
     if values.size == 0:
         return {s: (None, None, None) for s in STATS}
     ordered = np.sort(values)
-    pct = np.percentile(values, [float(s[1:]) for s in STATS if s.startswith("p")], method="linear")
+    pct = _percentiles(ordered, [float(s[1:]) for s in STATS if s.startswith("p")])
     est = {"mean": float(values.mean()), "min": float(ordered[0]), "max": float(ordered[-1]),
            **{s: float(v) for s, v in zip([s for s in STATS if s.startswith("p")], pct)}}
     return {s: (est[s], *interval(values, s, ordered, est[s])) for s in STATS}
@@ -121,6 +140,43 @@ def _measured(df: pl.DataFrame) -> pl.DataFrame:
     return df.with_columns(pl.coalesce(mid.cast(pl.String), pl.col("cell_id")).alias("measurement_id"))
 
 
+_NONE = np.empty(0)
+
+
+def _runs(df: pl.DataFrame, point: list[str]) -> np.ndarray:
+    """Where each run of equal points starts."""
+    return np.flatnonzero(df.select(pl.struct(point).rle_id()).to_series().diff().fill_null(1).to_numpy())
+
+
+def _latency_values(ok: pl.DataFrame, point: list[str]) -> dict[tuple[Any, ...], dict[str, np.ndarray]]:
+    """point -> metric -> its non-null values (ITL: every gap of every request), in row order,
+    as numpy arrays: sliced out of whole columns, never a Python list per value. Rows are
+    sorted by point only when a point's rows are not already together (a cell's file has them
+    in phase order), since sorting moves every ITL list."""
+    ok = ok.select(*point, *(pl.col(f"{m}_ms").cast(pl.List(pl.Float64) if m == "itl" else pl.Float64)
+                             for m in METRICS))
+    if ok.is_empty():
+        return {}
+    starts = _runs(ok, point)
+    if starts.size != ok.select(point).n_unique():
+        ok = ok.sort(point, maintain_order=True, nulls_last=True)
+        starts = _runs(ok, point)
+    bounds = [*starts.tolist(), ok.height]
+    keys = ok.select(point)[starts.tolist()].rows()
+    cols: dict[str, tuple[np.ndarray, np.ndarray | None, np.ndarray]] = {}
+    for m in METRICS:
+        col = ok[f"{m}_ms"]
+        lens = col.list.len().fill_null(0).to_numpy() if m == "itl" else np.ones(ok.height, dtype=np.int64)
+        flat = col.explode(empty_as_null=False, keep_nulls=False) if m == "itl" else col
+        ends = np.concatenate([[0], np.cumsum(lens, dtype=np.int64)])
+        cols[m] = (flat.to_numpy(), flat.is_not_null().to_numpy() if flat.null_count() else None, ends)
+    out = {}
+    for key, a, b in zip(keys, bounds, bounds[1:], strict=False):
+        out[key] = {m: v[e[a]:e[b]] if valid is None else v[e[a]:e[b]][valid[e[a]:e[b]]]
+                    for m, (v, valid, e) in cols.items()}
+    return out
+
+
 def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
     """One row per (measurement, phase, step) of `phases` (CURVE_SCHEMA), ordered by measurement
     and rate. A measurement (identity.py), not a cell: a merged database can hold one cell
@@ -140,22 +196,19 @@ def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
         (pl.col("prompt_tokens").fill_null(0) / pl.col("duration_s")).alias("input_tok_s"))
     reps = per_rep.group_by(point).agg(
         pl.col("rps"), pl.col("output_tok_s"), pl.col("input_tok_s"), pl.col("repeat").n_unique().alias("n"))
-    lat = ok.group_by(point).agg(
-        pl.col("ttft_ms").drop_nulls(), pl.col("tpot_ms").drop_nulls(), pl.col("e2e_ms").drop_nulls(),
-        pl.col("itl_ms").explode().drop_nulls())
     rows = []
-    lat_by_key = {tuple(r[k] for k in point): r for r in lat.iter_rows(named=True)}
+    lat_by_key = _latency_values(ok, point)
     for rep in reps.iter_rows(named=True):
         key = tuple(rep[k] for k in point)
         got = lat_by_key.get(key, {})
         row: dict[str, Any] = {
             **dict(zip(point, key)),
             "rps": _mean(rep["rps"]), "output_tok_s": _mean(rep["output_tok_s"]),
-            "input_tok_s": _mean(rep["input_tok_s"]), "n_ok": len(got.get("ttft_ms") or []),
+            "input_tok_s": _mean(rep["input_tok_s"]), "n_ok": got.get("ttft", _NONE).size,
             "n_repeats": rep["n"],
         }
         for m in METRICS:
-            for s, (v, lo, hi) in _point_stats(np.asarray(got.get(f"{m}_ms") or [], dtype=float)).items():
+            for s, (v, lo, hi) in _point_stats(got.get(m, _NONE)).items():
                 row[f"{m}_{s}_ms"] = _us(v)
                 if s in INTERVAL_STATS:
                     row[f"{m}_{s}_lo_ms"], row[f"{m}_{s}_hi_ms"] = _us(lo), _us(hi)

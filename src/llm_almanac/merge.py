@@ -27,7 +27,7 @@ from pathlib import Path
 import duckdb
 
 from . import identity, tables
-from .aggregate import _DUCK_TYPES, connect_for_build, ddl, schema_ddl
+from .aggregate import _DUCK_TYPES, check_keys, connect_for_build, ddl, schema_ddl
 from .db import scalar
 from .files import replacing
 
@@ -171,13 +171,33 @@ def _check(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> None:
 
 
 def _fingerprints(con: duckdb.DuckDBPyConnection, alias: str) -> None:
-    """`{alias}_fp`: one content hash per measurement over every table's rows."""
+    """`{alias}_fp`: one content hash per measurement. Only a measurement that is in several
+    sources (the `overlap` table) is compared with another, so only its phases, requests and
+    slo rows are hashed (its cells row, always): hashing every request row and its ITL list
+    was most of a merge's time, for measurements that could not clash."""
     cell_cols = ", ".join(f'"{c}"' for c in tables.CELLS if c not in NOT_CONTENT)
     parts = [f"SELECT measurement_id, hash(struct_pack({cell_cols})) AS h FROM {alias}_cells"]
     for t in ("phases", "requests", "slo"):
-        parts.append(f"SELECT measurement_id, hash(bit_xor(hash(t)), count(*)) FROM {alias}_{t} AS t GROUP BY ALL")
+        parts.append(f"SELECT measurement_id, hash(bit_xor(hash(t)), count(*)) FROM {alias}_{t} AS t "
+                     "SEMI JOIN overlap USING (measurement_id) GROUP BY ALL")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {alias}_fp AS SELECT measurement_id, "
                 f"bit_xor(h) AS fp FROM ({' UNION ALL '.join(parts)}) GROUP BY ALL")
+
+
+def _open(con: duckdb.DuckDBPyConnection, stack: contextlib.ExitStack, sources: list[Source]) -> None:
+    """Attach and check every source (a refusal comes before any work on the output), and find
+    the measurements that more than one of them holds (`overlap`)."""
+    for i, s in enumerate(sources):
+        stack.enter_context(_attached(con, s.db, f"s{i}", s.name))
+        s.version = _version(con, f"s{i}", s.name)
+        s.has_sources = bool(con.execute(
+            "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND table_name = 'sources' UNION "
+            "SELECT 1 FROM duckdb_views() WHERE database_name = ? AND view_name = 'sources'",
+            [f"s{i}", f"s{i}"]).fetchone())
+        _views(con, f"s{i}", s.version)
+        _check(con, f"s{i}", s.name)
+    ids = " UNION ALL ".join(f"SELECT measurement_id FROM s{i}_cells" for i in range(len(sources)))
+    con.execute(f"CREATE TEMP TABLE overlap AS SELECT measurement_id FROM ({ids}) GROUP BY ALL HAVING count(*) > 1")
 
 
 @contextlib.contextmanager
@@ -208,18 +228,9 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                 con.execute(stmt)
             con.execute(SOURCES_DDL)
             con.execute("CREATE TEMP TABLE seen (measurement_id VARCHAR PRIMARY KEY, fp UBIGINT, source VARCHAR)")
-            # attach and check every source first: a refusal comes before any work on the output
-            for i, s in enumerate(sources):
-                stack.enter_context(_attached(con, s.db, f"s{i}", s.name))
-                s.version = _version(con, f"s{i}", s.name)
-                s.has_sources = bool(con.execute(
-                    "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND table_name = 'sources' UNION "
-                    "SELECT 1 FROM duckdb_views() WHERE database_name = ? AND view_name = 'sources'",
-                    [f"s{i}", f"s{i}"]).fetchone())
-                _views(con, f"s{i}", s.version)
-                _check(con, f"s{i}", s.name)
+            _open(con, stack, sources)
             duplicates = 0
-            con.execute("BEGIN TRANSACTION")  # one commit (one sync to disk) for the whole merge
+            con.execute("BEGIN TRANSACTION")
             for i, s in enumerate(sources):
                 a = f"s{i}"
                 _fingerprints(con, a)
@@ -241,6 +252,9 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                 con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
                 if s.has_sources:  # provenance recorded by an earlier merge travels on
                     con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
+                con.execute("COMMIT")  # a transaction holds its rows in memory; the output is a temp file
+                con.execute("BEGIN TRANSACTION")
+            check_keys(con)
             con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
             con.execute("COMMIT")
             counts = {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}

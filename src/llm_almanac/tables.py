@@ -216,6 +216,11 @@ KEYS: dict[str, list[str]] = {
     "engine_metrics": ["measurement_id", "repeat", "phase", "step", "metric", "labels"],
 }
 
+#: Tables whose key is not an index but one query after the rows are in (aggregate.check_keys):
+#: at the Almanac's size (10 M requests) the index on `requests` cost more than all the rest of
+#: the insert, and its memory grew with every row.
+KEY_CHECKED = frozenset({"requests"})
+
 #: Primary keys of the tables the aggregate derives from these (answers.write_tables): a
 #: measurement's curve points and answers, and the price of each price key (cost.py).
 DERIVED_KEYS: dict[str, list[str]] = {
