@@ -143,7 +143,8 @@ def test_almanac_sim_takes_its_options_and_help():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     proc = subprocess.Popen([sys.executable, "-m", "llm_almanac.cli", "sim", "--port", str(port), "--ttft-ms", "1",
-                             "--model-name", "tiny", "--also-lists", "other"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             "--model-name", "tiny", "--also-lists", "other"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 30
         while True:
