@@ -14,7 +14,13 @@ from llm_almanac.config import (
 )
 from llm_almanac.db import DB_PATH, MANIFEST_PATH
 from llm_almanac.engines import adapter_for
-from llm_almanac.grid import ConfigError, converter_engine, expand_grid, model_needs
+from llm_almanac.grid import (
+    ConfigError,
+    converter_engine,
+    expand_grid,
+    expand_variants,
+    model_needs,
+)
 from llm_almanac.install import env_id
 from llm_almanac.redact import externalize
 from llm_almanac.resources import (
@@ -30,6 +36,8 @@ try:
     validate_config(config, SCHEMA)  # one precise message naming the bad key
     validate(config, SCHEMA, set_default=True)  # fills the schema's defaults
     check_local_paths(config)
+    # engines.<e>.variants.<v> -> engine entries <e>.<v>, which the rules look up like any other
+    expand_variants(config)
     # Secrets out of everything Snakemake keeps (job params in .snakemake/metadata, the config
     # pickled into job scripts): the config holds references, the jobs inherit the values.
     os.environ.update(externalize(config))

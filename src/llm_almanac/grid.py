@@ -7,6 +7,7 @@ tested and so that Snakemake's DAG is exactly what the config says.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import re
 from collections.abc import Iterable
@@ -16,6 +17,10 @@ from typing import Any
 SLUG_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 #: A name that becomes part of a path (a quantization inside a cell id): no '/', no '..' alone.
 PATH_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+#: A variant's name: a slug without '.', so that `<engine>.<variant>` names one variant of one engine.
+VARIANT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
+#: The variant every engine has: its entry as configured.
+DEFAULT_VARIANT = "default"
 
 
 class ConfigError(ValueError):
@@ -32,6 +37,8 @@ class Cell:
     n_gpus: int = 0
     extra_args: tuple[str, ...] = field(default_factory=tuple)
     extra_env: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+    #: the engine's variant (engines.<e>.variants); `engine` is then `<e>.<variant>`
+    variant: str = DEFAULT_VARIANT
 
     @property
     def cell_id(self) -> str:
@@ -42,6 +49,10 @@ class Cell:
         d["extra_args"] = list(self.extra_args)
         d["extra_env"] = dict(self.extra_env)
         d["cell_id"] = self.cell_id
+        if self.variant == DEFAULT_VARIANT:
+            # a default cell's job parameters stay as they were before variants existed, so
+            # Snakemake does not re-measure it (the record says "default" all the same)
+            del d["variant"]
         return d
 
 
@@ -94,15 +105,74 @@ def _check_host(cid: str, engine: str, ecfg: dict[str, Any], args: list[str]) ->
 
 
 def _matches(rule: dict[str, Any], values: dict[str, Any]) -> bool:
-    """An exclusion rule matches when every key it names equals (or lists) the cell's value."""
+    """An exclusion rule matches when every key it names equals (or lists) the cell's value. A
+    variant's cell has two engine names, `<e>.<variant>` and `<e>`: either matches."""
     for key, want in rule.items():
         have = values[key]
-        if isinstance(want, list):
-            if have not in want:
-                return False
-        elif have != want:
+        haves = have if isinstance(have, tuple) else (have,)
+        wants = want if isinstance(want, list) else [want]
+        if not any(h in wants for h in haves):
             return False
     return True
+
+
+def _variant_entry(name: str, ecfg: dict[str, Any], variant: str, vcfg: dict[str, Any]) -> dict[str, Any]:
+    """Engine entry `name` with a variant's args appended and env added, `module` set (the same
+    adapter, and the same install: its id ignores args and env) and the variant recorded."""
+    if not VARIANT_RE.match(variant) or variant == DEFAULT_VARIANT:
+        raise ConfigError(
+            f"engines.{name}.variants: variant name {variant!r} "
+            + ("is reserved: 'default' always means the entry unchanged; pick another name"
+               if variant == DEFAULT_VARIANT
+               else "is not a slug without '.': use lower-case letters, digits, '-' or '_'"))
+    entry = copy.deepcopy({k: v for k, v in ecfg.items() if k != "variants"})
+    entry["module"] = ecfg.get("module", name)
+    entry["args"] = [*(ecfg.get("args") or []), *(vcfg.get("args") or [])]
+    if ecfg.get("env") or vcfg.get("env"):
+        entry["env"] = {**(ecfg.get("env") or {}), **(vcfg.get("env") or {})}
+    entry["variant"] = variant
+    return entry
+
+
+def expand_variants(config: dict[str, Any]) -> None:
+    """Turn every `engines.<e>.variants.<v>` into an engine entry `<e>.<v>`, in place, before the
+    grid is expanded: rules, cells, installs and adapters then see ordinary engine entries.
+    `variants` leaves `<e>`, whose settings (and so its cells' job parameters) stay exactly what
+    they were without it. A second call finds nothing to do."""
+    engines = config.get("engines") or {}
+    for name in list(engines):
+        ecfg = engines[name]
+        variants = ecfg.pop("variants", None) or {}
+        for variant, vcfg in variants.items():
+            derived = f"{name}.{variant}"
+            if derived in engines:
+                raise ConfigError(f"engines.{name}.variants.{variant} makes engine {derived!r}, which the "
+                                  "config already defines; rename the variant or that engine")
+            engines[derived] = _variant_entry(name, ecfg, variant, vcfg or {})
+
+
+def variant_of(name: str, ecfg: dict[str, Any]) -> tuple[str, str]:
+    """(base engine, variant) of engine entry `name`: (`e`, `v`) for an entry `e.v` made from
+    `engines.e.variants.v`, (`name`, "default") for any other."""
+    variant = ecfg.get("variant") or DEFAULT_VARIANT
+    if variant != DEFAULT_VARIANT and name.endswith(f".{variant}"):
+        return name.removesuffix(f".{variant}"), variant
+    return name, variant
+
+
+def defined_variants(engines: dict[str, Any], engine: str) -> list[str]:
+    """The variants a grid entry may name for `engine`: default, and those its entry defined."""
+    return [DEFAULT_VARIANT] + sorted(
+        v for n, ecfg in engines.items() if (v := ecfg.get("variant")) and n == f"{engine}.{v}")
+
+
+def _check_variants(where: str, engines: dict[str, Any], entry: dict[str, Any]) -> None:
+    for e in entry["engines"]:
+        have = defined_variants(engines, e)
+        for v in entry.get("variants") or [DEFAULT_VARIANT]:
+            if v not in have:
+                raise ConfigError(f"{where}: engine {e!r} has no variant {v!r}; its variants: {have} "
+                                  f"(define it under engines.{e}.variants.{v})")
 
 
 def _check_quant(engine: str, ecfg: dict[str, Any], quant: str, cid: str) -> None:
@@ -138,11 +208,19 @@ def _check_names(config: dict[str, Any]) -> None:
             )
 
 
+def _per_engine(table: dict[str, Any] | None, base: str, e: str) -> list[Any]:
+    """The values a per-engine table (engine_args, engine_env) gives engine `e`: its base
+    engine's, then its own (a variant `vllm.ngram` gets what is written for `vllm`)."""
+    table = table or {}
+    return [table[k] for k in dict.fromkeys((base, e)) if k in table]
+
+
 def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str, e: str, q: Any,
                isl: int, osl: int) -> Cell:
     """One cell of a grid entry, with its engine's arguments and environment (engine, then the
     entry's, then the model's), checked against the engine and the model's context length."""
     mcfg, ecfg = config["models"][m], config["engines"][e]
+    base, variant = variant_of(e, ecfg)
     _check_path_part(where, "quantization", str(q))
     cid = cell_id(m, e, q, isl, osl)
     _check_quant(e, ecfg, q, cid)
@@ -152,10 +230,12 @@ def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str
             f"{where}: cell {cid} needs isl+osl={isl + osl} tokens but model {m!r} has max_model_len "
             f"{max_len}; drop the shape or raise max_model_len"
         )
-    args = list(ecfg.get("args") or []) + list(entry.get("engine_args", {}).get(e, []))
-    args += list((mcfg.get("engine_args") or {}).get(e, []))
+    args = list(ecfg.get("args") or [])
+    for more in _per_engine(entry.get("engine_args"), base, e) + _per_engine(mcfg.get("engine_args"), base, e):
+        args += list(more)
     env = dict(ecfg.get("env") or {})
-    env.update((mcfg.get("engine_env") or {}).get(e, {}))
+    for extra in _per_engine(mcfg.get("engine_env"), base, e):
+        env.update(extra)
     _check_host(cid, e, ecfg, args)
     return Cell(
         model=m, engine=e, quantization=str(q), isl=isl, osl=osl,
@@ -163,6 +243,7 @@ def _make_cell(config: dict[str, Any], entry: dict[str, Any], where: str, m: str
         n_gpus=int(mcfg.get("gpus", 1)) if ecfg.get("device", "cuda") != "cpu" else 0,
         extra_args=tuple(args),
         extra_env=tuple(sorted((str(k), str(v)) for k, v in env.items())),
+        variant=variant,
     )
 
 
@@ -177,15 +258,19 @@ def _entry_cells(config: dict[str, Any], idx: int, entry: dict[str, Any], used: 
     for e in entry["engines"]:
         if e not in engines:
             raise ConfigError(f"{where}: unknown engine {e!r}; defined engines: {sorted(engines)}")
+    _check_variants(where, engines, entry)
     excl = [(f"exclude[{i}]", r) for i, r in enumerate(config.get("exclude") or [])]
     excl += [(f"{where}.exclude[{i}]", r) for i, r in enumerate(entry.get("exclude") or [])]
     cells = []
-    for m, e, q, shape in itertools.product(entry["models"], entry["engines"], entry["quantizations"],
-                                            entry["shapes"]):
+    for m, e0, v, q, shape in itertools.product(entry["models"], entry["engines"],
+                                                entry.get("variants") or [DEFAULT_VARIANT],
+                                                entry["quantizations"], entry["shapes"]):
         isl, osl = int(shape["isl"]), int(shape["osl"])
         if isl <= 0 or osl <= 0:
             raise ConfigError(f"{where}: shape isl={isl} osl={osl} must be positive")
-        values = {"model": m, "engine": e, "quantization": q, "isl": isl, "osl": osl}
+        e = e0 if v == DEFAULT_VARIANT else f"{e0}.{v}"
+        base, variant = variant_of(e, engines[e])
+        values = {"model": m, "engine": (e, base), "variant": variant, "quantization": q, "isl": isl, "osl": osl}
         hits = [label for label, rule in excl if _matches(rule, values)]
         used.update(hits)
         if not hits:
@@ -200,9 +285,12 @@ def expand_grid(config: dict[str, Any]) -> list[Cell]:
     `exclude` rules (top level or inside an entry) remove matching cells. A cell produced twice
     is an error: two entries that claim the same cell with possibly different settings would make
     the measurement ambiguous, and so is an exclusion that removes nothing (a typo would
-    otherwise measure cells the user meant to skip).
+    otherwise measure cells the user meant to skip). An entry's `variants` (default: just
+    `default`) multiply its engines by the variants they define (expand_variants): the variant
+    `v` of engine `e` is the engine entry `e.v`.
     """
     _check_names(config)
+    expand_variants(config)
     cells: list[Cell] = []
     seen: dict[str, int] = {}
     used: set[str] = set()
