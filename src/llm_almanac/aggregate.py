@@ -181,7 +181,10 @@ def _fingerprint(cell_dirs: list[Path], settings: dict[str, Any]) -> str:
     """What the database is built from: every input file's path, size and mtime, the settings
     (reproduce commands, SLOs, prices) and the schema version. Equal fingerprints: rebuilding
     would write the same."""
-    h = hashlib.sha256(f"{identity.SCHEMA_VERSION}|{json.dumps(settings, sort_keys=True, default=str)}".encode())
+    # the tables' columns too: a database built before a column was added is built again
+    layout = {name: list(schema) for name, schema in tables.TABLES.items()}
+    h = hashlib.sha256(f"{identity.SCHEMA_VERSION}|{json.dumps([settings, layout], sort_keys=True, default=str)}"
+                       .encode())
     for d in cell_dirs:
         for fname in ("cell.json", "phases.parquet", "requests.parquet", "slo.parquet", "engine_metrics.parquet"):
             f = d / fname

@@ -131,6 +131,7 @@ def new_record(ci: CellInputs, server_log: Path) -> dict[str, Any]:
     cell = ci.cell
     return new_cell_record(
         cell_id=cell["cell_id"], model=cell["model"], engine=cell["engine"],
+        variant=cell.get("variant") or ci.engine_cfg.get("variant") or "default",
         engine_version=ci.installed["version"], quantization=cell["quantization"],
         isl=cell["isl"], osl=cell["osl"], status="running", n_gpus=cell.get("n_gpus", 0),
         started_at=datetime.now(UTC).isoformat(),

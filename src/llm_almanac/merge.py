@@ -118,6 +118,10 @@ def _version(con: duckdb.DuckDBPyConnection, alias: str, name: str) -> int:
     return versions.pop()
 
 
+def _sql_text(value: str) -> str:
+    return "'" + value.replace("'", "''") + "'"
+
+
 def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int) -> None:
     """Temporary views `{alias}_<table>` in today's columns over the source's tables (a
     version-1 source gets its measurement ids derived from its cells, as aggregate does)."""
@@ -146,6 +150,8 @@ def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int) -> None:
                 sel.append(f"ids.{c}")
             elif c in have:
                 sel.append(f't."{c}"')
+            elif name == "cells" and c in tables.CELL_COLUMN_DEFAULTS:  # as aggregate writes it
+                sel.append(f"{_sql_text(tables.CELL_COLUMN_DEFAULTS[c])}::{_DUCK_TYPES[t]} AS \"{c}\"")
             else:
                 sel.append(f'NULL::{_DUCK_TYPES[t]} AS "{c}"')
         join = f" JOIN {alias}_ids AS ids USING (cell_id)" if version == 1 else ""

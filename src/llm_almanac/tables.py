@@ -164,7 +164,8 @@ CELLS: dict[str, Any] = {
     "measurement_id": pl.String,  # identity.py: cell × hardware kind × run; the key of every table
     "cell_id": pl.String,  # the grid cell (model × engine × quantization × shape)
     "model": pl.String,
-    "engine": pl.String,
+    "engine": pl.String,  # the engine entry: `<e>.<variant>` for a variant (grid.expand_variants)
+    "variant": pl.String,  # the engine's variant (engines.<e>.variants); "default": the entry as configured
     "engine_version": pl.String,
     "server_reported_version": pl.String,
     "quantization": pl.String,
@@ -197,6 +198,9 @@ CELLS: dict[str, Any] = {
 
 #: Fields of `cell.json` kept as structures there and as JSON text in the `cells` table.
 CELL_JSON_FIELDS: dict[str, Any] = {"server_env": {}, "notes": [], "bench": {}, "engine_packages": []}
+
+#: What a `cells` column holds for a record (or a database) written before the column existed.
+CELL_COLUMN_DEFAULTS: dict[str, Any] = {"variant": "default"}
 
 #: Computed when the database is built (how to rerun the cell from *that* invocation).
 CELL_AGGREGATE_ONLY = frozenset({"reproduce"})
@@ -272,6 +276,9 @@ def new_cell_record(**values: Any) -> dict[str, Any]:
 def cell_row(record: Mapping[str, Any]) -> dict[str, Any]:
     """A `cells` row from a `cell.json` record (structured fields as sorted JSON text)."""
     row = {k: record.get(k) for k in CELLS}
+    for k, value in CELL_COLUMN_DEFAULTS.items():
+        if row[k] is None:
+            row[k] = value
     for k, empty_value in CELL_JSON_FIELDS.items():
         row[k] = json.dumps(record.get(k) or empty_value, sort_keys=True)
     return row
