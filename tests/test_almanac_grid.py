@@ -12,6 +12,7 @@ import yaml
 
 from llm_almanac.config import load_cells
 from llm_almanac.engines import ServerSpec, get_engine
+from llm_almanac.grid import variant_of
 
 from conftest import VLLM_PARSER_CHECK, installed_engine
 
@@ -29,15 +30,19 @@ def cells(config):
     return load_cells(config)
 
 
-def test_grid_size_and_engines(cells):
-    by_engine = Counter(c.engine for c in cells)
+def test_grid_size_and_engines(cells, config):
+    by_engine = Counter(variant_of(c.engine, config["engines"][c.engine])[0] for c in cells)
     assert len(cells) >= 400
     assert set(by_engine) == {"vllm", "sglang", "tensorrt-llm"}
+    # speculative decoding: a few vLLM cells (engines.vllm.variants), not a second grid
+    variants = Counter(c.variant for c in cells if c.variant != "default")
+    assert set(variants) == {"ngram", "eagle3", "mtp"} and sum(variants.values()) == 4
+    assert all(c.engine == f"vllm.{c.variant}" for c in cells if c.variant != "default")
     assert len({(c.isl, c.osl) for c in cells}) >= 9 + 3
     assert not any(c.engine == "tensorrt-llm" and c.quantization == "w4a16" for c in cells)
 
 
-@pytest.mark.e2e  # a real Snakemake dry run of 468 cells (about a minute)
+@pytest.mark.e2e  # a real Snakemake dry run of 472 cells (about a minute)
 def test_dry_run_gives_each_bench_cell_its_models_gpu_count(config):
     p = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(ROOT / "Snakefile"), "--directory", str(ROOT),
                         "-n", "--cores", "8", "--configfile", str(GRID)], capture_output=True, text=True, timeout=300)
@@ -52,11 +57,12 @@ def test_dry_run_gives_each_bench_cell_its_models_gpu_count(config):
 
 
 def _commands(cells, config, engine):
+    """The server commands of `engine`'s cells, its variants' included."""
     out = set()
     for c in cells:
-        if c.engine != engine:
+        ecfg = config["engines"][c.engine]
+        if variant_of(c.engine, ecfg)[0] != engine:
             continue
-        ecfg = config["engines"][engine]
         spec = ServerSpec(python="/env/bin/python", model_path=f"/models/{c.model}", served_name=c.model,
                           quantization=c.quantization, port=8000, tensor_parallel=max(1, c.n_gpus),
                           max_model_len=config["models"][c.model].get("max_model_len"), device="cuda",
