@@ -137,7 +137,7 @@ def test_cpu_cells_get_cpus_and_the_node_exclusively(tmp_path):
     real SLURM granting such a request."""
     cfg = tmp_path / "cpus.yaml"
     cfg.write_text(yaml.safe_dump({"resources": {"cpus": 16, "mem_mb": 32000}}))
-    cells = ["smollm2-135m__vllm-cpu__bf16__128-32", "smollm2-135m__llama-cpp__q4_1__128-32"]
+    cells = ["smollm2-135m__vllm-cpu__fp32__128-32", "smollm2-135m__llama-cpp__q4_1__128-32"]
     _, calls, _ = submit(tmp_path, [ROOT / "config" / "config.yaml", cfg],
                          [f"results/cells/{c}/cell.json" for c in cells])
     by_cell = _by_cell(calls)
