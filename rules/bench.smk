@@ -27,3 +27,25 @@ rule bench_cell:
         bench={k: v for k, v in config.get("bench", {}).items() if k not in GUARD_RAILS},
     script:
         "../scripts/bench_cell.py"
+
+
+# bench.interleave (repeats >= 2): repeat {rep} of a cell, a job with its own server, after
+# repeat {rep} - 1 of every cell; the cell's last repeat is rule bench_cell.
+rule bench_round:
+    input:
+        unpack(get_round_inputs),
+    output:
+        f"{CELL_DIR}/rounds/{{rep}}.json",
+    log:
+        "results/logs/bench_round/{cell}.{rep}.log",
+    threads: cell_threads
+    resources:
+        **bench_resources(),
+        attempt=lambda wc, attempt: attempt,
+    params:
+        cell=lambda wc: CELLS[wc.cell].to_dict(),
+        engine_cfg=lambda wc: engine_cfg(CELLS[wc.cell].engine),
+        model_cfg=lambda wc: without_resources(config["models"][CELLS[wc.cell].model]),
+        bench={k: v for k, v in config.get("bench", {}).items() if k not in GUARD_RAILS},
+    script:
+        "../scripts/bench_round.py"

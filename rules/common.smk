@@ -61,6 +61,7 @@ wildcard_constraints:
     cell="|".join(re.escape(c) for c in CELLS),
     env="|".join(re.escape(e) for e in ENVS),
     model="|".join(re.escape(m) for m in config["models"]),
+    rep=r"\d+",
 
 
 def engine_cfg(engine):
@@ -76,11 +77,39 @@ def get_prepare_inputs(wildcards):
     return {"converter": installed_json(eng)} if eng else {}
 
 
-def get_cell_inputs(wildcards):
-    c = CELLS[wildcards.cell]
+def engine_and_model(cell):
+    c = CELLS[cell]
     return {
         "installed": installed_json(c.engine),
         "model": f"results/models/{c.model}/ready.json",
+    }
+
+
+def interleaved_repeats():
+    """bench.repeats where bench.interleave splits them into jobs, else 1 (no round jobs)."""
+    bench = config.get("bench", {})
+    return int(bench.get("repeats", 1)) if bench.get("interleave") else 1
+
+
+def previous_round(rep):
+    """Repeat `rep` of any cell waits for repeat rep - 1 of every cell. ancient(): a cell added
+    to the grid later must not make the finished cells' jobs look out of date."""
+    if rep < 1:
+        return []
+    return [ancient(f"results/cells/{c}/rounds/{rep - 1}.json") for c in CELLS]
+
+
+def get_cell_inputs(wildcards):
+    return {
+        **engine_and_model(wildcards.cell),
+        "previous": previous_round(interleaved_repeats() - 1),
+    }
+
+
+def get_round_inputs(wildcards):
+    return {
+        **engine_and_model(wildcards.cell),
+        "previous": previous_round(int(wildcards.rep)),
     }
 
 

@@ -10,6 +10,10 @@ A failure inside the cell (startup, warm-up, a phase) is data: `cell.json` gets
 succeeds, so the rest of the grid and the aggregate still complete. An interrupt (SIGINT,
 SIGTERM) is not a measurement: the server is stopped and the job fails, leaving no outputs; the
 phases measured so far stay in the cell's checkpoint for the next run.
+
+With bench.interleave, repeat r of a cell is a job of its own (run_round) that waits for repeat
+r - 1 of every cell, so the grid's repeats run A B A B ...; each round keeps its units in the
+cell's checkpoint, and the job of the last repeat is run_cell, which finds them there.
 """
 
 from __future__ import annotations
@@ -234,8 +238,10 @@ def resolve_secrets(ci: CellInputs, info: dict[str, Any]) -> None:
                     "recorded command and environment, but not searched for in free text")
 
 
-def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log: Path) -> None:
-    """Start the server, check it, and run every repeat's phases into `store`."""
+def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log: Path,
+            repeats: int | None = None) -> None:
+    """Start the server, check it, and run the phases of repeats 0 .. `repeats` - 1 (all of
+    bench.repeats by default) into `store`; units already there are kept, not measured again."""
     adapter, cell, bench = ci.adapter, ci.cell, ci.bench
     resolve_secrets(ci, info)
     with running_server(ci, info, server_log) as (server, base_url):
@@ -256,7 +262,7 @@ def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log:
         gen.skip_ids_to(store.max_request_id() + 1)
         check = liveness_check(server, server_log)
         rates = None
-        for rep in range(int(bench["repeats"])):
+        for rep in range(int(bench["repeats"]) if repeats is None else repeats):
             if rep:
                 log.info("cell %s: repeat %d of %d", cell["cell_id"], rep + 1, bench["repeats"])
             plan = Plan(bench, repeat=rep, rates=rates)
@@ -268,6 +274,58 @@ def engine_scraper(adapter: Engine, base_url: str) -> enginemetrics.Scraper | No
     """The scraper of the engine's own /metrics (None for engines without a names module)."""
     names = enginemetrics.names_for(adapter.name)
     return enginemetrics.Scraper(base_url, names) if names else None
+
+
+def open_cell(cell: dict[str, Any], engine_cfg: dict[str, Any], model_cfg: dict[str, Any],
+              bench: dict[str, Any], installed_json: Path, model_json: Path, out_dir: Path,
+              server_log_name: str) -> tuple[CellInputs, dict[str, Any], Checkpoint, Path]:
+    """A cell's inputs, its new record, its checkpoint of measured phase units (keyed by every
+    setting the measurement depends on) and its (emptied) server log."""
+    ci = CellInputs(cell, engine_cfg, model_cfg, {**defaults("bench"), **(bench or {})},
+                    read_json(installed_json), read_json(model_json), out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    server_log = out_dir / server_log_name
+    server_log.unlink(missing_ok=True)
+    info = new_record(ci, server_log)
+    measured_as = {k: v for k, v in ci.bench.items() if k not in GUARD_RAILS}
+    fingerprint = json.dumps([cell, measured_as, ci.installed["version"], ci.model.get("paths")], sort_keys=True)
+    store = Checkpoint(out_dir / "partial", hashlib.sha256(fingerprint.encode()).hexdigest())
+    if store.units:
+        log.info("cell %s: resuming; kept from an earlier run: %s", cell["cell_id"], ", ".join(sorted(store.units)))
+    return ci, info, store, server_log
+
+
+def run_round(
+    cell: dict[str, Any],
+    engine_cfg: dict[str, Any],
+    model_cfg: dict[str, Any],
+    bench: dict[str, Any],
+    installed_json: Path,
+    model_json: Path,
+    out_dir: Path,
+    repeat: int,
+) -> dict[str, Any]:
+    """bench.interleave: measure repeat `repeat` of this cell with a server of its own, into the
+    cell's checkpoint (earlier repeats are there already). The cell's files are written by the
+    job of its last repeat (run_cell). A failure here is logged, not recorded as the cell's: that
+    last job measures whatever repeat is missing again. Returns the round's marker record."""
+    ci, info, store, server_log = open_cell(cell, engine_cfg, model_cfg, bench, installed_json, model_json,
+                                            out_dir, f"server.repeat{repeat}.log")
+    cid, error = cell["cell_id"], None
+    try:
+        with signals_raise():
+            measure(ci, info, store, server_log, repeats=repeat + 1)
+    except KeyboardInterrupt:
+        scrub_file(server_log)
+        log.error("cell %s interrupted in repeat %d; server stopped", cid, repeat)
+        raise
+    except Exception as exc:  # noqa: BLE001 - the cell's last job measures the repeat again
+        error = scrub(f"{type(exc).__name__}: {exc}")
+        log.error("cell %s, repeat %d failed: %s; the cell's last job measures it again", cid, repeat, error)
+    scrub_file(server_log)
+    return {"cell_id": cid, "repeat": repeat, "status": "failed" if error else "ok", "error": error,
+            "units": sorted(store.units), "finished_at": datetime.now(UTC).isoformat()}
+
 
 
 def run_cell(
@@ -282,18 +340,12 @@ def run_cell(
     """Measure one cell and write its files; return its record. Never raises for a failure of
     the cell itself (that is a `failed` record); re-raises an interrupt after stopping the
     server, keeping the phases measured so far for the next run."""
-    ci = CellInputs(cell, engine_cfg, model_cfg, {**defaults("bench"), **(bench or {})},
-                    read_json(installed_json), read_json(model_json), out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ci, info, store, server_log = open_cell(cell, engine_cfg, model_cfg, bench, installed_json, model_json,
+                                            out_dir, "server.log")
     cid = cell["cell_id"]
-    server_log = out_dir / "server.log"
-    server_log.unlink(missing_ok=True)
-    info = new_record(ci, server_log)
-    measured_as = {k: v for k, v in ci.bench.items() if k not in GUARD_RAILS}
-    fingerprint = json.dumps([cell, measured_as, ci.installed["version"], ci.model.get("paths")], sort_keys=True)
-    store = Checkpoint(out_dir / "partial", hashlib.sha256(fingerprint.encode()).hexdigest())
-    if store.units:
-        log.info("cell %s: resuming; kept from an earlier run: %s", cid, ", ".join(sorted(store.units)))
+    if ci.bench.get("interleave") and int(ci.bench["repeats"]) > 1:
+        info["notes"].append("repeats interleaved with the other cells' (bench.interleave): a server "
+                             "start per repeat; server.repeat<r>.log holds the earlier repeats' logs")
     try:
         with signals_raise():
             measure(ci, info, store, server_log)
