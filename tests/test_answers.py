@@ -402,3 +402,39 @@ def test_a_database_from_before_measurement_keyed_curves_and_price_keys_still_an
         got[path] = answers.compute(con, slos).to_dicts()
         con.close()
     assert got[old] == got[db] and len(got[db]) > 4
+
+
+def _two_level_frames(shift_ms: float, repeats: int = 3, n: int = 200):
+    """One sweep point measured `repeats` times; repeat r's TTFTs are shifted by r * shift_ms."""
+    import polars as pl
+
+    rng = np.random.default_rng(11)
+    rows = [{"cell_id": "c", "repeat": r, "phase": "sweep", "step": 0, "status": "ok", "prompt_tokens": 8,
+             "ttft_ms": float(v) + r * shift_ms, "tpot_ms": 1.0, "e2e_ms": 2.0, "itl_ms": [1.0]}
+            for r in range(repeats) for v in rng.normal(100, 5, n)]
+    req = pl.DataFrame(rows, schema_overrides={"itl_ms": pl.List(pl.Float64)})
+    ph = pl.DataFrame({"cell_id": "c", "repeat": list(range(repeats)), "phase": "sweep", "step": 0, "rps": 1.0,
+                       "output_tok_s": 1.0, "duration_s": 10.0})
+    return req, ph
+
+
+def test_intervals_hold_the_drift_between_repeats():
+    """Two levels: with repeats that agree the interval is the pooled requests' own; with
+    repeats 20 ms apart it widens to at least the t interval of the repeats' own means, so
+    drift between runs is never reported as precision."""
+    import polars as pl
+
+    from llm_almanac import curve
+
+    steady = curve.points(*_two_level_frames(0.0)).row(0, named=True)
+    req, ph = _two_level_frames(20.0)
+    drift = curve.points(req, ph).row(0, named=True)
+    lo, hi = curve.interval(req["ttft_ms"].to_numpy(), "mean")
+    assert steady["n_repeats"] == 3 and steady["ttft_mean_hi_ms"] - steady["ttft_mean_lo_ms"] < 2.0
+    assert (hi - lo) < 3.0  # the requests alone: a narrow interval around the pooled mean
+    means = req.group_by("repeat").agg(pl.col("ttft_ms").mean())["ttft_ms"].to_numpy()
+    half = 4.303 * np.std(means, ddof=1) / np.sqrt(3)
+    assert drift["ttft_mean_hi_ms"] - drift["ttft_mean_ms"] >= half - 0.01
+    assert drift["ttft_mean_ms"] - drift["ttft_mean_lo_ms"] >= half - 0.01
+    assert drift["ttft_p95_hi_ms"] - drift["ttft_p95_lo_ms"] > 40  # every statistic, not the mean only
+    assert curve.repeat_halfwidth([1.0]) is None and curve.repeat_halfwidth([1.0, None]) is None

@@ -20,6 +20,13 @@ carry every request to resample; these need two numbers per point and statistic)
 ITL statistics pool every gap of every request and treat the gaps as independent, which they
 are not within one request: their intervals are too narrow.
 
+With two or more repeats the interval also holds the drift between them: each repeat's own
+statistic s_1..s_R gives a t interval mean(s) +- t(R-1) * sd(s) / sqrt(R) around the pooled
+value, and the point's interval is the union of the two (two levels: repeats, then requests
+within them). Repeats that agree leave the requests' interval as it is; a machine or engine that
+drifted between repeats widens every answer read from the point, so the drift cannot pass for
+precision (with 2 repeats t is 12.7: two runs say little about a third).
+
 Latency statistics and their bounds are kept to the microsecond (rounded to 0.001 ms): far below
 the client's own timing error (docs/benchmarks.md) and what lets the report carry every point of
 an Almanac-sized grid in a few megabytes. Every surface reads these rounded values.
@@ -38,6 +45,10 @@ Z95 = 1.959963984540054
 METRICS = ("ttft", "tpot", "itl", "e2e")
 STATS = ("mean", "p50", "p90", "p95", "p99", "min", "max")
 INTERVAL_STATS = ("mean", "p50", "p90", "p95", "p99")
+# Student's t, two-sided 95 %, degrees of freedom 1..30 (beyond: the normal's 1.96)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
+        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
+        2.045, 2.042)
 
 
 def _schema() -> dict[str, Any]:
@@ -123,6 +134,29 @@ def _point_stats(values: np.ndarray) -> dict[str, tuple[float | None, float | No
     return {s: (est[s], *interval(values, s, ordered, est[s])) for s in STATS}
 
 
+def repeat_halfwidth(per_repeat: list[float | None]) -> float | None:
+    """Half-width of the 95 % t interval of the mean of the repeats' own statistics (None below
+    two repeats with a value)."""
+    vals = np.asarray([v for v in per_repeat if v is not None], dtype=float)
+    if vals.size < 2:
+        return None
+    t = T975[vals.size - 2] if vals.size - 1 <= len(T975) else Z95
+    return t * float(vals.std(ddof=1)) / math.sqrt(vals.size)
+
+
+def _widen(stats: dict[str, tuple[float | None, float | None, float | None]],
+           per_repeat: list[dict[str, np.ndarray]], metric: str) -> None:
+    """Widen each interval of `stats` (one metric of one point) to hold the drift between the
+    point's repeats (module docstring), in place."""
+    by_rep = [_point_stats(r.get(metric, _NONE)) for r in per_repeat]
+    for s in INTERVAL_STATS:
+        v, lo, hi = stats[s]
+        half = repeat_halfwidth([r[s][0] for r in by_rep])
+        if v is None or half is None:
+            continue
+        stats[s] = (v, v - half if lo is None else min(lo, v - half), v + half if hi is None else max(hi, v + half))
+
+
 def _us(ms: float | None) -> float | None:
     """Milliseconds kept to the microsecond (module docstring)."""
     return None if ms is None else round(ms, 3)
@@ -198,6 +232,10 @@ def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
         pl.col("rps"), pl.col("output_tok_s"), pl.col("input_tok_s"), pl.col("repeat").n_unique().alias("n"))
     rows = []
     lat_by_key = _latency_values(ok, point)
+    by_repeat: dict[tuple[Any, ...], list[dict[str, np.ndarray]]] = {}
+    if phases["repeat"].n_unique() > 1:
+        for key, vals in _latency_values(ok, [*point, "repeat"]).items():
+            by_repeat.setdefault(key[:-1], []).append(vals)
     for rep in reps.iter_rows(named=True):
         key = tuple(rep[k] for k in point)
         got = lat_by_key.get(key, {})
@@ -208,7 +246,10 @@ def points(requests: pl.DataFrame, phases: pl.DataFrame) -> pl.DataFrame:
             "n_repeats": rep["n"],
         }
         for m in METRICS:
-            for s, (v, lo, hi) in _point_stats(got.get(m, _NONE)).items():
+            stats = _point_stats(got.get(m, _NONE))
+            if len(by_repeat.get(key, ())) > 1:
+                _widen(stats, by_repeat[key], m)
+            for s, (v, lo, hi) in stats.items():
                 row[f"{m}_{s}_ms"] = _us(v)
                 if s in INTERVAL_STATS:
                     row[f"{m}_{s}_lo_ms"], row[f"{m}_{s}_hi_ms"] = _us(lo), _us(hi)
