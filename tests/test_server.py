@@ -79,7 +79,8 @@ def test_stale_pid_reused_by_other_process_is_left_alone(tmp_path):
 
 
 def test_server_environment_drops_snakemake_thread_caps_but_keeps_user_env():
-    base = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PATH": "/bin", "HF_HOME": "/h"}
+    base = {"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "2", "PATH": "/bin", "HF_HOME": "/h",
+            "PYTHONDONTWRITEBYTECODE": "1"}  # the engine's venv keeps its bytecode cache
     env = server_environment(base, {"VLLM_CPU_KVCACHE_SPACE": "1"}, {"OMP_NUM_THREADS": "4"})
     assert env == {"PATH": "/bin", "HF_HOME": "/h", "VLLM_CPU_KVCACHE_SPACE": "1", "OMP_NUM_THREADS": "4"}
 

@@ -45,7 +45,7 @@ from .loadgen import LoadGenerator
 from .phases import CellFailure, Checkpoint, Plan
 from .prompts import PromptFactory
 from .redact import Resolved, SecretError, remember, resolve, scrub, scrub_file, scrub_obj, without_secrets
-from .server import Server, ServerStartupError, free_port, log_tail, signals_raise
+from .server import BYTECODE_OFF, Server, ServerStartupError, free_port, log_tail, signals_raise
 from .tables import new_cell_record
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,7 @@ JOB_THREAD_VARS = ("OMP_NUM_THREADS", "GOTO_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 
 
 def server_environment(base: dict[str, str], *overrides: dict[str, str]) -> dict[str, str]:
-    env = {k: v for k, v in base.items() if k not in JOB_THREAD_VARS}
+    env = {k: v for k, v in base.items() if k not in JOB_THREAD_VARS and k not in BYTECODE_OFF}
     for o in overrides:
         env.update(o)
     return env

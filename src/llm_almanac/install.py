@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from .engines import Engine, adapter_for
 from .files import write_json
+from .server import BYTECODE_OFF
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +82,15 @@ class Progress:
                 return
 
 
-def _run(cmd: list[str], logf: IO[str], progress: Progress, env: dict[str, str] | None = None) -> int:
-    """Run a command with its full output in logf; pip's milestones move `progress` on."""
+def _run(cmd: list[str], logf: IO[str], progress: Progress, env: dict[str, str] | None = None,
+         without: tuple[str, ...] = ()) -> int:
+    """Run a command with its full output in logf; pip's milestones move `progress` on. `env`
+    adds to this process's environment; `without` names variables taken out of it."""
     logf.write(f"$ {' '.join(cmd)}\n")
     logf.flush()
+    full = {k: v for k, v in os.environ.items() if k not in without}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, bufsize=1,
-                            env={**os.environ, **env} if env else None)
+                            stdin=subprocess.DEVNULL, text=True, bufsize=1, env={**full, **(env or {})})
     assert proc.stdout is not None
     done = threading.Event()
 
@@ -212,7 +215,9 @@ def _verify(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Path, pi
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     check = ecfg.get("import_check")
-    if check and _run([python, "-c", f"import {check}"], logf, progress):
+    # the check imports what the server will, so it also leaves their bytecode in the venv, even
+    # where the user's environment says not to write any (BYTECODE_OFF: server.py says why)
+    if check and _run([python, "-c", f"import {check}"], logf, progress, without=BYTECODE_OFF):
         raise InstallError(
             f"engine {name!r} installed but `import {check}` fails in {venv_dir}; "
             f"see the last lines of {log_path}"

@@ -24,6 +24,13 @@ import psutil
 
 log = logging.getLogger(__name__)
 
+# An engine's environment is this project's own venv, and its bytecode cache is part of it: with
+# PYTHONDONTWRITEBYTECODE set (as some sandboxes and CI images do) and an installer that writes
+# no .pyc (uv by default), every vLLM start compiled torch and vLLM from source again in each of
+# its three processes: ~100 s to healthy on 2 cores, ~40 s with the cache (docs/engines.md).
+# The install's import check and the engine servers run without it.
+BYTECODE_OFF = ("PYTHONDONTWRITEBYTECODE",)
+
 
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
 
