@@ -251,7 +251,7 @@ def test_pip_installs_when_uv_fails_is_missing_or_is_not_asked_for(case, tmp_pat
 
 
 def test_pip_configuration_is_carried_over_to_uv():
-    from llm_almanac.install import pip_config_for_uv
+    from llm_almanac.pipconf import pip_config_for_uv
 
     listed = """global.cert='/etc/ssl/certs/ca.crt'
 global.constraint='/etc/xdg/pip/constraints.txt'
@@ -295,3 +295,24 @@ def test_the_import_check_writes_bytecode_even_where_the_environment_forbids_it(
                             without=without) == 0
         assert f"dont_write {not without}" in logf.getvalue()
     assert list((tmp_path / "__pycache__").glob("probe_mod.*.pyc"))
+
+
+def test_the_makefiles_uv_bootstrap_runs_uv_with_the_users_pip_configuration(tmp_path):
+    """`python src/llm_almanac/pipconf.py UV ARGS` (the Makefile's make-the-environment step, run
+    with only the standard library) gives uv pip's configuration: PIP_* variables here."""
+    import os
+    import subprocess
+    import sys
+
+    fake_uv = tmp_path / "uv"
+    fake_uv.write_text("#!/bin/sh\necho \"$@\" > \"$OUT\"; echo \"$UV_HTTP_TIMEOUT\" >> \"$OUT\"; exit 3\n")
+    fake_uv.chmod(0o755)
+    env = {**os.environ, "OUT": str(tmp_path / "argv"), "PIP_FIND_LINKS": "/srv/wheels",
+           "PIP_DEFAULT_TIMEOUT": "77", "PYTHONPATH": ""}
+    p = subprocess.run([sys.executable, "-S", str(Path(__file__).resolve().parents[1] / "src/llm_almanac/pipconf.py"), str(fake_uv), "-q", "-e", "."],
+                       env=env, capture_output=True, text=True)
+    assert p.returncode == 3  # uv's own exit code: the Makefile falls back to pip on failure
+    argv, timeout = (tmp_path / "argv").read_text().splitlines()
+    assert argv.startswith("pip install --index-strategy unsafe-best-match")
+    assert "--find-links /srv/wheels" in argv and argv.endswith("-q -e .")
+    assert timeout == "77"

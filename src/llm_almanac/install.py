@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from .engines import Engine, adapter_for
 from .files import write_json
+from .pipconf import pip_config, pip_config_for_uv
 from .server import BYTECODE_OFF
 
 log = logging.getLogger(__name__)
@@ -42,10 +43,6 @@ _STEPS = (("Collecting", "resolving"), ("Looking in", "resolving"), ("Downloadin
           # uv's lines (not a terminal: one line per stage)
           ("Resolved", "downloading"), ("Building", "building"), ("Built", "building"),
           ("Prepared", "installing"), ("Installed", "installed"), ("error:", "error"))
-
-#: pip configuration keys (`pip config list`, PIP_* variables included) -> uv's flag for each.
-_PIP_TO_UV = {"index-url": "--index-url", "extra-index-url": "--extra-index-url", "find-links": "--find-links",
-              "constraint": "--constraint", "trusted-host": "--allow-insecure-host"}
 
 #: The steps of an install in their order (by first word: "removing PKG" is a step of its own kind).
 #: pip resolves, downloads and builds in turns (each dependency found is collected, then
@@ -138,38 +135,9 @@ def uv_binary() -> str | None:
     return str(here) if here.is_file() else shutil.which("uv")
 
 
-def pip_config_for_uv(pip_config_list: str) -> tuple[list[str], dict[str, str]]:
-    """pip's configuration (the output of `pip config list`) as uv flags and environment:
-    indexes, find-links, constraints, trusted hosts, no-index, CA bundle and timeout. pip
-    considers every index for every package; uv's default takes the first that has it, so uv is
-    asked for pip's behaviour."""
-    seen: dict[str, str] = {}
-    for line in pip_config_list.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            # "global.find-links" from a file, ":env:.find-links" from PIP_FIND_LINKS: the
-            # variable wins over the files, as in pip
-            name = key.split(".", 1)[-1].strip()
-            if key.startswith(":env:") or name not in seen:
-                seen[name] = value.strip().strip("'\"")
-    flags, env = ["--index-strategy", "unsafe-best-match"], {}
-    for name, value in seen.items():
-        if name in _PIP_TO_UV:
-            for v in value.split():
-                flags += [_PIP_TO_UV[name], v]
-        elif name == "no-index" and value.lower() in ("1", "true", "yes", "on"):
-            flags.append("--no-index")
-        elif name == "cert":
-            env["SSL_CERT_FILE"] = value
-        elif name == "timeout" or name == "default-timeout":
-            env["UV_HTTP_TIMEOUT"] = value
-    return flags, env
-
-
 def _uv_install(uv: str, python: str, reqs: list[str], adapter: Engine, logf: IO[str], progress: Progress) -> int:
     """uv pip install into the venv of `python`, configured as the user configured pip."""
-    config = subprocess.run([python, "-m", "pip", "config", "list"], capture_output=True, text=True).stdout
-    flags, env = pip_config_for_uv(config)
+    flags, env = pip_config_for_uv(pip_config(python))
     return _run([uv, "pip", "install", "--python", python, *flags, *reqs], logf, progress,
                 {**env, **adapter.install_env()})
 
