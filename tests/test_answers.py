@@ -438,3 +438,5 @@ def test_intervals_hold_the_drift_between_repeats():
     assert drift["ttft_mean_ms"] - drift["ttft_mean_lo_ms"] >= half - 0.01
     assert drift["ttft_p95_hi_ms"] - drift["ttft_p95_lo_ms"] > 40  # every statistic, not the mean only
     assert curve.repeat_halfwidth([1.0]) is None and curve.repeat_halfwidth([1.0, None]) is None
+    wild = curve.points(*_two_level_frames(400.0)).row(0, named=True)  # repeats 100, 500, 900 ms
+    assert wild["ttft_mean_lo_ms"] == 0.0 and wild["ttft_mean_hi_ms"] > 1400

@@ -154,7 +154,8 @@ def _widen(stats: dict[str, tuple[float | None, float | None, float | None]],
         half = repeat_halfwidth([r[s][0] for r in by_rep])
         if v is None or half is None:
             continue
-        stats[s] = (v, v - half if lo is None else min(lo, v - half), v + half if hi is None else max(hi, v + half))
+        low = max(0.0, v - half)  # a latency is never negative, however far the repeats drifted
+        stats[s] = (v, low if lo is None else min(lo, low), v + half if hi is None else max(hi, v + half))
 
 
 def _us(ms: float | None) -> float | None:
