@@ -23,6 +23,6 @@ def test_the_only_lint_is_the_deliberate_no_conda_one():
     out = p.stdout + p.stderr
     lints = re.findall(r"^    \* (.+?):?$", out, re.M)
     rules = re.findall(r"^Lints for rule (\w+)", out, re.M)
-    assert rules == ["install_engine", "prepare_model", "bench_cell", "analyse_cell", "aggregate", "report"], out
+    assert rules == ["install_engine", "prepare_model", "bench_cell", "bench_round", "analyse_cell", "aggregate", "report"], out
     assert set(lints) == {CONDA_LINT.rstrip(".") + "."} or set(lints) == {CONDA_LINT}, out
     assert "Lints for snakefile" not in out, out

@@ -309,7 +309,8 @@ def test_the_makefiles_uv_bootstrap_runs_uv_with_the_users_pip_configuration(tmp
     fake_uv.chmod(0o755)
     env = {**os.environ, "OUT": str(tmp_path / "argv"), "PIP_FIND_LINKS": "/srv/wheels",
            "PIP_DEFAULT_TIMEOUT": "77", "PYTHONPATH": ""}
-    p = subprocess.run([sys.executable, "-S", str(Path(__file__).resolve().parents[1] / "src/llm_almanac/pipconf.py"), str(fake_uv), "-q", "-e", "."],
+    script = Path(__file__).resolve().parents[1] / "src/llm_almanac/pipconf.py"
+    p = subprocess.run([sys.executable, "-S", str(script), str(fake_uv), "-q", "-e", "."],
                        env=env, capture_output=True, text=True)
     assert p.returncode == 3  # uv's own exit code: the Makefile falls back to pip on failure
     argv, timeout = (tmp_path / "argv").read_text().splitlines()

@@ -21,11 +21,14 @@ ITL statistics pool every gap of every request and treat the gaps as independent
 are not within one request: their intervals are too narrow.
 
 With two or more repeats the interval also holds the drift between them: each repeat's own
-statistic s_1..s_R gives a t interval mean(s) +- t(R-1) * sd(s) / sqrt(R) around the pooled
-value, and the point's interval is the union of the two (two levels: repeats, then requests
-within them). Repeats that agree leave the requests' interval as it is; a machine or engine that
-drifted between repeats widens every answer read from the point, so the drift cannot pass for
-precision (with 2 repeats t is 12.7: two runs say little about a third).
+statistic s_1..s_R gives the interval pooled +- z * sd(s) / sqrt(R) (clamped at 0), and the
+point's interval is the union of that and the requests' own. sd(s)^2 / R estimates the variance
+of the pooled statistic under resampling repeats and then requests within them (the repeats'
+spread holds both the drift and each repeat's own sampling noise); z, not Student's t, is that
+resampling's normal approximation, so two repeats that agree within their noise do not blow the
+interval up twelvefold (t(1) = 12.7). Few repeats under-cover: `repeat_cv` and the trust grade
+(trust.py) carry that warning. Repeats that agree leave the requests' interval about as it is;
+a machine or engine that drifted between repeats widens every answer read from the point.
 
 Latency statistics and their bounds are kept to the microsecond (rounded to 0.001 ms): far below
 the client's own timing error (docs/benchmarks.md) and what lets the report carry every point of
@@ -45,10 +48,6 @@ Z95 = 1.959963984540054
 METRICS = ("ttft", "tpot", "itl", "e2e")
 STATS = ("mean", "p50", "p90", "p95", "p99", "min", "max")
 INTERVAL_STATS = ("mean", "p50", "p90", "p95", "p99")
-# Student's t, two-sided 95 %, degrees of freedom 1..30 (beyond: the normal's 1.96)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145,
-        2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048,
-        2.045, 2.042)
 
 
 def _schema() -> dict[str, Any]:
@@ -135,13 +134,12 @@ def _point_stats(values: np.ndarray) -> dict[str, tuple[float | None, float | No
 
 
 def repeat_halfwidth(per_repeat: list[float | None]) -> float | None:
-    """Half-width of the 95 % t interval of the mean of the repeats' own statistics (None below
-    two repeats with a value)."""
+    """Half-width of the 95 % interval the repeats' own statistics give the pooled one (module
+    docstring); None below two repeats with a value."""
     vals = np.asarray([v for v in per_repeat if v is not None], dtype=float)
     if vals.size < 2:
         return None
-    t = T975[vals.size - 2] if vals.size - 1 <= len(T975) else Z95
-    return t * float(vals.std(ddof=1)) / math.sqrt(vals.size)
+    return Z95 * float(vals.std(ddof=1)) / math.sqrt(vals.size)
 
 
 def _widen(stats: dict[str, tuple[float | None, float | None, float | None]],
