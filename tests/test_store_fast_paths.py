@@ -1,13 +1,16 @@
 """The store's shortcuts give what the long way gives: the aggregate reading each cell's
 curve.parquet (rule analyse_cell's) instead of computing the points, only while it matches the
-cell's files."""
+cell's files; a merge starting from a byte copy of its first source."""
 
 import os
 
 import duckdb
 import polars as pl
-from resultsets import CELLS, write_cell
+import pytest
+from resultsets import CELLS, result_set, write_cell
 
+from llm_almanac import merge as merge_mod
+from llm_almanac import tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.analyse import analyse_cell_files, curve_inputs, fresh_curve, write_curve
 
@@ -62,3 +65,52 @@ def test_a_corrupt_curve_file_is_computed_instead(tmp_path):
     assert not fresh_curve(dirs[0])
     aggregate(dirs, tmp_path / "b.duckdb")
     assert _curve(tmp_path / "b.duckdb").equals(_curve(tmp_path / "a.duckdb"))
+
+
+def _tables(db):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        names = sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
+        rows = {n: sorted(map(repr, con.execute(f"SELECT * EXCLUDE (value) FROM {n}" if n == "almanac_meta"
+                                                 else f"SELECT * FROM {n}").fetchall())) for n in names}
+        return names, rows
+    finally:
+        con.close()
+
+
+@pytest.mark.parametrize("first_merged", [False, True])
+def test_a_merge_from_a_copy_of_its_first_source_is_the_merge_from_scratch(tmp_path, monkeypatch, first_merged):
+    a = result_set(tmp_path / "a", "h100-80gb-x1", "run1", seed=0)
+    b = result_set(tmp_path / "b", "h200-141gb-x1", "run2", seed=10)
+    c = result_set(tmp_path / "c", "h100-80gb-x1", "run1", seed=0, cells=CELLS[:1])  # a's first measurement again
+    first = a
+    if first_merged:  # a merged database (with its `sources` table) as the first source
+        first = tmp_path / "ab.duckdb"
+        merge_mod.merge([str(a), str(b)], first)
+    srcs = [str(first), str(b), str(c)]
+
+    copies = []
+    real = merge_mod._copy_first
+    monkeypatch.setattr(merge_mod, "_copy_first", lambda s, t: copies.append(real(s, t)) or copies[-1])
+    fast = merge_mod.merge(srcs, tmp_path / "fast.duckdb")
+    monkeypatch.setattr(merge_mod, "_copy_first", lambda s, t: False)
+    slow = merge_mod.merge(srcs, tmp_path / "slow.duckdb")
+
+    assert copies == [True]
+    assert fast == slow and fast["duplicates"] >= 1
+    names, rows = _tables(tmp_path / "fast.duckdb")
+    assert (names, rows) == _tables(tmp_path / "slow.duckdb")
+    assert "curve" not in names and set(tables.TABLES) <= set(names)
+
+
+def test_a_source_of_another_layout_is_not_copied(tmp_path):
+    a = result_set(tmp_path / "a", "h100-80gb-x1", "run1", seed=0)
+    con = duckdb.connect(str(a))
+    con.execute("ALTER TABLE slo ADD COLUMN extra VARCHAR")
+    con.close()
+    out = tmp_path / "out.duckdb"
+    assert not merge_mod._copy_first(merge_mod.Source(str(a), a), out) and not out.exists()
+    merge_mod.merge([str(a)], out)
+    con = duckdb.connect(str(out), read_only=True)
+    assert "extra" not in [r[0] for r in con.execute("DESCRIBE slo").fetchall()]
+    con.close()
