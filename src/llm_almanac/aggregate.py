@@ -62,6 +62,7 @@ def connect_for_build(path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path))
     con.execute(f"SET memory_limit = '{os.environ.get('ALMANAC_DUCKDB_MEMORY', MEMORY_LIMIT)}'")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")  # a minute-long INSERT would draw one into the job's log
     return con
 
 
