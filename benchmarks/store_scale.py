@@ -1,8 +1,9 @@
 """Does the store hold up at the Almanac's size? Synthetic cell files, timed.
 
 Generates --cells cells (default 468, the Almanac's grid) with --rows request rows in all, each
-row with a 128-value ITL list, plus their phases and SLO rows, in a temporary folder (never in
-the repository), and times, each step in a fresh process (peak RSS of that process):
+row with a 128-value ITL list, plus their phases, SLO rows and curve points (curve.parquet, as
+rule analyse_cell writes it per cell), in a temporary folder (never in the repository), and
+times, each step in a fresh process (peak RSS of that process):
 
   aggregate        cell files -> almanac.duckdb            target <= 30 s, <= 4 GB (at 10 M rows)
   aggregate again  the same inputs: a no-op                target <= 5 s
@@ -29,9 +30,12 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from llm_almanac import tables
+from llm_almanac import curve, tables
+from llm_almanac.analyse import curve_inputs, write_curve
 
 ITL_LEN = 128
+#: Seconds spent writing the cells' curve.parquet (what rule analyse_cell adds per cell).
+CURVE_SECONDS = [0.0]
 TARGETS = {"aggregate": 30.0, "aggregate again (no-op)": 5.0, "SLO query": 0.1, "merge of two sets": 60.0}
 
 
@@ -60,8 +64,13 @@ def generate(root: Path, n_cells: int, n_rows: int, kind: str, seed: int = 0) ->
             "prompt_tokens": pl.repeat(128, per, eager=True), "completion_tokens": pl.repeat(ITL_LEN + 1, per, eager=True),
             "status": pl.repeat("ok", per, eager=True),
         })
-        tables.conform(tables.REQUESTS, req).write_parquet(d / "requests.parquet")
+        req = tables.conform(tables.REQUESTS, req)
+        req.write_parquet(d / "requests.parquet")
         _small_files(d, cid, rng)
+        t = time.perf_counter()  # rule analyse_cell's share: the cell's curve points, once per cell
+        write_curve(d / "curve.parquet", curve.points(req, pl.read_parquet(d / "phases.parquet")),
+                    curve_inputs(d / "requests.parquet", d / "phases.parquet"))
+        CURVE_SECONDS[0] += time.perf_counter() - t
         _cell_json(d, cid, kind)
         dirs.append(d)
     return dirs
@@ -90,7 +99,7 @@ def same_files_other_hardware(dirs: list[Path], root: Path, kind: str) -> list[P
     for d in dirs:
         e = root / "cells" / d.name
         e.mkdir(parents=True)
-        for f in ("requests.parquet", "phases.parquet", "slo.parquet"):
+        for f in ("requests.parquet", "phases.parquet", "slo.parquet", "curve.parquet"):
             os.link(d / f, e / f)
         _cell_json(e, d.name, kind)
         out.append(e)
@@ -121,8 +130,9 @@ def measure(n_rows: int, n_cells: int, keep: bool) -> dict[str, tuple[float, flo
         a = generate(work / "a", n_cells, n_rows, "h100-80gb-hbm3-x1")
         same_files_other_hardware(a, work / "b", "h200-141gb-hbm3e-x1")
         print(f"[{n_rows:,} rows] generated {n_cells} cells in {time.monotonic() - t0:.0f} s "
-              f"({sum(f.stat().st_size for f in (work / 'a').rglob('*.parquet')) / 2**30:.2f} GiB of Parquet)",
-              flush=True)
+              f"({sum(f.stat().st_size for f in (work / 'a').rglob('*.parquet')) / 2**30:.2f} GiB of Parquet; "
+              f"{CURVE_SECONDS[0]:.1f} s of it the cells' curve points, rule analyse_cell's share)", flush=True)
+        CURVE_SECONDS[0] = 0.0
         agg = ("from pathlib import Path\nfrom llm_almanac.aggregate import aggregate\n"
                "dirs = sorted(Path({root!r}).glob('cells/*'))\nt = time.perf_counter()\n"
                "c = aggregate(dirs, Path({db!r}))\nprint('SECS', time.perf_counter() - t)\nprint(c)")

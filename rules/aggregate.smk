@@ -13,6 +13,7 @@ rule aggregate:
         requests=expand(f"{CELL_DIR}/requests.parquet", cell=list(CELLS)),
         phases=expand(f"{CELL_DIR}/phases.parquet", cell=list(CELLS)),
         slo=expand(f"{CELL_DIR}/slo.parquet", cell=list(CELLS)),
+        curve=expand(f"{CELL_DIR}/curve.parquet", cell=list(CELLS)),
     output:
         manifest=MANIFEST,
     log:

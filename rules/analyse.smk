@@ -12,6 +12,8 @@ rule analyse_cell:
         phases=f"{CELL_DIR}/phases.parquet",
     output:
         slo=f"{CELL_DIR}/slo.parquet",
+        # its curve points, so that the aggregate need not read every request again
+        curve=f"{CELL_DIR}/curve.parquet",
     log:
         "results/logs/analyse_cell/{cell}.log",
     params:

@@ -4,10 +4,13 @@ The database is rebuilt from scratch every time into a temporary file that repla
 one at the end, so it is idempotent (no duplicate rows) and a reader never sees a half-built
 file. Failed cells are rows in `cells` with their error. The tables follow tables.py; DuckDB
 reads the per-cell Parquet files itself (columns a file lacks, from an older version, are null).
-Request rows come in batches of cells, as Arrow (never as Python objects): each batch is
-inserted and turned into its measurements' curve points, so each file is decoded once and memory
-stays bounded whatever the number of requests. Their key (tables.KEY_CHECKED) is checked by one
-query, not kept as an index.
+Every table's rows go in by one statement (`INSERT ... SELECT ... FROM read_parquet([...])`):
+DuckDB decodes the files on every core and writes row groups straight to the file, never a row
+in Python. The curve points are each cell's curve.parquet, written by rule analyse_cell from the
+same files (analyse.fresh_curve says whether it still matches them); only for a cell without a
+fresh one (older results, a file changed since) are they computed here, from its requests in
+batches of cells, as Arrow. The requests' key (tables.KEY_CHECKED) is checked by one query, not
+kept as an index.
 
 The last good database survives any failure: every cell file is checked before anything is
 written, a failed build leaves the old file and no temporary one, and the error names the bad
@@ -29,7 +32,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from . import answers, identity, tables
+from . import analyse, answers, identity, tables
 from . import curve as curve_mod
 from .config import defaults
 from .db import frame, scalar
@@ -59,6 +62,7 @@ def connect_for_build(path: Path) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect(str(path))
     con.execute(f"SET memory_limit = '{os.environ.get('ALMANAC_DUCKDB_MEMORY', MEMORY_LIMIT)}'")
     con.execute("SET preserve_insertion_order = false")
+    con.execute("SET enable_progress_bar = false")  # a minute-long INSERT would draw one into the job's log
     return con
 
 
@@ -73,13 +77,19 @@ def ddl(name: str) -> str:
 
 
 def check_keys(con: duckdb.DuckDBPyConnection) -> None:
-    """What the primary key of a KEY_CHECKED table would enforce, as one query each: no key
-    column null, no key twice (duckdb.ConstraintException, as the index would raise)."""
+    """What the primary key of a KEY_CHECKED table would enforce, as queries: no key column null,
+    no key twice (duckdb.ConstraintException, as the index would raise). Rows are grouped by the
+    hash of their key (one integer: half the time of grouping by the key's columns at 10 M rows);
+    only keys whose hash is found twice, if any, are then compared themselves."""
     for name in tables.KEY_CHECKED:
         keys = ", ".join(tables.KEYS[name])
         nulls = " OR ".join(f"{k} IS NULL" for k in tables.KEYS[name])
-        bad = con.execute(f"SELECT {keys}, count(*) FROM {name} GROUP BY ALL HAVING count(*) > 1 "
-                          f"OR bool_or({nulls}) LIMIT 1").fetchone()
+        bad = con.execute(f"SELECT {keys}, 1 FROM {name} WHERE {nulls} LIMIT 1").fetchone()
+        twice = [r[0] for r in con.execute(
+            f"SELECT hash({keys}) AS h FROM {name} GROUP BY h HAVING count(*) > 1").fetchall()]
+        if not bad and twice:
+            bad = con.execute(f"SELECT {keys}, count(*) FROM {name} WHERE hash({keys}) IN (SELECT unnest(?)) "
+                              "GROUP BY ALL HAVING count(*) > 1 LIMIT 1", [twice]).fetchone()
         if bad:
             raise duckdb.ConstraintException(
                 f"{name}: duplicate or null key ({keys}) = {bad[:-1]!r} ({bad[-1]} rows)")
@@ -127,8 +137,8 @@ def _insert_parquet(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]
             con.execute(f"INSERT INTO {name} {_select(con, name, files)}")
 
 
-#: Request files are read this many bytes of Parquet at a time (about 250 k requests with their
-#: ITL lists, a few hundred MB in memory), each batch both inserted and turned into curve points.
+#: Request files of cells whose points must be computed here are read this many bytes of Parquet
+#: at a time (about 250 k requests with their ITL lists, a few hundred MB in memory).
 BATCH_BYTES = 64 * 2**20
 
 
@@ -150,29 +160,39 @@ def _batches(cell_dirs: list[Path], mids: list[str]) -> Iterator[tuple[list[Path
         yield files, ids
 
 
-def _insert_requests(con: duckdb.DuckDBPyConnection, cell_dirs: list[Path], mids: list[str]) -> pl.DataFrame:
-    """Insert every cell's requests, a batch of cells at a time, and return the curve points
-    (curve.points) of every measurement, computed from the same batch as it goes in: the
-    request rows are read once, and never all in memory at once. Each batch is committed (a
-    transaction holds its appended rows in memory: 15 GB at 10 M requests); the database is a
-    temporary file until the build is whole, so a failure still leaves nothing behind."""
+def _computed_points(con: duckdb.DuckDBPyConnection, cell_dirs: list[Path], mids: list[str]) -> list[pl.DataFrame]:
+    """curve.points of these cells, from their requests as the database has them read (in
+    batches of cells, as Arrow: the request rows are never all in memory at once)."""
     phases = frame(con, "SELECT * FROM phases")
     parts = []
     for files, ids in _batches(cell_dirs, mids):
         if files:
             with _naming_bad_file(con, files):
-                batch = con.sql(_select(con, "requests", files)).to_arrow_table()
-            con.register("batch", batch)
-            con.execute("INSERT INTO requests SELECT * FROM batch")
-            con.unregister("batch")
-            con.execute("COMMIT")
-            con.execute("BEGIN TRANSACTION")
-            requests = pl.from_arrow(batch)
+                requests = pl.from_arrow(con.sql(_select(con, "requests", files)).to_arrow_table())
             assert isinstance(requests, pl.DataFrame)
         else:
             requests = tables.empty(tables.REQUESTS)
         parts.append(curve_mod.points(requests, phases.filter(pl.col("measurement_id").is_in(ids))))
         del requests
+    return parts
+
+
+def _points(con: duckdb.DuckDBPyConnection, cell_dirs: list[Path], mids: list[str]) -> pl.DataFrame:
+    """The curve points (curve.points) of every measurement. A cell's own curve.parquet (rule
+    analyse_cell computed it from the same files) is read when it is fresh (analyse.fresh_curve):
+    computing the points means decoding every request's ITL list in Python, most of a build's
+    time; the points of the other cells (older results, a changed file) are computed here."""
+    fresh = [analyse.fresh_curve(d) for d in cell_dirs]
+    parts = _computed_points(con, [d for d, f in zip(cell_dirs, fresh, strict=True) if not f],
+                             [m for m, f in zip(mids, fresh, strict=True) if not f])
+    read = {str(d / "curve.parquet"): m for d, m, f in zip(cell_dirs, mids, fresh, strict=True) if f}
+    if read:
+        try:
+            got = pl.read_parquet(list(read), include_file_paths="_file")
+        except Exception as exc:  # noqa: BLE001 - polars raises several kinds for a bad file
+            raise AggregateError(f"bad cell curve file among {len(read)} ({exc})") from None
+        parts.append(got.with_columns(pl.col("_file").replace_strict(read).alias("measurement_id"))
+                     .select(list(curve_mod.CURVE_SCHEMA)).cast(pl.Schema(curve_mod.CURVE_SCHEMA)))
     points = pl.concat(parts) if parts else pl.DataFrame(schema=curve_mod.CURVE_SCHEMA)
     return points.sort(["measurement_id", "rps", "phase", "step"], nulls_last=True)
 
@@ -186,7 +206,8 @@ def _fingerprint(cell_dirs: list[Path], settings: dict[str, Any]) -> str:
     h = hashlib.sha256(f"{identity.SCHEMA_VERSION}|{json.dumps([settings, layout], sort_keys=True, default=str)}"
                        .encode())
     for d in cell_dirs:
-        for fname in ("cell.json", "phases.parquet", "requests.parquet", "slo.parquet", "engine_metrics.parquet"):
+        for fname in ("cell.json", "phases.parquet", "requests.parquet", "slo.parquet", "engine_metrics.parquet",
+                      "curve.parquet"):
             f = d / fname
             st = f.stat() if f.exists() else None
             h.update(f"{f}|{st and st.st_size}|{st and st.st_mtime_ns}\n".encode())
@@ -265,7 +286,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
     with replacing(db_path) as tmp:
         con = connect_for_build(tmp)
         try:
-            con.execute("BEGIN TRANSACTION")  # committed per batch of requests: the file is renamed only when whole
+            con.execute("BEGIN TRANSACTION")  # committed per table: the file is renamed only when whole
             for stmt in [*(ddl(name) for name in tables.TABLES), *schema_ddl()]:
                 con.execute(stmt)
             con.register("cells_df", cells.to_arrow())
@@ -273,9 +294,11 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
             con.register("ids", pl.DataFrame(ids, schema={"filename": pl.String, "measurement_id": pl.String})
                          .to_arrow())
             for name, fname in (("phases", "phases.parquet"), ("slo", "slo.parquet"),
-                                ("engine_metrics", "engine_metrics.parquet")):
+                                ("engine_metrics", "engine_metrics.parquet"), ("requests", "requests.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
-            points = _insert_requests(con, cell_dirs, cells["measurement_id"].to_list())
+                con.execute("COMMIT")  # a transaction holds its rows in memory; the file is still a temporary one
+                con.execute("BEGIN TRANSACTION")
+            points = _points(con, cell_dirs, cells["measurement_id"].to_list())
             check_keys(con)
             answers.write_tables(con, cells, points, slos, prices)
             con.execute("INSERT INTO almanac_meta VALUES ('inputs', ?)", [fingerprint])

@@ -13,6 +13,8 @@ hiding in pooled requests.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +24,7 @@ from . import curve, tables, trust
 from .answers import SLO, Curve, curves_by_measurement, slo_answer
 from .config import defaults
 from .curve import statistic  # noqa: F401 - kept importable from here
-from .files import read_json
+from .files import read_json, replacing
 from .slo import SLOAnswer
 
 _STATS = set(curve.STATS)
@@ -110,7 +112,52 @@ def analyse_cell(cell_json: str, requests_path: str, phases_path: str,
                  analysis: dict[str, Any] | None = None) -> pl.DataFrame:
     """The `slo` rows of one cell's files. A failed cell may keep some phases, but not a whole
     curve, so no SLO answer is read from it (no rows)."""
+    return analyse_cell_files(cell_json, requests_path, phases_path, analysis)[0]
+
+
+def analyse_cell_files(cell_json: str, requests_path: str, phases_path: str,
+                       analysis: dict[str, Any] | None = None) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """(the `slo` rows, the curve points) of one cell's files, reading its requests once. The
+    points are those of every phase, a failed cell's too, as the aggregate's `curve` table has
+    them (curve.points; measurement_id is the file's, the aggregate sets its own)."""
     analysis = analysis or {}
     ok = read_json(cell_json)["status"] == "ok"
     phases = pl.read_parquet(phases_path)
-    return analyse(pl.read_parquet(requests_path), phases if ok else phases.clear(), analysis.get("slos"))
+    requests = pl.read_parquet(requests_path)
+    slo = analyse(requests, phases if ok else phases.clear(), analysis.get("slos"))
+    return slo, curve.points(requests, phases)
+
+
+#: The key of curve.parquet's metadata that names the files its points were computed from.
+CURVE_INPUTS_KEY = "almanac_curve_inputs"
+
+
+def curve_inputs(requests_path: str | Path, phases_path: str | Path) -> str:
+    """What a cell's curve.parquet was computed from (the size and mtime of its requests and
+    phases files): the aggregate uses the file only while this still holds, and otherwise
+    computes the points itself."""
+    out = {}
+    for name, p in (("requests", Path(requests_path)), ("phases", Path(phases_path))):
+        st = p.stat() if p.exists() else None
+        out[name] = [st.st_size, st.st_mtime_ns] if st else None
+    return json.dumps(out, sort_keys=True)
+
+
+def write_curve(path: str | Path, points: pl.DataFrame, inputs: str) -> None:
+    """A cell's curve points (curve.CURVE_SCHEMA), naming their inputs (curve_inputs)."""
+    with replacing(path) as tmp:
+        points.select(list(curve.CURVE_SCHEMA)).cast(pl.Schema(curve.CURVE_SCHEMA)).write_parquet(
+            tmp, metadata={CURVE_INPUTS_KEY: inputs})
+
+
+def fresh_curve(cell_dir: Path) -> bool:
+    """Whether cell_dir's curve.parquet was computed from its requests and phases files as
+    they are now (curve_inputs)."""
+    f = cell_dir / "curve.parquet"
+    if not f.exists():
+        return False
+    try:
+        meta = pl.read_parquet_metadata(f)
+    except Exception:  # noqa: BLE001 - polars raises several kinds for a bad file: compute instead
+        return False
+    return meta.get(CURVE_INPUTS_KEY) == curve_inputs(cell_dir / "requests.parquet", cell_dir / "phases.parquet")

@@ -5,7 +5,9 @@ written by `almanac publish` (its manifest's checksums are verified first). Ever
 checked before anything is written: it must open, name a known schema version, and be internally
 consistent (every phase, request and SLO row belongs to a measurement in its `cells`, with the
 same cell_id). A source that fails is refused with a message naming it, and the output is not
-touched: the merged database is built beside it and replaces it only when whole.
+touched: the merged database is built beside it and replaces it only when whole. When the first source is
+a DuckDB file in exactly today's layout, the output starts as a byte copy of it (its derived
+tables dropped), so that only the other sources' rows are decoded and compressed again.
 
 Measurements are the unit (identity.py). A measurement found in several sources with the same
 content (its cells row but the invocation-specific `reproduce` and `server_log`, and every row of
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import shutil
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -206,6 +209,23 @@ def _open(con: duckdb.DuckDBPyConnection, stack: contextlib.ExitStack, sources: 
     con.execute(f"CREATE TEMP TABLE overlap AS SELECT measurement_id FROM ({ids}) GROUP BY ALL HAVING count(*) > 1")
 
 
+def _copy_first(source: Source, tmp: Path) -> bool:
+    """Copy the first source's file to `tmp` when it can be the output's start (_copyable)."""
+    con = duckdb.connect()
+    try:
+        try:
+            con.execute(f"ATTACH '{source.db}' AS src (READ_ONLY)")
+        except duckdb.Error:
+            return False  # refused, with its message, when opened for the merge
+        source.version = _version(con, "src", source.name)
+        ok = _copyable(con, "src", source)
+    finally:
+        con.close()
+    if ok:
+        shutil.copyfile(source.db, tmp)
+    return ok
+
+
 @contextlib.contextmanager
 def _attached(con: duckdb.DuckDBPyConnection, path: Path, alias: str, name: str) -> Iterator[None]:
     try:
@@ -218,6 +238,59 @@ def _attached(con: duckdb.DuckDBPyConnection, path: Path, alias: str, name: str)
         con.execute(f"DETACH {alias}")
 
 
+#: What the merged database keeps of a copied source beside tables.TABLES (the derived tables
+#: the aggregate writes, `curve`, `answers` and `prices`, are not merged: they are dropped).
+_KEPT = (tables.SCHEMA_TABLE, "almanac_meta")
+
+
+def _layout(con: duckdb.DuckDBPyConnection, database: str) -> list[tuple[object, ...]]:
+    """The columns (name, type, position) and constraints of tables.TABLES (and of the schema
+    and metadata tables) in `database`."""
+    names = [*tables.TABLES, *_KEPT]
+    cols = con.execute("SELECT table_name, column_index, column_name, data_type FROM duckdb_columns() "
+                       "WHERE database_name = ? AND table_name IN ? ORDER BY ALL", [database, names]).fetchall()
+    cons = con.execute("SELECT table_name, constraint_type, constraint_column_names FROM duckdb_constraints() "
+                       "WHERE database_name = ? AND table_name IN ? ORDER BY ALL", [database, names]).fetchall()
+    return [*cols, *cons]
+
+
+def _copyable(con: duckdb.DuckDBPyConnection, alias: str, source: Source) -> bool:
+    """Whether the output can start as a byte copy of this source: a DuckDB file (not a published
+    folder's views), of today's schema version, whose tables have exactly the columns, types and
+    keys `aggregate.ddl` gives them, with nothing in a write-ahead log beside it. Then its rows
+    need not be decoded and compressed again, most of a merge's time (the ITL lists)."""
+    if source.version != identity.SCHEMA_VERSION or Path(f"{source.db}.wal").exists():
+        return False
+    base = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
+                                      [alias]).fetchall()}
+    if not {*tables.TABLES, *_KEPT} <= base:
+        return False
+    con.execute("ATTACH ':memory:' AS today")
+    try:
+        for stmt in [*(ddl(name) for name in tables.TABLES), *schema_ddl()]:
+            if stmt.startswith("CREATE TABLE "):
+                con.execute(stmt.replace("CREATE TABLE ", "CREATE TABLE today.", 1))
+        return _layout(con, alias) == _layout(con, "today")
+    finally:
+        con.execute("DETACH today")
+
+
+def _start_from_copy(con: duckdb.DuckDBPyConnection) -> None:
+    """The output, a copy of the first source, made what merge's own DDL would make: its tables
+    and the schema table kept, every other table and view dropped, its build metadata cleared."""
+    for kind, name in con.execute(
+            "SELECT 'TABLE', table_name FROM duckdb_tables() WHERE database_name = current_database() UNION ALL "
+            "SELECT 'VIEW', view_name FROM duckdb_views() WHERE database_name = current_database() "
+            "AND NOT internal").fetchall():
+        if name not in tables.TABLES and name not in _KEPT:
+            con.execute(f'DROP {kind} "{name}"')
+    con.execute("DELETE FROM almanac_meta")
+    con.execute(f"DELETE FROM {tables.SCHEMA_TABLE}")
+    con.execute(f"INSERT INTO {tables.SCHEMA_TABLE} SELECT table_name, {identity.SCHEMA_VERSION} "
+                f"FROM (VALUES {', '.join(f'({t!r})' for t in tables.TABLES)}) AS t(table_name)")
+    con.execute(SOURCES_DDL)
+
+
 def merge(srcs: list[str], out: Path) -> dict[str, int]:
     """Merge the sources into `out`; returns row counts per table (and `duplicates`: measurements
     found again with the same content). Raises RefusedInput, leaving `out` as it was."""
@@ -225,14 +298,18 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
         raise RefusedInput("nothing to merge")
     with tempfile.TemporaryDirectory(prefix="almanac-merge-") as td, replacing(out) as tmp:
         sources = [resolve(s, Path(td)) for s in srcs]
+        copied = _copy_first(sources[0], tmp)
         con = connect_for_build(tmp)
         stack = contextlib.ExitStack()
         try:
-            for name in tables.TABLES:
-                con.execute(ddl(name))
-            for stmt in schema_ddl():
-                con.execute(stmt)
-            con.execute(SOURCES_DDL)
+            if copied:
+                _start_from_copy(con)
+            else:
+                for name in tables.TABLES:
+                    con.execute(ddl(name))
+                for stmt in schema_ddl():
+                    con.execute(stmt)
+                con.execute(SOURCES_DDL)
             con.execute("CREATE TEMP TABLE seen (measurement_id VARCHAR PRIMARY KEY, fp UBIGINT, source VARCHAR)")
             _open(con, stack, sources)
             duplicates = 0
@@ -251,7 +328,7 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
                             "ANTI JOIN seen USING (measurement_id)")
                 duplicates += scalar(con, f"SELECT count(*) FROM {a}_fp")
                 duplicates -= scalar(con, f"SELECT count(*) FROM {a}_new")
-                for name in tables.TABLES:
+                for name in tables.TABLES if not (i == 0 and copied) else ():  # a copy has its rows
                     con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} "
                                 f"SEMI JOIN {a}_new USING (measurement_id)")
                 con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
