@@ -347,8 +347,9 @@ def test_throttled_client_is_flagged_and_free_client_is_not(throttled):
         assert ph["n_ok"] == 40
         tries.append((ph["client_saturated"], ph["client_cpu_util"], ph["send_lag_p99_ms"]))
         if throttled:
-            assert ph["client_saturated"]
-            assert ph["client_cpu_util"] > 0.7 and ph["send_lag_p99_ms"] > 10
+            # flagged for its lag, which holds under any load; its CPU share need not (measured
+            # 0.54-0.61 with another process busy on the 2 cores, against > 0.7 when idle)
+            assert ph["client_saturated"] and ph["send_lag_p99_ms"] > 10
         elif not ph["client_saturated"] and ph["client_cpu_util"] < 0.5 and ph["send_lag_p99_ms"] < 5:
             break
     else:
