@@ -4,12 +4,13 @@ SLO rows analysed from them, and the database aggregate builds."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 
-from llm_almanac import metrics, tables
+from llm_almanac import metrics, reqstore, tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.analyse import analyse
 
@@ -52,6 +53,28 @@ def write_cell(root: Path, cid: str, kind: str, run: str, seed: int, slower: flo
         isl=128, osl=32, status="ok", hardware=f"1x {kind}", hardware_kind=kind, run_id=run,
         host=f"host-{kind}", started_at="2026-11-30T10:00:00", n_gpus=1)))
     return d
+
+
+def copy_db(src: Path, dst: Path) -> Path:
+    """A copy of a database and its requests folder (files copied, not linked: edits stay in the copy)."""
+    shutil.copyfile(src, dst)
+    shutil.copytree(reqstore.folder_of(src), reqstore.folder_of(dst), copy_function=shutil.copyfile)
+    reqstore.repoint(dst)
+    return dst
+
+
+def update_requests(db: Path, assignments: str, where: str, params: list | None = None) -> None:
+    """`UPDATE requests SET <assignments> WHERE <where>` on a database whose requests are files
+    (reqstore): each file rewritten beside itself and renamed over (never written through a link)."""
+    import duckdb
+
+    con = duckdb.connect()
+    for f in sorted(reqstore.folder_of(db).glob("*.parquet")):
+        con.execute(f"CREATE OR REPLACE TEMP TABLE t AS SELECT * FROM read_parquet('{f}')")
+        con.execute(f"UPDATE t SET {assignments} WHERE {where}", params or [])
+        con.execute(f"COPY t TO '{f}.new' (FORMAT parquet)")
+        Path(f"{f}.new").replace(f)
+    con.close()
 
 
 def result_set(root: Path, kind: str = "h100-80gb-x1", run: str = "r1", seed: int = 0,

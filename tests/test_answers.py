@@ -6,11 +6,10 @@ import json
 import math
 
 import answers_data
-import duckdb
 import numpy as np
 import pytest
 
-from llm_almanac import best, cli, cost, summary
+from llm_almanac import best, cli, cost, reqstore, summary
 from llm_almanac.answers import SLO, Curve, answer_text, operating_point, slo_answer, value_at
 from llm_almanac.config import validate
 from llm_almanac.curve import interval, statistic
@@ -223,7 +222,7 @@ def db(tmp_path_factory):
 
 
 def test_answers_table_agrees_with_slo_table_and_says_lower_bounds(db):
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     n_ok = con.execute("SELECT count(*) FROM cells WHERE status = 'ok'").fetchall()[0][0]
     assert con.execute("SELECT count(*) FROM answers").fetchall()[0][0] == n_ok * 4
     diff = con.execute("""SELECT count(*) FROM answers a JOIN slo s USING (measurement_id, slo)
@@ -262,7 +261,7 @@ def _cli(capsys, *args):
 def test_cli_slo_json_equals_answers_table_and_best(db, capsys):
     rc, out, _ = _cli(capsys, "slo", "--ttft-ms", "1000", "--format", "json", "--db", str(db))
     rows = {r["cell_id"]: r for r in json.loads(out)}
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     table = {r[0]: r[1:] for r in con.execute(
         "SELECT cell_id, max_rps, basis, ci_low_rps, ci_high_rps, ttft_p95_ms, usd_per_1m_total_tokens "
         "FROM answers WHERE slo = 'ttft_p95<=1000ms'").fetchall()}
@@ -383,13 +382,13 @@ def test_interval_brackets_the_answer_on_random_curves():
 
 def test_a_database_from_before_measurement_keyed_curves_and_price_keys_still_answers(db, tmp_path):
     """curve without measurement_id (recomputed from requests) and prices keyed by `kind`."""
-    import shutil
+    from resultsets import copy_db
 
     from llm_almanac import answers
 
     old = tmp_path / "old.duckdb"
-    shutil.copy(db, old)
-    con = duckdb.connect(str(old))
+    copy_db(db, old)
+    con = reqstore.connect(old, read_only=False)
     con.execute("CREATE TABLE curve_old AS SELECT * EXCLUDE (measurement_id) FROM curve")
     con.execute("DROP TABLE curve")
     con.execute("ALTER TABLE curve_old RENAME TO curve")
@@ -398,7 +397,7 @@ def test_a_database_from_before_measurement_keyed_curves_and_price_keys_still_an
     slos = [SLO.from_limits(ttft_ms=700), SLO.from_limits(tpot_ms=30)]
     got = {}
     for path in (db, old):
-        con = duckdb.connect(str(path), read_only=True)
+        con = reqstore.connect(path)
         got[path] = answers.compute(con, slos).to_dicts()
         con.close()
     assert got[old] == got[db] and len(got[db]) > 4

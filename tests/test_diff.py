@@ -2,15 +2,14 @@
 in which one cell's requests were made slower, that cell regressed (exit 1)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
-from resultsets import CELLS, result_set
+from resultsets import CELLS, copy_db, result_set, update_requests
 
+from llm_almanac import reqstore
 from llm_almanac.diff import _classify, diff, gate
 
 SRC = Path(__file__).resolve().parents[1] / "src"  # this tree's package, also in the subprocess
@@ -37,10 +36,10 @@ def test_a_set_against_itself_is_unchanged_and_exits_0(base):
 def test_a_slower_cell_regresses_and_exits_1(base, tmp_path):
     slow = tmp_path / "slow.duckdb"
     # a copy of the base in which one cell's requests took 20 % longer
-    shutil.copy(base, slow)
-    con = duckdb.connect(str(slow))
-    con.execute("UPDATE requests SET ttft_ms = ttft_ms * 1.2, tpot_ms = tpot_ms * 1.2, "
-                "itl_ms = list_transform(itl_ms, lambda x: x * 1.2) WHERE cell_id = ?", [CELLS[0]])
+    copy_db(base, slow)
+    update_requests(slow, "ttft_ms = ttft_ms * 1.2, tpot_ms = tpot_ms * 1.2, "
+                    "itl_ms = list_transform(itl_ms, lambda x: x * 1.2)", "cell_id = ?", [CELLS[0]])
+    con = reqstore.connect(slow, read_only=False)
     con.execute("UPDATE cells SET engine_version = '1.1', run_id = 'later'")
     con.close()
     p = _almanac("diff", str(base), str(slow), "--bootstrap", "100", "--format", "markdown")

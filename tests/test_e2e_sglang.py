@@ -22,10 +22,11 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import psutil
 import pytest
 import yaml
+
+from llm_almanac import reqstore
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "tests" / "configs" / "sglang_cpu.yaml"
@@ -112,7 +113,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def db(run):
-    con = duckdb.connect(str(run[0] / "results" / "almanac.duckdb"), read_only=True)
+    con = reqstore.connect(run[0] / "results" / "almanac.duckdb")
     yield con
     con.close()
 

@@ -13,9 +13,10 @@ import re
 import subprocess
 import sys
 
-import duckdb
 import pytest
 import yaml
+
+from llm_almanac import reqstore
 
 from conftest import (
     INTERRUPTED_CELL,
@@ -50,7 +51,7 @@ def run(tmp_path_factory, default_config_module):
 @pytest.fixture(scope="module")
 def db(run):
     work = run[0]
-    con = duckdb.connect(str(work / "results" / "almanac.duckdb"), read_only=True)
+    con = reqstore.connect(work / "results" / "almanac.duckdb")
     yield con
     con.close()
 
@@ -104,7 +105,7 @@ def test_rerun_failed_reruns_exactly_the_failed_cells(run):
     good = work / "results/cells/smollm2-135m__vllm-cpu__bf16__64-16/cell.json"
     bad = work / "results/cells/smollm2-135m__vllm-cpu-badflag__bf16__64-16/cell.json"
     good_mtime, bad_mtime = good.stat().st_mtime_ns, bad.stat().st_mtime_ns
-    con = duckdb.connect(str(work / "results/almanac.duckdb"), read_only=True)
+    con = reqstore.connect(work / "results/almanac.duckdb")
     before = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
     con.close()
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "rerun-failed", "--cores", "2",
@@ -113,7 +114,7 @@ def test_rerun_failed_reruns_exactly_the_failed_cells(run):
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "rerunning 1 failed cell(s): smollm2-135m__vllm-cpu-badflag__bf16__64-16" in p.stdout
     assert good.stat().st_mtime_ns == good_mtime and bad.stat().st_mtime_ns > bad_mtime
-    con = duckdb.connect(str(work / "results/almanac.duckdb"), read_only=True)
+    con = reqstore.connect(work / "results/almanac.duckdb")
     after = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
     assert after == before  # rebuilt, no duplicates
     assert con.execute("SELECT status FROM cells WHERE engine='vllm-cpu-badflag'").fetchone()[0] == "failed"

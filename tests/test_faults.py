@@ -18,10 +18,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import psutil
 import pytest
 import yaml
+
+from llm_almanac import reqstore
 
 from conftest import HF_SECRET, make_tokenizer, run_snakemake
 
@@ -74,7 +75,7 @@ def matrix(tmp_path_factory):
 
 
 def _db(work):
-    return duckdb.connect(str(work / "results" / "almanac.duckdb"), read_only=True)
+    return reqstore.connect(work / "results" / "almanac.duckdb")
 
 
 def _cid(engine):

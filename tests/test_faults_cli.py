@@ -15,12 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import httpx
 import pytest
 import yaml
 
-from llm_almanac import logs, redact
+from llm_almanac import logs, redact, reqstore
 from llm_almanac.aggregate import aggregate
 from llm_almanac.config import load_cells, validate
 from llm_almanac.engines import ServerSpec, get_engine
@@ -70,7 +69,7 @@ def test_a_corrupt_database_is_one_line_for_every_command(tmp_path, cmd):
 
 def test_a_duckdb_file_that_is_not_an_almanac_database_is_named(tmp_path):
     other = tmp_path / "other.duckdb"
-    duckdb.connect(str(other)).close()
+    reqstore.connect(other, read_only=False).close()
     rc, _, err = almanac("show", "a", "--db", other)
     assert rc != 0 and one_line(err) == f"almanac: {other} is not an almanac database (no table cells, phases, requests, slo)"
 
@@ -89,7 +88,7 @@ def test_export_to_a_bad_path_is_one_line(good_db, tmp_path, where):
 
 
 def test_phases_report_their_failure_rate_beside_rps(good_db):
-    con = duckdb.connect(str(good_db), read_only=True)
+    con = reqstore.connect(good_db)
     assert "fail_rate" in [r[0] for r in con.execute("DESCRIBE phases").fetchall()]
     con.close()
     rc, out, err = almanac("show", "a", "--db", good_db)

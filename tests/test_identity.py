@@ -1,9 +1,8 @@
 """Identity: hardware kinds, measurement ids, older result sets, and the no-op aggregate."""
 
-import duckdb
 from resultsets import result_set
 
-from llm_almanac import identity
+from llm_almanac import identity, reqstore
 from llm_almanac.aggregate import aggregate
 from llm_almanac.hardware import kind_of
 from llm_almanac.merge import merge
@@ -39,8 +38,9 @@ def test_aggregate_again_on_unchanged_inputs_is_a_no_op(tmp_path):
 def test_a_version_1_result_set_still_merges(tmp_path):
     v2 = result_set(tmp_path / "r", run="r9")
     v1 = tmp_path / "v1.duckdb"
-    con = duckdb.connect(str(v1))
+    con = reqstore.connect(v1, read_only=False)
     con.execute(f"ATTACH '{v2}' AS s (READ_ONLY)")
+    reqstore.set_search_path(con, v2.parent)  # its requests view reads the folder beside it
     for t in ("cells", "phases", "requests", "slo"):
         con.execute(f"CREATE TABLE {t} AS SELECT * EXCLUDE (measurement_id"
                     f"{', hardware_kind, run_id' if t == 'cells' else ''}) FROM s.{t}")
@@ -48,7 +48,7 @@ def test_a_version_1_result_set_still_merges(tmp_path):
     out = tmp_path / "m.duckdb"
     counts = merge([str(v1)], out)
     assert counts["cells"] == 2 and counts["requests"] == 960
-    con = duckdb.connect(str(out), read_only=True)
+    con = reqstore.connect(out)
     ids = con.execute("SELECT DISTINCT measurement_id FROM requests ORDER BY 1").fetchall()
     kinds = con.execute("SELECT DISTINCT hardware_kind FROM cells").fetchall()
     con.close()

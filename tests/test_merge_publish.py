@@ -3,14 +3,12 @@ measurements once, refused inputs leaving the output untouched, publish -> merge
 
 import json
 import re
-import shutil
 import subprocess
 
-import duckdb
 import pytest
-from resultsets import CELLS, result_set
+from resultsets import CELLS, copy_db, result_set, update_requests
 
-from llm_almanac import answers, cli
+from llm_almanac import answers, cli, identity, reqstore
 from llm_almanac.aggregate import aggregate
 from llm_almanac.merge import RefusedInput, merge
 from llm_almanac.publish import publish, verify
@@ -20,7 +18,7 @@ from conftest import CHROME_FLAGS, chromium
 
 
 def _q(db, sql):
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     try:
         return con.execute(sql).fetchall()
     finally:
@@ -44,7 +42,7 @@ def test_two_hosts_and_a_second_run_sit_side_by_side(sets, tmp_path):
     assert counts["requests"] == 3 * 2 * 2 * 4 * 60
     rows = _q(out, "SELECT cell_id, count(DISTINCT hardware_kind), count(*) FROM cells GROUP BY ALL ORDER BY 1")
     assert rows == [(c, 2, 3) for c in CELLS]
-    assert _q(out, "SELECT DISTINCT schema_version FROM almanac_schema") == [(2,)]
+    assert _q(out, "SELECT DISTINCT schema_version FROM almanac_schema") == [(identity.SCHEMA_VERSION,)]
     # provenance: every measurement names the input it came from
     assert _q(out, "SELECT count(DISTINCT source) FROM sources") == [(3,)]
 
@@ -74,24 +72,22 @@ def test_corrupt_unknown_version_and_inconsistent_inputs_are_refused(sets, tmp_p
     _untouched(tmp_path / "out.duckdb", [sets["h100"], corrupt], "corrupt.duckdb: unreadable or corrupt")
 
     future = tmp_path / "future.duckdb"
-    shutil.copy(sets["h200"], future)
-    con = duckdb.connect(str(future))
+    copy_db(sets["h200"], future)
+    con = reqstore.connect(future, read_only=False)
     con.execute("UPDATE almanac_schema SET schema_version = 99")
     con.close()
     _untouched(tmp_path / "out.duckdb", [sets["h100"], future], r"future.duckdb: schema version \[99\]")
 
     orphan = tmp_path / "orphan.duckdb"
-    shutil.copy(sets["h200"], orphan)
-    con = duckdb.connect(str(orphan))
+    copy_db(sets["h200"], orphan)
+    con = reqstore.connect(orphan, read_only=False)
     con.execute("DELETE FROM cells WHERE cell_id = ?", [CELLS[0]])
     con.close()
     _untouched(tmp_path / "out.duckdb", [orphan], "orphan.duckdb: inconsistent")
 
     edited = tmp_path / "edited.duckdb"
-    shutil.copy(sets["h100"], edited)
-    con = duckdb.connect(str(edited))
-    con.execute("UPDATE requests SET ttft_ms = ttft_ms * 2 WHERE request_id = 3")
-    con.close()
+    copy_db(sets["h100"], edited)
+    update_requests(edited, "ttft_ms = ttft_ms * 2", "request_id = 3")
     _untouched(tmp_path / "out.duckdb", [sets["h100"], edited], "edited.duckdb: inconsistent with")
 
 
@@ -105,7 +101,7 @@ def test_publish_then_merge_round_trip(sets, tmp_path):
     names = {p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()}
     assert {"manifest.json", "report.html", "methodology.md", "tables/cells.parquet",
             "tables/requests.parquet", "tables/slo.parquet", "tables/phases.parquet"} <= names
-    assert manifest["schema_version"] == 2 and manifest["tables"]["cells"]["rows"] == 4
+    assert manifest["schema_version"] == identity.SCHEMA_VERSION and manifest["tables"]["cells"]["rows"] == 4
     assert verify(site)["files"] == manifest["files"]
     back = merge([str(site)], tmp_path / "back.duckdb")
     assert back == {**merge([str(merged)], tmp_path / "again.duckdb")}
@@ -126,7 +122,7 @@ def test_a_cell_measured_twice_gives_two_answers(sets, tmp_path, capsys):
     slo = answers.SLO.from_limits(ttft_ms=1000)
     merged = tmp_path / "twice.duckdb"
     merge([str(sets["h100"]), str(sets["h100_again"])], merged)
-    con = duckdb.connect(str(merged), read_only=True)
+    con = reqstore.connect(merged)
     rows = answers.compute(con, [slo]).to_dicts()
     own = dict(con.execute("SELECT measurement_id, max_rps FROM slo WHERE slo = 'ttft_p95<=1000ms'").fetchall())
     con.close()
@@ -151,7 +147,7 @@ def test_a_cell_measured_twice_gives_two_answers(sets, tmp_path, capsys):
     dirs = [s.parent / "cells" / c for s in (sets["h100"], sets["h100_again"]) for c in CELLS]
     db = tmp_path / "both-runs.duckdb"
     aggregate(dirs, db)
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     table = dict(con.execute("SELECT measurement_id, max_rps FROM answers WHERE slo = 'ttft_p95<=1000ms'").fetchall())
     n_points = con.execute("SELECT count(*), count(DISTINCT measurement_id) FROM curve").fetchall()
     con.close()

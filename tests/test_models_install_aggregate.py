@@ -7,7 +7,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from llm_almanac import metrics, tables
+from llm_almanac import metrics, reqstore, tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.install import env_id, requirements
 from llm_almanac.models import ModelError, prepare_model
@@ -105,7 +105,7 @@ def test_aggregate_is_idempotent_and_keeps_failed_cells(tmp_path):
     db = tmp_path / "almanac.duckdb"
     assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3, "slo": 0, "engine_metrics": 0}
     assert aggregate(dirs, db) == {"cells": 2, "phases": 1, "requests": 3, "slo": 0, "engine_metrics": 0}  # rebuilt, not appended
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     assert con.execute("SELECT cell_id, status, error FROM cells ORDER BY 1").fetchall() == [
         ("a", "ok", None), ("b", "failed", "ServerStartupError: x")]
     assert con.execute("SELECT rps FROM phases").fetchone()[0] == pytest.approx(3 / 3.0)
@@ -134,7 +134,7 @@ def test_aggregate_reads_cells_from_before_the_client_self_check(tmp_path):
     metrics.summarize(pl.read_parquet(new / "requests.parquet"), client).write_parquet(new / "phases.parquet")
     db = tmp_path / "almanac.duckdb"
     assert aggregate([old, new], db)["phases"] == 2
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     assert con.execute("SELECT cell_id, client_cpu_util, client_saturated FROM phases ORDER BY 1").fetchall() == [
         ("new", 0.25, False), ("old", None, None)]
     con.close()

@@ -6,9 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import duckdb
 import pytest
 
+from llm_almanac import reqstore
 from llm_almanac.aggregate import aggregate
 from llm_almanac.analyse import analyse
 from llm_almanac.report import build_report
@@ -58,7 +58,7 @@ def _almanac(*args):
 
 
 def test_slo_table_in_db(fixture_db):
-    con = duckdb.connect(str(fixture_db), read_only=True)
+    con = reqstore.connect(fixture_db)
     rows = con.execute("SELECT cell_id, max_rps, basis FROM slo WHERE slo = 'ttft_p95<=1000ms' ORDER BY 1").fetchall()
     assert [r[0] for r in rows] == ["m__eng-a__bf16__128-32", "m__eng-b__bf16__128-32"]
     assert rows[0][2] == "interpolated" and 2.0 < rows[0][1] < 3.0

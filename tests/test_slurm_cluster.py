@@ -23,9 +23,10 @@ import sys
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 import yaml
+
+from llm_almanac import reqstore
 
 import conftest as shared
 from slurm_cluster import SlurmCluster, install
@@ -83,7 +84,7 @@ def run(cluster, tmp_path_factory, default_config_module):
 
 @pytest.fixture(scope="module")
 def db(run):
-    con = duckdb.connect(str(run[0] / "results" / "almanac.duckdb"), read_only=True)
+    con = reqstore.connect(run[0] / "results" / "almanac.duckdb")
     yield con
     con.close()
 
@@ -187,7 +188,7 @@ def test_rerun_failed_through_slurm_reruns_exactly_the_failed_cell(cluster, run)
     before = _cells(work)
     good = work / "results/cells/smollm2-135m__vllm-cpu__bf16__64-16/cell.json"
     good_mtime = good.stat().st_mtime_ns
-    con = duckdb.connect(str(work / "results/almanac.duckdb"), read_only=True)
+    con = reqstore.connect(work / "results/almanac.duckdb")
     counts = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
     con.close()
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "rerun-failed", "--directory", str(work),
@@ -202,7 +203,7 @@ def test_rerun_failed_through_slurm_reruns_exactly_the_failed_cell(cluster, run)
     new_job = after["vllm-cpu-badflag"]["slurm_job_id"]
     assert int(new_job) > max(int(c["slurm_job_id"]) for c in before.values())  # a new SLURM job
     assert after["vllm-cpu-badflag"]["status"] == "failed"
-    con = duckdb.connect(str(work / "results/almanac.duckdb"), read_only=True)
+    con = reqstore.connect(work / "results/almanac.duckdb")
     assert [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")] == counts
     con.close()
 

@@ -4,19 +4,18 @@ cell's files; a merge starting from a byte copy of its first source."""
 
 import os
 
-import duckdb
 import polars as pl
 import pytest
 from resultsets import CELLS, result_set, write_cell
 
 from llm_almanac import merge as merge_mod
-from llm_almanac import tables
+from llm_almanac import reqstore, tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.analyse import analyse_cell_files, curve_inputs, fresh_curve, write_curve
 
 
 def _curve(db):
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     try:
         return pl.from_arrow(con.sql("SELECT * FROM curve ORDER BY measurement_id, phase, step").to_arrow_table())
     finally:
@@ -68,9 +67,9 @@ def test_a_corrupt_curve_file_is_computed_instead(tmp_path):
 
 
 def _tables(db):
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     try:
-        names = sorted(r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall())
+        names = sorted(r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall())
         rows = {n: sorted(map(repr, con.execute(f"SELECT * EXCLUDE (value) FROM {n}" if n == "almanac_meta"
                                                  else f"SELECT * FROM {n}").fetchall())) for n in names}
         return names, rows
@@ -105,12 +104,12 @@ def test_a_merge_from_a_copy_of_its_first_source_is_the_merge_from_scratch(tmp_p
 
 def test_a_source_of_another_layout_is_not_copied(tmp_path):
     a = result_set(tmp_path / "a", "h100-80gb-x1", "run1", seed=0)
-    con = duckdb.connect(str(a))
+    con = reqstore.connect(a, read_only=False)
     con.execute("ALTER TABLE slo ADD COLUMN extra VARCHAR")
     con.close()
     out = tmp_path / "out.duckdb"
     assert not merge_mod._copy_first(merge_mod.Source(str(a), a), out) and not out.exists()
     merge_mod.merge([str(a)], out)
-    con = duckdb.connect(str(out), read_only=True)
+    con = reqstore.connect(out)
     assert "extra" not in [r[0] for r in con.execute("DESCRIBE slo").fetchall()]
     con.close()

@@ -2,11 +2,10 @@
 
 import json
 
-import duckdb
 import polars as pl
 import pytest
 
-from llm_almanac import tables
+from llm_almanac import reqstore, tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.config import defaults
 from llm_almanac.files import write_cell
@@ -30,7 +29,7 @@ def test_cell_json_and_database_hold_the_same_fields(tmp_path):
     on_disk = json.loads((d / "cell.json").read_text())
     db = tmp_path / "a.duckdb"
     aggregate([d], db, {rec["cell_id"]: "snakemake ..."})
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     cols = [r[0] for r in con.execute("DESCRIBE cells").fetchall()]
     row = dict(zip(cols, con.execute("SELECT * FROM cells").fetchone()))
     con.close()

@@ -5,12 +5,11 @@ import copy
 import json
 from pathlib import Path
 
-import duckdb
 import polars as pl
 import pytest
 import yaml
 
-from llm_almanac import tables
+from llm_almanac import reqstore, tables
 from llm_almanac.aggregate import aggregate
 from llm_almanac.cell import CellInputs, new_record
 from llm_almanac.config import load_cells, validate
@@ -130,7 +129,7 @@ def test_the_cells_record_carries_the_variant_in_cell_json_parquet_and_duckdb(tm
         dirs.append(d)
     db = tmp_path / "a.duckdb"
     aggregate(dirs, db)
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     rows = con.execute("SELECT engine, variant FROM cells ORDER BY engine").fetchall()
     con.close()
     assert rows == [("vllm", "default"), ("vllm.ngram", "ngram")]
@@ -149,13 +148,13 @@ def test_records_and_databases_from_before_variants_read_as_default(tmp_path):
     write_cell(d, rec, tables.empty(tables.REQUESTS), tables.empty(tables.PHASES))
     db = tmp_path / "old.duckdb"
     aggregate([d], db)
-    con = duckdb.connect(str(db))
+    con = reqstore.connect(db, read_only=False)
     assert con.execute("SELECT variant FROM cells").fetchall() == [("default",)]
     con.execute("ALTER TABLE cells DROP COLUMN variant")  # a database built before the column existed
     con.close()
     out = tmp_path / "merged.duckdb"
     merge([str(db)], out)
-    con = duckdb.connect(str(out), read_only=True)
+    con = reqstore.connect(out)
     assert con.execute("SELECT variant FROM cells").fetchall() == [("default",)]
     con.close()
 

@@ -24,6 +24,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,7 +33,7 @@ from typing import Any
 import duckdb
 import polars as pl
 
-from . import analyse, answers, identity, tables
+from . import analyse, answers, identity, reqstore, tables
 from . import curve as curve_mod
 from .config import defaults
 from .db import frame, scalar
@@ -197,6 +198,23 @@ def _points(con: duckdb.DuckDBPyConnection, cell_dirs: list[Path], mids: list[st
     return points.sort(["measurement_id", "rps", "phase", "step"], nulls_last=True)
 
 
+def _place_requests(con: duckdb.DuckDBPyConnection, cell_dirs: list[Path], mids: list[str], staged: Path) -> None:
+    """Each cell's requests.parquet into the staging folder (reqstore: linked, not copied) and
+    into `request_files`; the view `requests` reads them from there until the build ends."""
+    rows = []
+    for d, mid in zip(cell_dirs, mids, strict=True):
+        f = d / "requests.parquet"
+        if f.exists():
+            name = reqstore.file_name(mid)
+            reqstore.place(f, staged / name)
+            rows.append((name, mid))
+    if rows:
+        con.executemany(f"INSERT INTO {reqstore.FILES_TABLE} VALUES (?, ?)", rows)
+    reqstore.set_search_path(con, staged.parent)
+    with _naming_bad_file(con, [d / "requests.parquet" for d in cell_dirs if (d / "requests.parquet").exists()]):
+        reqstore.create_view(con, staged.name)
+
+
 def _fingerprint(cell_dirs: list[Path], settings: dict[str, Any]) -> str:
     """What the database is built from: every input file's path, size and mtime, the settings
     (reproduce commands, SLOs, prices) and the schema version. Equal fingerprints: rebuilding
@@ -229,7 +247,7 @@ def _built_from(db_path: Path) -> str | None:
 
 
 def counts_of(db_path: Path) -> dict[str, int]:
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = reqstore.connect(db_path)
     try:
         return {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}
     finally:
@@ -272,7 +290,7 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
     (AggregateError names a bad cell file)."""
     slos = (analysis or {}).get("slos") or defaults("analysis")["slos"]
     fingerprint = _fingerprint(cell_dirs, {"reproduce": reproduce, "slos": slos, "prices": prices})
-    if _built_from(db_path) == fingerprint:
+    if _built_from(db_path) == fingerprint and reqstore.folder_of(db_path).is_dir():
         log.info("%s is up to date with its %d cells", db_path, len(cell_dirs))
         return counts_of(db_path)
     rows, ids = [], []
@@ -283,30 +301,39 @@ def aggregate(cell_dirs: list[Path], db_path: Path, reproduce: dict[str, str] | 
         ids += [{"filename": str(d / f), "measurement_id": record["measurement_id"]}
                 for f in ("phases.parquet", "requests.parquet", "slo.parquet", "engine_metrics.parquet")]
     cells = tables.frame(tables.CELLS, rows)
+    folder = reqstore.folder_of(db_path)
     with replacing(db_path) as tmp:
+        staged = reqstore.staging(folder)
         con = connect_for_build(tmp)
         try:
             con.execute("BEGIN TRANSACTION")  # committed per table: the file is renamed only when whole
-            for stmt in [*(ddl(name) for name in tables.TABLES), *schema_ddl()]:
+            for stmt in [*(ddl(name) for name in tables.TABLES if name not in tables.EXTERNAL), *schema_ddl(),
+                         reqstore.FILES_DDL]:
                 con.execute(stmt)
             con.register("cells_df", cells.to_arrow())
             con.execute("INSERT INTO cells SELECT * FROM cells_df")
             con.register("ids", pl.DataFrame(ids, schema={"filename": pl.String, "measurement_id": pl.String})
                          .to_arrow())
             for name, fname in (("phases", "phases.parquet"), ("slo", "slo.parquet"),
-                                ("engine_metrics", "engine_metrics.parquet"), ("requests", "requests.parquet")):
+                                ("engine_metrics", "engine_metrics.parquet")):
                 _insert_parquet(con, name, [d / fname for d in cell_dirs if (d / fname).exists()])
                 con.execute("COMMIT")  # a transaction holds its rows in memory; the file is still a temporary one
                 con.execute("BEGIN TRANSACTION")
+            _place_requests(con, cell_dirs, cells["measurement_id"].to_list(), staged)
             points = _points(con, cell_dirs, cells["measurement_id"].to_list())
             check_keys(con)
             answers.write_tables(con, cells, points, slos, prices)
+            counts = {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}
+            reqstore.create_view(con, folder.name, staged)  # what readers see: the folder's final name
             con.execute("INSERT INTO almanac_meta VALUES ('inputs', ?)", [fingerprint])
             con.execute("COMMIT")
-            counts = {n: len(con.table(n)) for n in tables.TABLES}
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         finally:
             con.close()
             Path(f"{tmp}.wal").unlink(missing_ok=True)
+        reqstore.swap_in(staged, folder)
     log.info("wrote %s: %s", db_path, counts)
     return counts
 

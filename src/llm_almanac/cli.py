@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, bench, enginemetrics, logs
+from . import __version__, bench, enginemetrics, logs, reqstore
 from .config import choices, defaults
 from .db import DB_PATH, frame
 from .files import write_parquet
@@ -251,7 +251,9 @@ def _connect(path: str, tables: tuple[str, ...] = ("cells", "phases", "requests"
     if not Path(path).exists():
         raise SystemExit(f"almanac: no database at {path}; run `snakemake --cores N` first (or pass --db)")
     try:
-        con = duckdb.connect(path, read_only=True)
+        from .reqstore import connect
+
+        con = connect(path)
         have = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
     except duckdb.Error as exc:
         raise SystemExit(f"almanac: {path} is not a readable DuckDB database ({str(exc).splitlines()[0]}); "
@@ -491,7 +493,8 @@ def _export(con, out: Path, fmt: str) -> None:
     if out.exists() and not out.is_dir():
         raise NotADirectoryError(20, "a file, not a folder")
     out.mkdir(parents=True, exist_ok=True)
-    for (table,) in con.execute("SELECT table_name FROM information_schema.tables ORDER BY 1").fetchall():
+    for (table,) in con.execute("SELECT table_name FROM information_schema.tables WHERE table_name <> ? "
+                                "ORDER BY 1", [reqstore.FILES_TABLE]).fetchall():  # its rows are `requests`
         df = frame(con, f'SELECT * FROM "{table}"')
         path = out / f"{table}.{fmt}"
         if fmt == "parquet":

@@ -38,7 +38,7 @@ import duckdb
 import numpy as np
 import polars as pl
 
-from . import identity
+from . import identity, reqstore
 from .analyse import parse_metric
 from .config import defaults
 from .curve import statistic
@@ -98,7 +98,7 @@ def _load(src: str, tmp: Path) -> duckdb.DuckDBPyConnection:
     """Any merge source, validated and in today's schema (merge refuses what it cannot read)."""
     db = tmp / f"{len(list(tmp.iterdir()))}.duckdb"
     merge([src], db)
-    return duckdb.connect(str(db), read_only=True)
+    return reqstore.connect(db)
 
 
 def _latest(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:

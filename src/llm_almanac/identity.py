@@ -22,8 +22,8 @@ from typing import Any
 
 #: The version of the tables' layout (tables.py). 1: keyed by cell_id, no identity columns.
 #: 2: measurement_id (cell × hardware kind × run) keys every table; `almanac_schema` names it.
-SCHEMA_VERSION = 2
-KNOWN_SCHEMA_VERSIONS = (1, 2)
+SCHEMA_VERSION = 3
+KNOWN_SCHEMA_VERSIONS = (1, 2, 3)
 
 #: What `diff` matches two result sets by: the cell's meaning and the hardware, not versions.
 MATCH_KEY = ("model", "engine", "quantization", "isl", "osl", "hardware_kind")

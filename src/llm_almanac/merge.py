@@ -29,7 +29,7 @@ from pathlib import Path
 
 import duckdb
 
-from . import identity, tables
+from . import identity, reqstore, tables
 from .aggregate import _DUCK_TYPES, check_keys, connect_for_build, ddl, schema_ddl
 from .db import scalar
 from .files import replacing
@@ -49,6 +49,13 @@ class Source:
     db: Path  # a DuckDB file with the tables (built in a temporary folder for non-DB inputs)
     version: int = 0
     has_sources: bool = False
+    #: measurement_id -> its file in `folder` (a database kept in reqstore's layout), else None:
+    #: its requests are rows of the database (older versions, published folders)
+    request_files: dict[str, str] | None = None
+
+    @property
+    def folder(self) -> Path:
+        return reqstore.folder_of(self.db)
 
 
 def _results_cells(folder: Path) -> list[Path]:
@@ -125,7 +132,7 @@ def _sql_text(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int) -> None:
+def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int, source: Source) -> None:
     """Temporary views `{alias}_<table>` in today's columns over the source's tables (a
     version-1 source gets its measurement ids derived from its cells, as aggregate does)."""
     if version == 1:
@@ -142,6 +149,17 @@ def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int) -> None:
         "SELECT table_name FROM duckdb_tables() WHERE database_name = ? UNION "
         "SELECT view_name FROM duckdb_views() WHERE database_name = ?", [alias, alias]).fetchall()}
     for name, schema in tables.TABLES.items():
+        if name == "requests" and source.request_files is not None:  # its folder, wherever it is
+            missing = [f for f in source.request_files.values() if not (source.folder / f).is_file()]
+            if missing:
+                raise RefusedInput(f"{source.name}: its requests folder {source.folder} is missing "
+                                   f"{'' if source.folder.is_dir() else '(altogether) '}"
+                                   f"{len(missing)} of its {len(source.request_files)} files; the folder "
+                                   "belongs beside the database, under its name (x.duckdb, x.requests/)")
+            folder = str(source.folder.resolve())
+            sql = reqstore.view_sql(con, folder, f"{alias}.{reqstore.FILES_TABLE}")
+            con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_requests AS {sql}")
+            continue
         if name not in present:  # a table added after the source was written: empty there
             nulls = ", ".join(f'NULL::{_DUCK_TYPES[t]} AS "{c}"' for c, t in schema.items())
             con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {nulls} WHERE false")
@@ -186,7 +204,8 @@ def _fingerprints(con: duckdb.DuckDBPyConnection, alias: str) -> None:
     was most of a merge's time, for measurements that could not clash."""
     cell_cols = ", ".join(f'"{c}"' for c in tables.CELLS if c not in NOT_CONTENT)
     parts = [f"SELECT measurement_id, hash(struct_pack({cell_cols})) AS h FROM {alias}_cells"]
-    for t in ("phases", "requests", "slo"):
+    overlapping = con.execute("SELECT 1 FROM overlap LIMIT 1").fetchone()
+    for t in ("phases", "requests", "slo") if overlapping else ():  # (reading no request file at all)
         parts.append(f"SELECT measurement_id, hash(bit_xor(hash(t)), count(*)) FROM {alias}_{t} AS t "
                      "SEMI JOIN overlap USING (measurement_id) GROUP BY ALL")
     con.execute(f"CREATE OR REPLACE TEMP TABLE {alias}_fp AS SELECT measurement_id, "
@@ -203,7 +222,8 @@ def _open(con: duckdb.DuckDBPyConnection, stack: contextlib.ExitStack, sources: 
             "SELECT 1 FROM duckdb_tables() WHERE database_name = ? AND table_name = 'sources' UNION "
             "SELECT 1 FROM duckdb_views() WHERE database_name = ? AND view_name = 'sources'",
             [f"s{i}", f"s{i}"]).fetchone())
-        _views(con, f"s{i}", s.version)
+        s.request_files = reqstore.files_of(con, f"s{i}")
+        _views(con, f"s{i}", s.version, s)
         _check(con, f"s{i}", s.name)
     ids = " UNION ALL ".join(f"SELECT measurement_id FROM s{i}_cells" for i in range(len(sources)))
     con.execute(f"CREATE TEMP TABLE overlap AS SELECT measurement_id FROM ({ids}) GROUP BY ALL HAVING count(*) > 1")
@@ -246,7 +266,7 @@ _KEPT = (tables.SCHEMA_TABLE, "almanac_meta")
 def _layout(con: duckdb.DuckDBPyConnection, database: str) -> list[tuple[object, ...]]:
     """The columns (name, type, position) and constraints of tables.TABLES (and of the schema
     and metadata tables) in `database`."""
-    names = [*tables.TABLES, *_KEPT]
+    names = [*(set(tables.TABLES) - tables.EXTERNAL), *_KEPT, reqstore.FILES_TABLE]
     cols = con.execute("SELECT table_name, column_index, column_name, data_type FROM duckdb_columns() "
                        "WHERE database_name = ? AND table_name IN ? ORDER BY ALL", [database, names]).fetchall()
     cons = con.execute("SELECT table_name, constraint_type, constraint_column_names FROM duckdb_constraints() "
@@ -263,11 +283,12 @@ def _copyable(con: duckdb.DuckDBPyConnection, alias: str, source: Source) -> boo
         return False
     base = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables() WHERE database_name = ?",
                                       [alias]).fetchall()}
-    if not {*tables.TABLES, *_KEPT} <= base:
+    if not {*(set(tables.TABLES) - tables.EXTERNAL), *_KEPT, reqstore.FILES_TABLE} <= base:
         return False
     con.execute("ATTACH ':memory:' AS today")
     try:
-        for stmt in [*(ddl(name) for name in tables.TABLES), *schema_ddl()]:
+        for stmt in [*(ddl(name) for name in tables.TABLES if name not in tables.EXTERNAL), *schema_ddl(),
+                     reqstore.FILES_DDL]:
             if stmt.startswith("CREATE TABLE "):
                 con.execute(stmt.replace("CREATE TABLE ", "CREATE TABLE today.", 1))
         return _layout(con, alias) == _layout(con, "today")
@@ -282,7 +303,7 @@ def _start_from_copy(con: duckdb.DuckDBPyConnection) -> None:
             "SELECT 'TABLE', table_name FROM duckdb_tables() WHERE database_name = current_database() UNION ALL "
             "SELECT 'VIEW', view_name FROM duckdb_views() WHERE database_name = current_database() "
             "AND NOT internal").fetchall():
-        if name not in tables.TABLES and name not in _KEPT:
+        if name not in tables.TABLES and name not in _KEPT and name != reqstore.FILES_TABLE:
             con.execute(f'DROP {kind} "{name}"')
     con.execute("DELETE FROM almanac_meta")
     con.execute(f"DELETE FROM {tables.SCHEMA_TABLE}")
@@ -296,18 +317,22 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
     found again with the same content). Raises RefusedInput, leaving `out` as it was."""
     if not srcs:
         raise RefusedInput("nothing to merge")
+    folder = reqstore.folder_of(out)
     with tempfile.TemporaryDirectory(prefix="almanac-merge-") as td, replacing(out) as tmp:
         sources = [resolve(s, Path(td)) for s in srcs]
         copied = _copy_first(sources[0], tmp)
+        staged = reqstore.staging(folder)
         con = connect_for_build(tmp)
+        reqstore.set_search_path(con, staged.parent)
         stack = contextlib.ExitStack()
         try:
             if copied:
                 _start_from_copy(con)
             else:
                 for name in tables.TABLES:
-                    con.execute(ddl(name))
-                for stmt in schema_ddl():
+                    if name not in tables.EXTERNAL:
+                        con.execute(ddl(name))
+                for stmt in [*schema_ddl(), reqstore.FILES_DDL]:
                     con.execute(stmt)
                 con.execute(SOURCES_DDL)
             con.execute("CREATE TEMP TABLE seen (measurement_id VARCHAR PRIMARY KEY, fp UBIGINT, source VARCHAR)")
@@ -315,35 +340,85 @@ def merge(srcs: list[str], out: Path) -> dict[str, int]:
             duplicates = 0
             con.execute("BEGIN TRANSACTION")
             for i, s in enumerate(sources):
-                a = f"s{i}"
-                _fingerprints(con, a)
-                clash = con.execute(
-                    f"SELECT f.measurement_id, seen.source FROM {a}_fp AS f JOIN seen USING (measurement_id) "
-                    "WHERE f.fp <> seen.fp LIMIT 1").fetchone()
-                if clash:
-                    raise RefusedInput(
-                        f"{s.name}: inconsistent with {clash[1]}: measurement {clash[0]!r} is in both with "
-                        "different content")
-                con.execute(f"CREATE OR REPLACE TEMP TABLE {a}_new AS SELECT measurement_id, fp FROM {a}_fp "
-                            "ANTI JOIN seen USING (measurement_id)")
-                duplicates += scalar(con, f"SELECT count(*) FROM {a}_fp")
-                duplicates -= scalar(con, f"SELECT count(*) FROM {a}_new")
-                for name in tables.TABLES if not (i == 0 and copied) else ():  # a copy has its rows
-                    con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} "
-                                f"SEMI JOIN {a}_new USING (measurement_id)")
-                con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
-                con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
-                if s.has_sources:  # provenance recorded by an earlier merge travels on
-                    con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
+                duplicates += _merge_one(con, i, s, copied and i == 0, staged)
                 con.execute("COMMIT")  # a transaction holds its rows in memory; the output is a temp file
                 con.execute("BEGIN TRANSACTION")
+            reqstore.create_view(con, staged.name)
             check_keys(con)
+            counts = {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}
+            reqstore.create_view(con, folder.name, staged)  # what readers see: the folder's final name
             con.execute("INSERT INTO almanac_meta VALUES ('merged_from', ?)", [json.dumps(srcs)])
             con.execute("COMMIT")
-            counts = {n: scalar(con, f"SELECT count(*) FROM {n}") for n in tables.TABLES}
+        except BaseException:
+            shutil.rmtree(staged, ignore_errors=True)
+            raise
         finally:
             with contextlib.suppress(duckdb.Error):
                 stack.close()
             con.close()
+        reqstore.swap_in(staged, folder)
     counts["duplicates"] = duplicates
     return counts
+
+
+def _merge_one(con: duckdb.DuckDBPyConnection, i: int, s: Source, copied: bool, staged: Path) -> int:
+    """Source `s{i}`'s measurements not seen in an earlier source into the output (rows, request
+    files); returns how many it held that were (same content) already there."""
+    a = f"s{i}"
+    _fingerprints(con, a)
+    clash = con.execute(
+        f"SELECT f.measurement_id, seen.source FROM {a}_fp AS f JOIN seen USING (measurement_id) "
+        "WHERE f.fp <> seen.fp LIMIT 1").fetchone()
+    if clash:
+        raise RefusedInput(
+            f"{s.name}: inconsistent with {clash[1]}: measurement {clash[0]!r} is in both with different content")
+    con.execute(f"CREATE OR REPLACE TEMP TABLE {a}_new AS SELECT measurement_id, fp FROM {a}_fp "
+                "ANTI JOIN seen USING (measurement_id)")
+    duplicates = scalar(con, f"SELECT count(*) FROM {a}_fp") - scalar(con, f"SELECT count(*) FROM {a}_new")
+    for name in tables.TABLES if not copied else ():  # a copy has its rows
+        if name not in tables.EXTERNAL:
+            con.execute(f"INSERT INTO {name} SELECT * FROM {a}_{name} SEMI JOIN {a}_new USING (measurement_id)")
+    _merge_requests(con, a, s, copied, staged)
+    con.execute(f"INSERT INTO seen SELECT measurement_id, fp, ? FROM {a}_new", [s.name])
+    con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, ? FROM {a}_fp", [s.name])
+    if s.has_sources:  # provenance recorded by an earlier merge travels on
+        con.execute(f"INSERT OR IGNORE INTO sources SELECT measurement_id, source FROM {a}.sources")
+    return int(duplicates)
+
+
+def _merge_requests(con: duckdb.DuckDBPyConnection, a: str, s: Source, copied: bool, staged: Path) -> None:
+    """The requests of the source's new measurements into the output's folder: its own files
+    linked (reqstore.place), or, from a source that keeps them as rows (older versions, published
+    folders), written by one pass over them, a file per measurement."""
+    new = [r[0] for r in con.execute(f"SELECT measurement_id FROM {a}_new ORDER BY ALL").fetchall()]
+    if s.request_files is None:
+        _write_request_files(con, a, staged)
+    rows = []
+    for mid in new:
+        dst = staged / reqstore.file_name(mid)
+        if s.request_files is not None and mid in s.request_files:
+            reqstore.place(s.folder / s.request_files[mid], dst)
+        if dst.exists():  # (a measurement without requests, a failed cell, has no file)
+            rows.append((dst.name, mid))
+    if rows and not copied:
+        con.executemany(f"INSERT INTO {reqstore.FILES_TABLE} VALUES (?, ?)", rows)
+
+
+def _write_request_files(con: duckdb.DuckDBPyConnection, a: str, staged: Path) -> None:
+    """`{a}_requests` of the new measurements as reqstore's files in `staged`: one COPY,
+    partitioned by the file name each measurement gets (reqstore.file_name, in SQL)."""
+    parts = staged.with_name(f"{staged.name}.{a}")
+    try:
+        con.execute(f"COPY (SELECT r.*, left(sha256(r.measurement_id), {reqstore.NAME_CHARS}) AS part "
+                    f"FROM {a}_requests AS r SEMI JOIN {a}_new USING (measurement_id)) "
+                    f"TO {_sql_text(str(parts))} (FORMAT parquet, PARTITION_BY (part))")
+        for d in parts.glob("part=*"):
+            files = sorted(d.glob("*.parquet"))
+            dst = staged / f"{d.name.removeprefix('part=')}.parquet"
+            if len(files) == 1:
+                files[0].rename(dst)
+            else:
+                listed = ", ".join(_sql_text(str(f)) for f in files)
+                con.execute(f"COPY (SELECT * FROM read_parquet([{listed}])) TO {_sql_text(str(dst))} (FORMAT parquet)")
+    finally:
+        shutil.rmtree(parts, ignore_errors=True)

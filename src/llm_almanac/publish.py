@@ -19,9 +19,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import duckdb
-
-from . import __version__, identity, tables
+from . import __version__, identity, reqstore, tables
 from .db import scalar
 from .files import read_json, write_json
 
@@ -38,7 +36,7 @@ def sha256(path: Path) -> str:
 
 
 def _write(db: Path, out: Path, extras: list[Path]) -> dict[str, Any]:
-    con = duckdb.connect(str(db), read_only=True)
+    con = reqstore.connect(db)
     try:
         have = {r[0] for r in con.execute("SELECT table_name FROM duckdb_tables()").fetchall()}
         version = (scalar(con, f"SELECT max(schema_version) FROM {tables.SCHEMA_TABLE}")

@@ -28,10 +28,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import polars as pl
 
-from . import answers, cost, plotlyjs, summary
+from . import answers, cost, plotlyjs, reqstore, summary
 from .files import write_text
 
 CURVE_KEYS = {"rps": "rps", "output_tok_s": "out", "input_tok_s": "in"}
@@ -148,7 +147,7 @@ tr.failed{background:#fff0f0} pre{margin:0;white-space:pre-wrap;max-width:60em}
 
 
 def build_report(db_path: str | Path, out_path: str | Path) -> Path:
-    con = duckdb.connect(str(db_path), read_only=True)
+    con = reqstore.connect(db_path)
     try:
         cells = answers.load_cells(con)
         points = answers.load_points(con)

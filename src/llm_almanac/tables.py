@@ -225,6 +225,10 @@ KEYS: dict[str, list[str]] = {
 #: the insert, and its memory grew with every row.
 KEY_CHECKED = frozenset({"requests"})
 
+#: Tables a database keeps outside its own storage, as a view over Parquet files beside it
+#: (reqstore.py): the request rows, 95 % of an almanac's bytes (the ITL lists).
+EXTERNAL = frozenset({"requests"})
+
 #: Primary keys of the tables the aggregate derives from these (answers.write_tables): a
 #: measurement's curve points and answers, and the price of each price key (cost.py).
 DERIVED_KEYS: dict[str, list[str]] = {
