@@ -212,6 +212,16 @@ def run_snakemake(workdir, configfile, *args, check=True, env=None, timeout=1800
     return p
 
 
+def table_counts(db_path) -> list[int]:
+    """Rows of cells, phases, requests and slo, read by a new process: DuckDB keeps one instance
+    of a database per process while any connection to it is open (a module fixture's), so this
+    process would go on reading the file a rebuild has since replaced."""
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "query", " UNION ALL ".join(
+        f"SELECT {i} AS i, count(*) AS n FROM {t}" for i, t in enumerate(("cells", "phases", "requests", "slo")))
+        + " ORDER BY i", "--db", str(db_path)], capture_output=True, text=True, check=True)
+    return [int(line.split(",")[1]) for line in p.stdout.splitlines()[1:]]
+
+
 def engine_processes(marker):
     found = []
     for p in psutil.process_iter(["cmdline"]):

@@ -33,6 +33,7 @@ from conftest import (
     engine_processes,
     interrupt_config,
     run_snakemake,
+    table_counts,
 )
 
 pytestmark = pytest.mark.e2e
@@ -105,20 +106,19 @@ def test_rerun_failed_reruns_exactly_the_failed_cells(run):
     good = work / "results/cells/smollm2-135m__vllm-cpu__bf16__64-16/cell.json"
     bad = work / "results/cells/smollm2-135m__vllm-cpu-badflag__bf16__64-16/cell.json"
     good_mtime, bad_mtime = good.stat().st_mtime_ns, bad.stat().st_mtime_ns
-    con = reqstore.connect(work / "results/almanac.duckdb")
-    before = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
-    con.close()
+    before = table_counts(work / "results/almanac.duckdb")
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "rerun-failed", "--cores", "2",
                         "--directory", str(work), "-s", str(ROOT / "Snakefile"), "--configfile", str(cfgfile)],
                        capture_output=True, text=True, timeout=900)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert "rerunning 1 failed cell(s): smollm2-135m__vllm-cpu-badflag__bf16__64-16" in p.stdout
     assert good.stat().st_mtime_ns == good_mtime and bad.stat().st_mtime_ns > bad_mtime
-    con = reqstore.connect(work / "results/almanac.duckdb")
-    after = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
-    assert after == before  # rebuilt, no duplicates
-    assert con.execute("SELECT status FROM cells WHERE engine='vllm-cpu-badflag'").fetchone()[0] == "failed"
-    con.close()
+    assert table_counts(work / "results/almanac.duckdb") == before  # rebuilt, no duplicates
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "query", "SELECT status, finished_at FROM cells "
+                        "WHERE engine = 'vllm-cpu-badflag'", "--db", str(work / "results/almanac.duckdb")],
+                       capture_output=True, text=True, check=True)
+    status, finished = p.stdout.splitlines()[1].split(",")
+    assert status == "failed" and finished == json.loads(bad.read_text())["finished_at"]  # the rerun's record
 
 
 def test_interrupt_leaves_nothing_running_and_resume_keeps_measured_phases(run, tmp_path, default_config_module):

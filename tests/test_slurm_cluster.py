@@ -188,9 +188,7 @@ def test_rerun_failed_through_slurm_reruns_exactly_the_failed_cell(cluster, run)
     before = _cells(work)
     good = work / "results/cells/smollm2-135m__vllm-cpu__bf16__64-16/cell.json"
     good_mtime = good.stat().st_mtime_ns
-    con = reqstore.connect(work / "results/almanac.duckdb")
-    counts = [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")]
-    con.close()
+    counts = shared.table_counts(work / "results/almanac.duckdb")
     p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "rerun-failed", "--directory", str(work),
                         "-s", str(ROOT / "Snakefile"), "--configfile", str(cfgfile),
                         "--", "--workflow-profile", str(_profile(cluster))],
@@ -203,9 +201,7 @@ def test_rerun_failed_through_slurm_reruns_exactly_the_failed_cell(cluster, run)
     new_job = after["vllm-cpu-badflag"]["slurm_job_id"]
     assert int(new_job) > max(int(c["slurm_job_id"]) for c in before.values())  # a new SLURM job
     assert after["vllm-cpu-badflag"]["status"] == "failed"
-    con = reqstore.connect(work / "results/almanac.duckdb")
-    assert [con.execute(f"SELECT count(*) FROM {t}").fetchone()[0] for t in ("cells", "phases", "requests", "slo")] == counts
-    con.close()
+    assert shared.table_counts(work / "results/almanac.duckdb") == counts
 
 
 def test_a_cell_cancelled_by_slurm_stops_its_server_and_the_retry_keeps_measured_phases(
