@@ -2,6 +2,7 @@
 
 import json
 import re
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -203,3 +204,29 @@ def test_llamacpp_build_is_bounded_to_one_compiler_per_core_and_keeps_the_users_
     env = get_engine("llamacpp").install_env()
     assert env["LLAMA_CPP_BUILD_JOBS"] == "3"  # the knob the sdist's setup.py reads for its -j
     assert env["CMAKE_ARGS"].startswith("-DGGML_CUDA=on ") and "-DLLAMA_BUILD_TESTS=OFF" in env["CMAKE_ARGS"]
+    include = [a for a in shlex.split(env["CMAKE_ARGS"]) if a.startswith("-DCMAKE_PROJECT_INCLUDE=")]
+    assert len(include) == 1 and Path(include[0].split("=", 1)[1]).is_file()
+
+
+def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tmp_path):
+    """The CMake script the install passes (CMAKE_PROJECT_INCLUDE) on a project shaped like
+    llama.cpp's: a library in a subdirectory, llama-server linking it, another tool beside it."""
+    from llm_almanac.engines.llamacpp import SERVER_ONLY_CMAKE
+
+    src = tmp_path / "src"
+    (src / "lib").mkdir(parents=True)
+    (src / "CMakeLists.txt").write_text(
+        "cmake_minimum_required(VERSION 3.19)\nproject(p C)\nadd_subdirectory(lib)\n"
+        "add_executable(llama-server main.c)\ntarget_link_libraries(llama-server core)\n"
+        "add_executable(llama-other main.c)\ntarget_link_libraries(llama-other core)\n")
+    (src / "lib" / "CMakeLists.txt").write_text("add_library(core STATIC core.c)\nadd_library(unused STATIC core.c)\n")
+    (src / "lib" / "core.c").write_text("int core(void) { return 0; }\n")
+    (src / "main.c").write_text("int core(void);\nint main(void) { return core(); }\n")
+    build = tmp_path / "build"
+    for cmd in (["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_PROJECT_INCLUDE={SERVER_ONLY_CMAKE}"],
+                ["cmake", "--build", str(build)]):
+        p = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        assert p.returncode == 0, p.stdout + p.stderr
+    built = {f.name for f in build.rglob("*") if f.is_file() and f.name in ("llama-server", "llama-other", "libcore.a",
+                                                                          "libunused.a")}
+    assert built == {"llama-server", "libcore.a"}

@@ -1,0 +1,23 @@
+# Included by llm-almanac's llama.cpp install (CMAKE_PROJECT_INCLUDE, engines/llamacpp.py): at the end
+# of the top-level CMakeLists every target but llama-server leaves the default build, so that
+# `cmake --build .` compiles llama-server and what it links, not the ~30 other tools.
+if(CMAKE_CURRENT_SOURCE_DIR STREQUAL CMAKE_SOURCE_DIR AND NOT ALMANAC_ONLY_SERVER)
+  set(ALMANAC_ONLY_SERVER TRUE)
+  function(almanac_exclude_in dir)
+    get_property(targets DIRECTORY "${dir}" PROPERTY BUILDSYSTEM_TARGETS)
+    foreach(t IN LISTS targets)
+      get_target_property(type "${t}" TYPE)
+      if(NOT t STREQUAL "llama-server" AND NOT type STREQUAL "INTERFACE_LIBRARY")
+        set_property(TARGET "${t}" PROPERTY EXCLUDE_FROM_ALL TRUE)
+      endif()
+    endforeach()
+    get_property(subdirs DIRECTORY "${dir}" PROPERTY SUBDIRECTORIES)
+    foreach(d IN LISTS subdirs)
+      almanac_exclude_in("${d}")
+    endforeach()
+  endfunction()
+  function(almanac_only_server)
+    almanac_exclude_in("${CMAKE_SOURCE_DIR}")
+  endfunction()
+  cmake_language(DEFER CALL almanac_only_server)
+endif()
