@@ -45,11 +45,6 @@ log = logging.getLogger(__name__)
 class AggregateError(RuntimeError):
     """A cell file that cannot go into the database; the message names it."""
 
-_DUCK_TYPES: dict[Any, str] = {
-    pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.Float64: "DOUBLE",
-    pl.Boolean: "BOOLEAN", pl.List(pl.Float64): "DOUBLE[]",
-}
-
 
 #: DuckDB's memory for building a database: bounded (it spills to disk beyond it), so that a
 #: 10 M-request almanac builds in a few GB; ALMANAC_DUCKDB_MEMORY overrides it.
@@ -71,7 +66,7 @@ def ddl(name: str) -> str:
     """CREATE TABLE for one of tables.TABLES, with its primary key (a duplicate row fails), but
     for the tables whose key check_keys checks instead (tables.KEY_CHECKED)."""
     schema = tables.TABLES[name]
-    cols = ", ".join(f'"{c}" {_DUCK_TYPES[t]}' for c, t in schema.items())
+    cols = ", ".join(f'"{c}" {tables.DUCK_TYPES[t]}' for c, t in schema.items())
     if name in tables.KEY_CHECKED:
         return f"CREATE TABLE {name} ({cols})"
     return f'CREATE TABLE {name} ({cols}, PRIMARY KEY ({", ".join(tables.KEYS[name])}))'
@@ -113,7 +108,7 @@ def _select(con: duckdb.DuckDBPyConnection, name: str, files: list[Path]) -> str
     have = {r[0] for r in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
     cols = ", ".join(
         "ids.measurement_id" if c == "measurement_id"
-        else f'src."{c}"' if c in have else f'NULL::{_DUCK_TYPES[t]} AS "{c}"'
+        else f'src."{c}"' if c in have else f'NULL::{tables.DUCK_TYPES[t]} AS "{c}"'
         for c, t in tables.TABLES[name].items())
     return f"SELECT {cols} FROM {src} AS src JOIN ids ON src.filename = ids.filename"
 

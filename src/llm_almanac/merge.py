@@ -30,7 +30,7 @@ from pathlib import Path
 import duckdb
 
 from . import identity, reqstore, tables
-from .aggregate import _DUCK_TYPES, check_keys, connect_for_build, ddl, schema_ddl
+from .aggregate import check_keys, connect_for_build, ddl, schema_ddl
 from .db import scalar
 from .files import replacing
 
@@ -161,7 +161,7 @@ def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int, source: Sou
             con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_requests AS {sql}")
             continue
         if name not in present:  # a table added after the source was written: empty there
-            nulls = ", ".join(f'NULL::{_DUCK_TYPES[t]} AS "{c}"' for c, t in schema.items())
+            nulls = ", ".join(f'NULL::{tables.DUCK_TYPES[t]} AS "{c}"' for c, t in schema.items())
             con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {nulls} WHERE false")
             continue
         have = {r[0] for r in con.execute(f"DESCRIBE {alias}.{name}").fetchall()}
@@ -172,9 +172,9 @@ def _views(con: duckdb.DuckDBPyConnection, alias: str, version: int, source: Sou
             elif c in have:
                 sel.append(f't."{c}"')
             elif name == "cells" and c in tables.CELL_COLUMN_DEFAULTS:  # as aggregate writes it
-                sel.append(f"{_sql_text(tables.CELL_COLUMN_DEFAULTS[c])}::{_DUCK_TYPES[t]} AS \"{c}\"")
+                sel.append(f"{_sql_text(tables.CELL_COLUMN_DEFAULTS[c])}::{tables.DUCK_TYPES[t]} AS \"{c}\"")
             else:
-                sel.append(f'NULL::{_DUCK_TYPES[t]} AS "{c}"')
+                sel.append(f'NULL::{tables.DUCK_TYPES[t]} AS "{c}"')
         join = f" JOIN {alias}_ids AS ids USING (cell_id)" if version == 1 else ""
         con.execute(f"CREATE OR REPLACE TEMP VIEW {alias}_{name} AS SELECT {', '.join(sel)} "
                     f"FROM {alias}.{name} AS t{join}")

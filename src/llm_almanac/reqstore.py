@@ -70,9 +70,7 @@ def view_sql(con: duckdb.DuckDBPyConnection, folder: str, files_table: str = FIL
     """SELECT the requests of every file in `folder` (a path as DuckDB resolves it) in the
     columns of tables.REQUESTS: measurement_id from `files_table`, columns a file lacks (an
     older version's) null; no files: no rows, same columns."""
-    from .aggregate import _DUCK_TYPES
-
-    nulls = {c: f'NULL::{_DUCK_TYPES[t]} AS "{c}"' for c, t in tables.REQUESTS.items()}
+    nulls = {c: f'NULL::{tables.DUCK_TYPES[t]} AS "{c}"' for c, t in tables.REQUESTS.items()}
     names = [r[0] for r in con.execute(f"SELECT file FROM {files_table} ORDER BY ALL").fetchall()]
     if not names:
         return f"SELECT {', '.join(nulls.values())} WHERE false"

@@ -65,6 +65,13 @@ CLIENT: dict[str, Any] = {
 
 PHASE_KEYS = ["cell_id", "repeat", "phase", "step"]
 
+#: The DuckDB type of each column type above (aggregate.ddl, and the NULL columns a file of an
+#: older version lacks).
+DUCK_TYPES: dict[Any, str] = {
+    pl.String: "VARCHAR", pl.Int64: "BIGINT", pl.Int32: "INTEGER", pl.Float64: "DOUBLE",
+    pl.Boolean: "BOOLEAN", pl.List(pl.Float64): "DOUBLE[]",
+}
+
 #: The engine's own Prometheus metrics per phase unit (enginemetrics/): one row per series of
 #: a sample the engine's module names. `role` is what it measures (ttft, running, ...);
 #: counters and histogram sums/counts carry before/after/delta, gauges their samples (before,
