@@ -1,8 +1,8 @@
 """Where a database keeps its request rows: Parquet files beside it, read by DuckDB as a view.
 
-A 10 M-request almanac is 1.3 G ITL values. Copying them into DuckDB's own storage costs about
-12 CPU s per million requests whatever the column type (DOUBLE[], FLOAT[], INTEGER[], BLOB:
-benchmarks/store_scale.py, docs/benchmarks.md), more than the whole build may take. So the
+A 10 M-request almanac is 1.3 G ITL values. Copying them into DuckDB's own storage costs 10-16
+CPU s per million requests whatever the column type (DOUBLE[], FLOAT[], INTEGER[], BLOB:
+benchmarks/itl_encodings.py, docs/benchmarks.md), more than the whole build may take. So the
 `requests` of `almanac.duckdb` are the measurements' own Parquet files, one per measurement, in
 the folder `almanac.requests/` beside it: hard links to the cells' requests.parquet when on the
 same file system (no byte copied), copies otherwise. The database holds the table
@@ -12,7 +12,7 @@ with the columns of tables.REQUESTS, so every query sees one table as before.
 The view names the folder relatively (a moved or downloaded results folder still works), and
 DuckDB resolves a relative path against `file_search_path`: `connect` sets it to the database's
 folder. Another program opening the file runs `SET file_search_path = '<its folder>'` first, or
-starts in that folder (docs/data.md).
+starts in that folder (README, "the folder belongs beside the database").
 """
 
 from __future__ import annotations
