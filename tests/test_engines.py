@@ -206,12 +206,20 @@ def test_llamacpp_build_is_bounded_to_one_compiler_per_core_and_keeps_the_users_
     assert env["CMAKE_ARGS"].startswith("-DGGML_CUDA=on ") and "-DLLAMA_BUILD_TESTS=OFF" in env["CMAKE_ARGS"]
     include = [a for a in shlex.split(env["CMAKE_ARGS"]) if a.startswith("-DCMAKE_PROJECT_INCLUDE=")]
     assert len(include) == 1 and Path(include[0].split("=", 1)[1]).is_file()
+    # a unity build first, the usual one if that fails
+    tried = [e["CMAKE_ARGS"] for e in get_engine("llamacpp").install_envs()]
+    assert ["-DALMANAC_UNITY_BUILD=ON" in t for t in tried] == [True, False]
+    assert all("-DALMANAC_UNITY_BUILD=OFF" in t for t in tried[1:])
 
 
-def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tmp_path):
+@pytest.mark.parametrize("unity", [False, True])
+def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tmp_path, unity):
     """The CMake script the install passes (CMAKE_PROJECT_INCLUDE) on a project shaped like
-    llama.cpp's: a library in a subdirectory, llama-server linking it, another tool beside it."""
-    from llm_almanac.engines.llamacpp import SERVER_ONLY_CMAKE
+    llama.cpp's: a library in a subdirectory, llama-server linking it, another tool beside it.
+    As a unity build, the library's two sources are one unit (each defines a static `helper`
+    only once it is alone: a clash in one unit would not compile), but for the one whose name
+    matches ALMANAC_UNITY_SKIP, which is compiled alone."""
+    from llm_almanac.engines.llamacpp import BUILD_CMAKE
 
     src = tmp_path / "src"
     (src / "lib").mkdir(parents=True)
@@ -219,14 +227,27 @@ def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tm
         "cmake_minimum_required(VERSION 3.19)\nproject(p C)\nadd_subdirectory(lib)\n"
         "add_executable(llama-server main.c)\ntarget_link_libraries(llama-server core)\n"
         "add_executable(llama-other main.c)\ntarget_link_libraries(llama-other core)\n")
-    (src / "lib" / "CMakeLists.txt").write_text("add_library(core STATIC core.c)\nadd_library(unused STATIC core.c)\n")
+    (src / "lib" / "CMakeLists.txt").write_text(
+        "add_library(core STATIC core.c more.c mtmd-helper.c)\nadd_library(unused STATIC core.c)\n")
     (src / "lib" / "core.c").write_text("int core(void) { return 0; }\n")
+    (src / "lib" / "more.c").write_text("int more(void) { return 1; }\n")
+    (src / "lib" / "mtmd-helper.c").write_text(  # does not compile beside core.c, as llama.cpp's does not
+        "#ifdef CORE_SEEN\n#error must be compiled alone\n#endif\nint helper(void) { return 2; }\n")
+    (src / "lib" / "core.c").write_text("#define CORE_SEEN 1\nint core(void) { return 0; }\n")
     (src / "main.c").write_text("int core(void);\nint main(void) { return core(); }\n")
     build = tmp_path / "build"
-    for cmd in (["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_PROJECT_INCLUDE={SERVER_ONLY_CMAKE}"],
+    for cmd in (["cmake", "-S", str(src), "-B", str(build), f"-DCMAKE_PROJECT_INCLUDE={BUILD_CMAKE}",
+                 f"-DALMANAC_UNITY_BUILD={'ON' if unity else 'OFF'}"],
                 ["cmake", "--build", str(build)]):
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert p.returncode == 0, p.stdout + p.stderr
     built = {f.name for f in build.rglob("*") if f.is_file() and f.name in ("llama-server", "llama-other", "libcore.a",
                                                                           "libunused.a")}
     assert built == {"llama-server", "libcore.a"}
+    objects = sorted(f.name for f in (build / "lib").rglob("*.o"))
+    if unity:
+        assert objects == ["mtmd-helper.c.o", "unity_0_c.c.o"]
+        unit = (build / "lib" / "CMakeFiles" / "core.dir" / "Unity" / "unity_0_c.c").read_text()
+        assert "core.c" in unit and "more.c" in unit and "mtmd-helper" not in unit
+    else:
+        assert objects == ["core.c.o", "more.c.o", "mtmd-helper.c.o"]

