@@ -15,6 +15,22 @@ def test_hardware_kinds_are_short_normalized_keys():
     assert kind_of([], [], "Intel(R) Xeon(R) Platinum 8375C CPU @ 2.90GHz", 8) == "cpu-intel-xeon-platinum-8375c-8c"
 
 
+def test_a_generic_cpu_name_is_told_apart_by_family_model_and_isa():
+    """Two virtual machines that both say "AMD EPYC" (this project's: an AVX2-only one and a
+    family-26 one with AVX-512 and BF16) are two hardware kinds, never one."""
+    from llm_almanac.hardware import cpu_detail
+
+    old = {"model name": "AMD EPYC", "cpu family": "23", "model": "49", "flags": "fpu sse2 avx avx2 fma"}
+    new = {"model name": "AMD EPYC", "cpu family": "26", "model": "2", "flags": "avx2 avx512f avx512_bf16"}
+    sapphire = {"model name": "Intel Xeon Processor (SapphireRapids)", "cpu family": "6", "model": "143",
+                "flags": "avx2 avx512f avx512_bf16 amx_tile amx_bf16"}
+    kinds = [kind_of([], [], i["model name"], 2, cpu_detail(i)) for i in (old, new, sapphire)]
+    assert kinds == ["cpu-amd-epyc-f23m49-avx2-2c", "cpu-amd-epyc-f26m2-avx512bf16-2c",
+                     "cpu-intel-xeon-sapphirerapids-f6m143-amx-2c"]
+    named = {"model name": "AMD EPYC 9654 96-Core Processor", "cpu family": "25", "model": "17", "flags": "avx512f"}
+    assert cpu_detail(named) == ""  # the name says it already: cpu-amd-epyc-9654-96-2c, as before
+
+
 def test_older_records_get_a_stable_derived_identity():
     old = {"cell_id": "c", "hardware": "CPU: AMD EPYC 9654 96-Core Processor (2 logical cores)",
            "host": "h", "started_at": "2026-01-01T00:00:00"}

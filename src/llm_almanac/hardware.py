@@ -11,15 +11,46 @@ import sys
 import psutil
 
 
-def _cpu_model() -> str:
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's fields of /proc/cpuinfo (empty where there is none)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu_model() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def isa_level(flags: set[str]) -> str:
+    """The widest vector and matrix extensions the CPU offers, as far as inference speed is
+    concerned: amx, avx512bf16, avx512, avx2 or '' (older or not x86)."""
+    for level, flag in (("amx", "amx_tile"), ("avx512bf16", "avx512_bf16"), ("avx512", "avx512f"),
+                        ("avx2", "avx2")):
+        if flag in flags:
+            return level
+    return ""
+
+
+def cpu_detail(info: dict[str, str] | None = None) -> str:
+    """What tells two CPUs apart when the model name does not: a virtual machine often reports
+    a bare "AMD EPYC" for every generation (this project's machines did, for an AVX2-only
+    EPYC and for a family-26 one with AVX-512 and BF16, 2-3x apart in speed). Family, model and
+    ISA level (`f26m2-avx512bf16`), or '' when the name carries a model number itself."""
+    info = _cpuinfo() if info is None else info
+    if any(ch.isdigit() for ch in _slug(info.get("model name", ""))):
+        return ""
+    parts = [f"f{info['cpu family']}m{info['model']}" if "cpu family" in info and "model" in info else "",
+             isa_level(set(info.get("flags", "").split()))]
+    return "-".join(p for p in parts if p)
 
 
 def gpus() -> list[dict[str, str]]:
@@ -69,6 +100,7 @@ def describe(visible: str | None = None) -> dict[str, object]:
     return {
         "summary": summary,
         "cpu_model": _cpu_model(),
+        "cpu_detail": cpu_detail(),
         "cpu_count": os.cpu_count(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
         "gpus": g,
@@ -86,10 +118,12 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text).strip("-")
 
 
-def kind_of(gpu_names: list[str], gpu_memory: list[str], cpu_model: str, cpu_count: int | None) -> str:
+def kind_of(gpu_names: list[str], gpu_memory: list[str], cpu_model: str, cpu_count: int | None,
+            cpu_extra: str = "") -> str:
     """A short normalized key for the hardware a measurement ran on, e.g. `h100-80gb-hbm3-x1`
-    or `cpu-amd-epyc-9654-96-2c`: GPU model and memory × count, or CPU model and cores. Results
-    are compared and merged by it, so it names the kind of machine, never the machine."""
+    or `cpu-amd-epyc-9654-96-2c`: GPU model and memory × count, or CPU model (and `cpu_extra`,
+    cpu_detail() where the model name is generic) and cores. Results are compared and merged by
+    it, so it names the kind of machine, never the machine."""
     if gpu_names:
         name = _slug(gpu_names[0])
         mem = gpu_memory[0] if gpu_memory else ""
@@ -97,7 +131,8 @@ def kind_of(gpu_names: list[str], gpu_memory: list[str], cpu_model: str, cpu_cou
         if digits and "gb" not in name:
             name += f"-{round(int(digits) / 1024)}gb"
         return f"{name}-x{len(gpu_names)}"
-    return f"cpu-{_slug(cpu_model)}-{cpu_count or 0}c"
+    model = "-".join(p for p in (_slug(cpu_model), cpu_extra) if p)
+    return f"cpu-{model}-{cpu_count or 0}c"
 
 
 def kind(visible: str | None = None) -> str:
@@ -108,4 +143,4 @@ def kind(visible: str | None = None) -> str:
         return override
     visible = os.environ.get("CUDA_VISIBLE_DEVICES") if visible is None else visible
     g = visible_gpus(gpus(), visible)
-    return kind_of([x["name"] for x in g], [x["memory"] for x in g], _cpu_model(), os.cpu_count())
+    return kind_of([x["name"] for x in g], [x["memory"] for x in g], _cpu_model(), os.cpu_count(), cpu_detail())
