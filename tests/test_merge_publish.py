@@ -115,6 +115,26 @@ def test_publish_then_merge_round_trip(sets, tmp_path):
     _untouched(tmp_path / "out2.duckdb", [site], "requests.parquet does not match its checksum")
 
 
+def test_publish_replaces_only_a_folder_it_wrote(sets, tmp_path, capsys):
+    """`almanac publish results` (or any folder of the user's) must not replace that folder."""
+    from llm_almanac.cli import main
+
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert main(["publish", str(mine), "--db", str(sets["h100"])]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"almanac publish: {mine} exists and is not a folder that `almanac publish` wrote")
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and (mine / "notes.txt").read_text() == "keep me"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left behind
+    site = tmp_path / "site"
+    assert main(["publish", str(site), "--db", str(sets["h100"])]) == 0
+    assert main(["publish", str(site), "--db", str(sets["h200"])]) == 0  # a folder it wrote: replaced
+    assert verify(site)["tables"]["cells"]["rows"] == 2
+    (tmp_path / "empty").mkdir()
+    assert main(["publish", str(tmp_path / "empty"), "--db", str(sets["h100"])]) == 0
+
+
 def test_a_cell_measured_twice_gives_two_answers(sets, tmp_path, capsys):
     """Answers and curve points are per measurement, as every other table: a merged database
     holding each cell from two runs answers for each run (its own requests, never pooled), the

@@ -603,7 +603,11 @@ def cmd_publish(a: argparse.Namespace) -> int:
     from .publish import publish
 
     summaries = sorted(Path(a.db).parent.glob("summary.*"))
-    manifest = publish(Path(a.db), Path(a.dir), report=Path(a.report), summaries=summaries)
+    try:
+        manifest = publish(Path(a.db), Path(a.dir), report=Path(a.report), summaries=summaries)
+    except ValueError as exc:
+        print(f"almanac publish: {exc}", file=sys.stderr)
+        return 2
     print(f"published {a.dir}: schema version {manifest['schema_version']}, "
           + ", ".join(f"{t['rows']} {n}" for n, t in manifest["tables"].items())
           + f"; {len(manifest['files'])} files with checksums in manifest.json")
@@ -754,25 +758,29 @@ def _database_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _result_set_parsers(sub: argparse._SubParsersAction) -> None:
     """Across result sets: `merge`, `diff`, `publish`."""
-    mg = sub.add_parser("merge", help="combine result sets (DuckDB files, results/ or published folders)")
-    mg.add_argument("src", nargs="+")
+    mg = sub.add_parser("merge", help="combine result sets (DuckDB files, results/ or published folders)",
+                        formatter_class=HelpWithDefaults)
+    mg.add_argument("src", nargs="+", help="result sets: an almanac.duckdb, a results/ folder or a published folder")
     mg.add_argument("--out", required=True, help="the merged DuckDB file (replaced only when whole)")
     mg.set_defaults(func=cmd_merge)
 
-    df = sub.add_parser("diff", help="what changed between two result sets; exit 1 on a regression")
-    df.add_argument("base")
-    df.add_argument("new")
+    df = sub.add_parser("diff", help="what changed between two result sets; exit 1 on a regression",
+                        formatter_class=HelpWithDefaults)
+    df.add_argument("base", help="the result set to compare against (a DuckDB file, results/ or published folder)")
+    df.add_argument("new", help="the result set that may have regressed (the same kinds)")
     df.add_argument("--threshold", type=float, default=0.05, help="relative change that counts (0.05 = 5%%)")
-    df.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table")
+    df.add_argument("--format", choices=["table", "json", "csv", "markdown"], default="table", help="output format")
     df.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for the CIs")
-    df.add_argument("--seed", type=int, default=0)
-    df.add_argument("--base-engine", help="compare this engine entry of BASE ...")
-    df.add_argument("--new-engine", help="... with this one of NEW, cell by cell (BASE and NEW may be the same set)")
+    df.add_argument("--seed", type=int, default=0, help="the bootstrap's random seed (the same seed, the same CIs)")
+    df.add_argument("--base-engine", help="compare this engine entry of BASE ... (default: each engine with itself)")
+    df.add_argument("--new-engine", help="... with this one of NEW, cell by cell (BASE and NEW may be the same set; "
+                                         "default: each engine with itself)")
     df.set_defaults(func=cmd_diff)
 
-    pb = sub.add_parser("publish", help="a folder to serve or download: report, Parquet tables, manifest")
-    pb.add_argument("dir")
-    pb.add_argument("--db", default=DB_PATH)
+    pb = sub.add_parser("publish", help="a folder to serve or download: report, Parquet tables, manifest",
+                        formatter_class=HelpWithDefaults)
+    pb.add_argument("dir", help="the folder to write (new, or one that an earlier publish wrote)")
+    pb.add_argument("--db", default=DB_PATH, help="the database to publish")
     pb.add_argument("--report", default="results/report.html", help="copied when it exists")
     pb.set_defaults(func=cmd_publish)
 

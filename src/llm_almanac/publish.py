@@ -65,7 +65,12 @@ def _write(db: Path, out: Path, extras: list[Path]) -> dict[str, Any]:
 
 def publish(db: Path, out: Path, report: Path | None = None, summaries: list[Path] | None = None,
             methodology: Path | None = METHODOLOGY) -> dict[str, Any]:
-    """Write the published folder at `out` (replacing one there only once the new one is whole)."""
+    """Write the published folder at `out` (replacing one there only once the new one is whole).
+    An existing `out` is replaced only when it is empty or an earlier publish wrote it (its
+    manifest is there): ValueError otherwise, and nothing is touched."""
+    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())):
+        raise ValueError(f"{out} exists and is not a folder that `almanac publish` wrote (no {MANIFEST} in it); "
+                         "give a new or empty folder, or one published before")
     extras = [p for p in [report, methodology, *(summaries or [])] if p and p.exists()]
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")
