@@ -33,6 +33,14 @@ def test_a_set_against_itself_is_unchanged_and_exits_0(base):
     assert all(r["change_pct"] == 0 for r in rows)
 
 
+def test_the_table_into_a_pipe_cuts_no_value(base):
+    """Piped or redirected, the table is as wide as it needs: no `smollm…` ellipses."""
+    p = subprocess.run([sys.executable, "-m", "llm_almanac.cli", "diff", str(base), str(base), "--bootstrap", "100"],
+                       capture_output=True, text=True, env={"COLUMNS": "80", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(SRC)})
+    assert p.returncode == 0, p.stderr
+    assert "…" not in p.stdout and "max_rps[" in p.stdout and "unchanged" in p.stdout
+
+
 def test_a_slower_cell_regresses_and_exits_1(base, tmp_path):
     slow = tmp_path / "slow.duckdb"
     # a copy of the base in which one cell's requests took 20 % longer

@@ -273,7 +273,13 @@ def _print_frame(df: pl.DataFrame, title: str | None = None, digits: int = 3) ->
         # escape: text such as an SLO name "max_rps[ttft_p95<=300ms]" is not rich markup
         t.add_row(*["-" if v is None else f"{v:.{digits}f}" if isinstance(v, float) else escape(str(v))
                     for v in row])
-    Console(width=max(120, Console().width)).print(t)
+    _table_console(120).print(t)
+
+
+def _table_console(least: int) -> Console:
+    """A console for a table: the terminal's width (at least `least`), or, into a pipe or a
+    file, as wide as the table needs, so that no value is cut to an ellipsis."""
+    return Console(width=max(least, Console().width) if sys.stdout.isatty() else 100_000)
 
 
 def _emit(rows: list[dict], fmt: str, table: list[tuple[str, str]], title: str) -> None:
@@ -293,7 +299,7 @@ def _emit(rows: list[dict], fmt: str, table: list[tuple[str, str]], title: str) 
             t.add_column(header)
         for r in rows:
             t.add_row(*[str(r.get(k, "")) for _, k in table])
-        Console(width=max(160, Console().width)).print(t)
+        _table_console(160).print(t)
 
 
 def _slo_args(a: argparse.Namespace):
