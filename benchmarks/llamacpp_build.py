@@ -119,6 +119,13 @@ def compare_speed(bins: dict[str, Path], gguf: Path, prompts: int) -> None:
             print(f"{name:12s} prefill {statistics.median(v['pp']):7.1f} tok/s (min {min(v['pp']):.1f}, max "
                   f"{max(v['pp']):.1f})   decode {statistics.median(v['tg']):6.1f} tok/s (min {min(v['tg']):.1f}, "
                   f"max {max(v['tg']):.1f})")
+        base = "server-only" if "server-only" in seen else list(seen)[-1]
+        for name in (n for n in seen if n != base):
+            for key, what in (("pp", "prefill"), ("tg", "decode")):
+                d = [x / b - 1 for x, b in zip(seen[name][key], seen[base][key], strict=True)]
+                m, half = statistics.mean(d), 1.96 * statistics.stdev(d) / len(d) ** 0.5
+                print(f"{name} against {base}, {what}: {100 * m:+.2f} % (95 % CI {100 * (m - half):+.2f} to "
+                      f"{100 * (m + half):+.2f} %, {len(d)} pairs)")
     finally:
         for pr in procs.values():
             os.killpg(pr.pid, signal.SIGTERM)
@@ -128,7 +135,7 @@ def compare_speed(bins: dict[str, Path], gguf: Path, prompts: int) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--builds", default="unity,server-only,all-tools")
-    ap.add_argument("--speed-prompts", type=int, default=10,
+    ap.add_argument("--speed-prompts", type=int, default=30,
                     help="completions per build for the speed and output comparison (0: none)")
     a = ap.parse_args()
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())

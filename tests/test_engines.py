@@ -218,7 +218,8 @@ def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tm
     llama.cpp's: a library in a subdirectory, llama-server linking it, another tool beside it.
     As a unity build, the library's two sources are one unit (each defines a static `helper`
     only once it is alone: a clash in one unit would not compile), but for the one whose name
-    matches ALMANAC_UNITY_SKIP, which is compiled alone."""
+    matches ALMANAC_UNITY_SKIP, which is compiled alone; the ggml compute libraries are never a
+    unity build."""
     from llm_almanac.engines.llamacpp import BUILD_CMAKE
 
     src = tmp_path / "src"
@@ -228,7 +229,10 @@ def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tm
         "add_executable(llama-server main.c)\ntarget_link_libraries(llama-server core)\n"
         "add_executable(llama-other main.c)\ntarget_link_libraries(llama-other core)\n")
     (src / "lib" / "CMakeLists.txt").write_text(
-        "add_library(core STATIC core.c more.c mtmd-helper.c)\nadd_library(unused STATIC core.c)\n")
+        "add_library(core STATIC core.c more.c mtmd-helper.c)\nadd_library(unused STATIC core.c)\n"
+        "add_library(ggml-cpu STATIC k1.c k2.c)\ntarget_link_libraries(core ggml-cpu)\n")
+    (src / "lib" / "k1.c").write_text("int k1(void) { return 1; }\n")
+    (src / "lib" / "k2.c").write_text("int k2(void) { return 2; }\n")
     (src / "lib" / "core.c").write_text("int core(void) { return 0; }\n")
     (src / "lib" / "more.c").write_text("int more(void) { return 1; }\n")
     (src / "lib" / "mtmd-helper.c").write_text(  # does not compile beside core.c, as llama.cpp's does not
@@ -242,9 +246,11 @@ def test_the_llamacpp_build_script_builds_llama_server_and_what_it_links_only(tm
         p = subprocess.run(cmd, capture_output=True, text=True, check=False)
         assert p.returncode == 0, p.stdout + p.stderr
     built = {f.name for f in build.rglob("*") if f.is_file() and f.name in ("llama-server", "llama-other", "libcore.a",
-                                                                          "libunused.a")}
-    assert built == {"llama-server", "libcore.a"}
-    objects = sorted(f.name for f in (build / "lib").rglob("*.o"))
+                                                                          "libunused.a", "libggml-cpu.a")}
+    assert built == {"llama-server", "libcore.a", "libggml-cpu.a"}
+    objects = sorted(f.name for f in (build / "lib").rglob("*.o") if "ggml-cpu.dir" not in f.parts)
+    # the compute library (ggml*) is compiled file by file either way
+    assert sorted(f.name for f in (build / "lib" / "CMakeFiles" / "ggml-cpu.dir").rglob("*.o")) == ["k1.c.o", "k2.c.o"]
     if unity:
         assert objects == ["mtmd-helper.c.o", "unity_0_c.c.o"]
         unit = (build / "lib" / "CMakeFiles" / "core.dir" / "Unity" / "unity_0_c.c").read_text()

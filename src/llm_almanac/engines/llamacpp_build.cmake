@@ -7,11 +7,17 @@
 #   compiled a few dozen per translation unit, so the headers are parsed once per batch, not once
 #   per file). Sources whose name matches ALMANAC_UNITY_SKIP (a regex) are compiled alone:
 #   llama.cpp's mtmd-helper files refuse to share a unit with mtmd's internal headers (#error).
+#   Targets matching ALMANAC_UNITY_KEEP_TARGETS (the ggml compute libraries) are compiled file by
+#   file as usual, so the kernels that do the measured work are built exactly as llama.cpp's own
+#   build builds them (docs/engines.md: the speed comparison).
 #   The install builds without it if the unity build fails (engines/llamacpp.py).
 if(CMAKE_CURRENT_SOURCE_DIR STREQUAL CMAKE_SOURCE_DIR AND NOT ALMANAC_BUILD_INCLUDED)
   set(ALMANAC_BUILD_INCLUDED TRUE)
   if(NOT DEFINED ALMANAC_UNITY_SKIP)
     set(ALMANAC_UNITY_SKIP "mtmd-helper")
+  endif()
+  if(NOT DEFINED ALMANAC_UNITY_KEEP_TARGETS)
+    set(ALMANAC_UNITY_KEEP_TARGETS "^ggml")
   endif()
   if(ALMANAC_UNITY_BUILD)
     set(CMAKE_UNITY_BUILD ON)
@@ -26,7 +32,9 @@ if(CMAKE_CURRENT_SOURCE_DIR STREQUAL CMAKE_SOURCE_DIR AND NOT ALMANAC_BUILD_INCL
       if(NOT t STREQUAL "llama-server")
         set_property(TARGET "${t}" PROPERTY EXCLUDE_FROM_ALL TRUE)
       endif()
-      if(ALMANAC_UNITY_BUILD)
+      if(t MATCHES "${ALMANAC_UNITY_KEEP_TARGETS}")
+        set_property(TARGET "${t}" PROPERTY UNITY_BUILD OFF)
+      elseif(ALMANAC_UNITY_BUILD)
         get_target_property(srcs "${t}" SOURCES)
         foreach(s IN LISTS srcs)
           get_filename_component(base "${s}" NAME)
