@@ -43,7 +43,7 @@ def isa_level(flags: set[str]) -> str:
 def cpu_detail(info: dict[str, str] | None = None) -> str:
     """What tells two CPUs apart when the model name does not: a virtual machine often reports
     a bare "AMD EPYC" for every generation (this project's machines did, for an AVX2-only
-    EPYC and for a family-26 one with AVX-512 and BF16, whose default-grid cells ran 1.6-2.2x
+    EPYC and for a family-26 one with AVX-512 and BF16, whose default-grid cells ran 1.6-2.5x
     faster). Family, model and ISA level (`f26m2-avx512bf16`), or '' when the name carries a
     model number itself."""
     info = _cpuinfo() if info is None else info
