@@ -41,6 +41,14 @@ def test_the_table_into_a_pipe_cuts_no_value(base):
     assert "…" not in p.stdout and "max_rps[" in p.stdout and "unchanged" in p.stdout
 
 
+def test_a_diff_that_matches_no_cell_fails_the_gate(base, tmp_path):
+    """Two sets on different hardware kinds compare nothing: exit 2, never a passing gate."""
+    other = result_set(tmp_path / "other", kind="h200-141gb-x1", seed=0)
+    p = _almanac("diff", str(base), str(other), "--bootstrap", "50")
+    assert p.returncode == 2, p.stdout + p.stderr
+    assert "nothing was compared" in p.stderr and "only-in-base" in p.stdout
+
+
 def test_a_slower_cell_regresses_and_exits_1(base, tmp_path):
     slow = tmp_path / "slow.duckdb"
     # a copy of the base in which one cell's requests took 20 % longer

@@ -133,6 +133,15 @@ def test_publish_replaces_only_a_folder_it_wrote(sets, tmp_path, capsys):
     assert verify(site)["tables"]["cells"]["rows"] == 2
     (tmp_path / "empty").mkdir()
     assert main(["publish", str(tmp_path / "empty"), "--db", str(sets["h100"])]) == 0
+    web = tmp_path / "web"  # a web site's own manifest.json is not ours
+    web.mkdir()
+    (web / "manifest.json").write_text('{"name": "my app", "start_url": "/"}')
+    assert main(["publish", str(web), "--db", str(sets["h100"])]) == 2 and (web / "manifest.json").exists()
+    # the database inside the (published) folder it would replace
+    inside = copy_db(sets["h100"], site / "mine.duckdb")
+    capsys.readouterr()
+    assert main(["publish", str(site), "--db", str(inside)]) == 2
+    assert "holds what is being published" in capsys.readouterr().err and inside.exists()
 
 
 def test_a_cell_measured_twice_gives_two_answers(sets, tmp_path, capsys):

@@ -602,6 +602,11 @@ def cmd_diff(a: argparse.Namespace) -> int:
             _print_frame(shown, digits=3)
     counts = result.group_by("status").len().sort("status").iter_rows()
     print("; ".join(f"{n} {s}" for s, n in counts) + f" (threshold {a.threshold:.0%}, simultaneous 95% CIs)", file=sys.stderr)
+    if result.height and result["status"].is_in(["only-in-base", "only-in-new"]).all():
+        # a gate that compared nothing must not pass
+        print("almanac diff: no cell of NEW matches one of BASE (model, engine, quantization, shape and hardware "
+              "kind); nothing was compared", file=sys.stderr)
+        return 2
     return gate(result)
 
 

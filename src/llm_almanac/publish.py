@@ -13,6 +13,7 @@ it back after checking every checksum (verify), so a damaged download is refused
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 import uuid
 from datetime import UTC, datetime
@@ -63,14 +64,26 @@ def _write(db: Path, out: Path, extras: list[Path]) -> dict[str, Any]:
     return manifest
 
 
+def _ours(folder: Path) -> bool:
+    """Whether `folder` holds a manifest that `almanac publish` wrote (a web site's own
+    manifest.json is not one)."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and {"schema_version", "llm_almanac_version", "tables", "files"} <= set(manifest)
+
+
 def publish(db: Path, out: Path, report: Path | None = None, summaries: list[Path] | None = None,
             methodology: Path | None = METHODOLOGY) -> dict[str, Any]:
     """Write the published folder at `out` (replacing one there only once the new one is whole).
     An existing `out` is replaced only when it is empty or an earlier publish wrote it (its
     manifest is there): ValueError otherwise, and nothing is touched."""
-    if out.exists() and not (out.is_dir() and (not any(out.iterdir()) or (out / MANIFEST).is_file())):
-        raise ValueError(f"{out} exists and is not a folder that `almanac publish` wrote (no {MANIFEST} in it); "
-                         "give a new or empty folder, or one published before")
+    if out.exists() and not (out.is_dir() and not out.is_symlink() and (not any(out.iterdir()) or _ours(out))):
+        raise ValueError(f"{out} exists and is not a folder that `almanac publish` wrote (no {MANIFEST} of ours in "
+                         "it); give a new or empty folder, or one published before")
+    if any(p and p.resolve().is_relative_to(out.resolve()) for p in (db, report)):
+        raise ValueError(f"{out} holds what is being published ({db}); publish to another folder")
     extras = [p for p in [report, methodology, *(summaries or [])] if p and p.exists()]
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     old = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.old")

@@ -4,8 +4,8 @@
 #   the default build, so that `cmake --build .` compiles llama-server and what it links, not the
 #   ~30 other tools;
 # - with -DALMANAC_UNITY_BUILD=ON, a unity build (CMake's UNITY_BUILD: each target's sources are
-#   compiled a few dozen per translation unit, so the headers are parsed once per batch, not once
-#   per file). Sources whose name matches ALMANAC_UNITY_SKIP (a regex) are compiled alone:
+#   compiled up to 8, CMake's default batch, per translation unit, so the headers are parsed once
+#   per batch, not once per file). Sources whose name matches ALMANAC_UNITY_SKIP (a regex) are compiled alone:
 #   llama.cpp's mtmd-helper files refuse to share a unit with mtmd's internal headers (#error).
 #   Targets matching ALMANAC_UNITY_KEEP_TARGETS (the ggml compute libraries) are compiled file by
 #   file as usual, so the kernels that do the measured work are built exactly as llama.cpp's own
