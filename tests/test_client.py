@@ -202,55 +202,116 @@ def test_fast_client_request_id_header_is_one_line():
             c.request_bytes("/v1/completions", b"{}", bad)
 
 
-class _FakeLoop:
+class _FakeTransport:
     def __init__(self):
-        self.soon = []
+        self.log = []
+        self.closing = False
 
-    def call_soon(self, cb):
-        self.soon.append(cb)
+    def pause_reading(self):
+        self.log.append("pause")
 
+    def resume_reading(self):
+        self.log.append("resume")
 
-def test_naps_only_when_reads_come_close_together_and_once_per_iteration():
-    from llm_almanac.fasthttp import _Naps
+    def is_closing(self):
+        return self.closing
 
-    loop = _FakeLoop()
-    naps = _Naps(loop, 0.0, window_ns=1000 * 1000)
-    naps.read(10 * MS)  # after a quiet spell: no nap
-    assert loop.soon == []
-    naps.read(int(10.5 * MS))  # 0.5 ms later: nap before the next poll
-    naps.read(int(10.6 * MS))  # another connection in the same iteration: still one nap
-    assert len(loop.soon) == 1
-    loop.soon.pop()()  # the nap ran
-    naps.read(int(10.7 * MS))
-    assert len(loop.soon) == 1
-    loop.soon.pop()()
-    naps.read(13 * MS)  # 2.3 ms later: quiet again, no nap
-    assert loop.soon == []
+    def close(self):
+        self.closing = True
 
 
-@pytest.mark.parametrize("nap_us", [0, 300])
-def test_fast_client_with_and_without_naps_gets_every_byte(nap_us):
-    """A fast stream read with or without naps between reads: every byte and event is there,
-    stamps in order (how many reads it takes depends on the machine: not asserted)."""
+def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
+    """A connection pauses after a read that came within pace_ms of the one before (PACE_AFTER
+    short gaps in a row): never after a first chunk, a chunk after a quiet spell or the
+    response's last read; a pause's own length is not counted as a quiet spell; a new request
+    reads at once."""
+    from llm_almanac import fasthttp
+
+    assert fasthttp.PACE_AFTER == 1
+    now = [0]
+    monkeypatch.setattr(fasthttp, "_now", lambda: now[0])
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+
+    async def go():
+        conn = fasthttp._Conn(pace_ms=1.0)
+        t = _FakeTransport()
+        conn.connection_made(t)
+        conn.raw = []
+
+        def read(at_ms, data=b"5\r\ndata1\r\n"):
+            now[0] = int(at_ms * MS)
+            conn.data_received(data)
+            return t.log[-1:] == ["pause"] and t.log.pop() == "pause"
+
+        def resume(at_ms):
+            now[0] = int(at_ms * MS)
+            assert conn.resume is not None
+            conn.resume.cancel()
+            conn._resume()
+            assert t.log.pop() == "resume"
+
+        assert not read(10, head)  # a first read
+        assert read(10.2)  # 0.2 ms later: held back
+        resume(11.2)
+        assert read(11.25)  # right after the pause: still fast, held again
+        resume(12.25)
+        assert not read(15)  # 2.75 ms after the pause ended: a quiet spell
+        assert not read(15.3, b"0\r\n\r\n")  # the response ended: no pause after its last read
+        assert conn.paused_reads == 2 and t.log == []
+        assert [c for _, c in conn.raw] == [b"data1"] * 3
+        conn.unpause()  # a new request on the connection: counters reset
+        assert not read(20, head + b"5\r\ndata1\r\n")
+        assert [read(30), read(40)] == [False, False]  # tokens 10 ms apart: each on arrival
+        assert read(40.1)  # the usage chunk right behind the last token
+        conn.unpause()  # a pending pause is lifted at once
+        assert t.log == ["resume"] and conn.resume is None
+        assert [ts for ts, _ in conn.raw[-3:]] == [int(x * MS) for x in (30, 40, 40.1)]
+
+        off = fasthttp._Conn(pace_ms=0)
+        off.connection_made(t2 := _FakeTransport())
+        off.raw = []
+        for i in range(10):
+            now[0] = int((50 + 0.01 * i) * MS)
+            off.data_received(head if i == 0 else b"1\r\na\r\n")
+        assert t2.log == [] and off.paused_reads == 0 and len(off.raw) == 9
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("pace_ms", [0, 1])
+def test_fast_client_with_and_without_pacing_gets_every_byte(pace_ms):
+    """A fast stream read with or without pacing: every byte and event is there, stamps in order;
+    with pacing the client held its reads back (how many reads it takes depends on the machine:
+    not asserted), without it never."""
     sim = SimThread(SimConfig(tokens_per_chunk=1))
     try:
         async def go():
-            async with StreamingClient(sim.url, nap_us=nap_us) as c:
+            async with StreamingClient(sim.url, pace_ms=pace_ms) as c:
                 out = []
                 for i in range(3):
                     raw = []
-                    body = orjson.dumps({"prompt": f"p{i} a b", "max_tokens": 200, "stream": True})
+                    body = orjson.dumps({"prompt": f"p{i} a b", "max_tokens": 2000, "stream": True})
                     assert await c.post("/v1/completions", body, raw) == 200
                     out.append(raw)
-                return out
+                return out, sum(conn.paused_reads for conn in c._all)
 
-        for raw in asyncio.run(go()):
+        responses, paused = asyncio.run(go())
+        for raw in responses:
             stamps = [ts for ts, _ in raw]
             assert stamps == sorted(stamps)
             token_ns, usage, done, err = parse_stream(raw)
-            assert len(token_ns) == 200 and usage["completion_tokens"] == 200 and done and err is None
+            assert len(token_ns) == 2000 and usage["completion_tokens"] == 2000 and done and err is None
+        assert (paused > 0) == (pace_ms > 0)
     finally:
         sim.close()
+
+
+def test_pacing_is_a_setting_that_reaches_the_client_and_is_checked():
+    with pytest.raises(ValueError, match="pace_ms must be >= 0"):
+        StreamingClient("http://127.0.0.1:9", pace_ms=-1)
+    gen = LoadGenerator("http://127.0.0.1:9", "m", 4, 4, str, read_pacing_ms=0.5)
+    assert gen.client().pace_ms == 0.5
+    assert LoadGenerator("http://127.0.0.1:9", "m", 4, 4, str).client().pace_ms == 1.0
 
 
 def test_sim_interleave_makes_zero_delay_streams_take_turns():

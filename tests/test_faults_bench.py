@@ -59,6 +59,8 @@ BAD = {
     "warmup-negative": (["--warmup-requests", "-1"], "almanac bench: --warmup-requests -1: must be at least 0"),
     "timeout-0": (["--request-timeout", "0"], "almanac bench: --request-timeout 0.0: must be greater than 0"),
     "cap-0": (["--max-response-bytes", "0"], "almanac bench: --max-response-bytes 0: must be at least 1"),
+    "pacing-negative": (["--read-pacing-ms", "-1"], "almanac bench: --read-pacing-ms -1.0: must be at least 0"),
+    "pacing-too-long": (["--read-pacing-ms", "500"], "almanac bench: --read-pacing-ms 500.0: must be at most 100"),
     "sweep-without-anchors": (["--phases", "burst,sweep"], "the sweep needs both anchors"),
     "unknown-phase": (["--phases", "sequentail"], "unknown phases ['sequentail']"),
     "bad-url": (["--base-url", "localhost:8000"], "almanac bench: --base-url localhost:8000: not an http(s) URL"),

@@ -258,6 +258,7 @@ def measure(ci: CellInputs, info: dict[str, Any], store: Checkpoint, server_log:
             request_timeout_s=float(bench["request_timeout_s"]),
             keepalive=adapter.client_keepalive, transport=bench["transport"],
             max_response_bytes=int(bench["max_response_bytes"]),
+            read_pacing_ms=float(bench["read_pacing_ms"]),
         )
         gen.skip_ids_to(store.max_request_id() + 1)
         check = liveness_check(server, server_log)

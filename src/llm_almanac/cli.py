@@ -90,6 +90,7 @@ BENCH_OPTIONS = {
     "sweep_rates": "--sweep-rates", "sweep_duration_s": "--sweep-duration", "arrival": "--arrival",
     "request_timeout_s": "--request-timeout", "endpoint": "--endpoint", "seed": "--seed",
     "transport": "--transport", "max_response_bytes": "--max-response-bytes",
+    "read_pacing_ms": "--read-pacing-ms",
 }
 
 
@@ -170,7 +171,7 @@ def cmd_bench(a: argparse.Namespace) -> int:
         _check_tokenize(a, base, model, prompts)
     gen = LoadGenerator(base, model, a.isl, a.osl, prompts.make, endpoint=a.endpoint,
                         extras=extras, request_timeout_s=a.request_timeout, transport=a.transport,
-                        max_response_bytes=cfg["max_response_bytes"])
+                        max_response_bytes=cfg["max_response_bytes"], read_pacing_ms=cfg["read_pacing_ms"])
     gen.skip_ids_to(store.max_request_id() + 1)  # prompts stay unique across resumes
     names = enginemetrics.names_for(a.engine_metrics) if a.engine_metrics else None
     scraper = enginemetrics.Scraper(base, names) if names else None
@@ -685,6 +686,10 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="request/response shape of that /tokenize")
     b.add_argument("--transport", choices=choices("bench", "transport"), default=BENCH_DEFAULTS["transport"],
                    help="HTTP client: fast (asyncio + llhttp, plain http) or httpx (also https)")
+    b.add_argument("--read-pacing-ms", type=float, default=BENCH_DEFAULTS["read_pacing_ms"],
+                   help="fast transport: a connection that reads twice within this many ms stops reading "
+                        "for as long (the server is not made to wake the client per chunk; such chunks are "
+                        "stamped up to this late, a first token never); 0 = read at once")
     b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
                    help="scrape this engine's Prometheus metrics around and during each phase "
                         "(writes engine_metrics.parquet; adds the engine columns to phases) (default: off)")

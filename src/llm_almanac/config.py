@@ -81,6 +81,8 @@ def _bench_message(err: jsonschema.ValidationError) -> str:
         return f"must be at least {err.validator_value}"
     if err.validator == "exclusiveMinimum":
         return f"must be greater than {err.validator_value}"
+    if err.validator == "maximum":
+        return f"must be at most {err.validator_value}"
     return err.message
 
 

@@ -11,10 +11,17 @@ The timestamp is taken first thing in `data_received`, before any parsing, so th
 can never delay it. Connections are pooled per client (keep-alive, idle expiry like httpx's)
 and are reused only after a complete response whose server allowed keep-alive.
 
-Optionally (`nap_us`, off by default), while responses stream fast, the client reads in batches
-(`_Naps`): a reader that always waits in epoll makes every server write wake it, and the server
-pays for each wake-up; a short sleep between polls lets writes queue and leave in one read. It
-did not pay off where measured (docs/methodology.md, "What reading costs the server").
+Read pacing (`pace_ms`, 1 ms by default): a connection that reads twice within `pace_ms` stops
+reading for `pace_ms` after the second read, and again after each read while the stream stays
+that fast, so its chunks queue in the kernel and come in one read. A reader that always waits in
+epoll makes every server write wake it, and an emptied socket makes the kernel acknowledge and
+send smaller segments: the server pays for both, per chunk, and a one-process HTTP front end
+delivers fewer chunks per second for it (docs/methodology.md, "What reading costs the server").
+A first chunk and any chunk after a quiet spell (every token of a stream at an engine's pace,
+the last one included) are stamped on arrival; a chunk that arrives during a pause (a usage
+chunk or [DONE] right behind the last token, or any chunk of a stream faster than one per
+`pace_ms`) is stamped when the pause ends, late by at most the pause plus the event loop's timer
+granularity (1 ms on uvloop).
 """
 
 from __future__ import annotations
@@ -27,14 +34,14 @@ import httptools
 
 _now = time.perf_counter_ns
 
-# Read batching (see _Naps): nap this long after a read that followed the previous one within
-# the window (time.sleep adds the kernel's timer slack, ~50-60 us here). Off (0) by default:
-# measured with benchmarks/read_naps.py on 2026-11-30, 50 us naps cut the kernel blocks per chunk
-# 5-10x but did not lower the server's CPU per chunk, and cost 12-22 % of chunks/s
-# (docs/methodology.md, "What reading costs the server"). Kept as an option to re-measure on a
-# quiet machine and with real engine front ends.
-NAP_US = 0.0
-NAP_WINDOW_US = 1000.0
+# Read pacing (see the module's docstring and _Conn.data_received): the default chosen with
+# benchmarks/read_pacing.py and client_ceiling.py (docs/methodology.md, "What reading costs the
+# server"). 0 turns it off: every read as soon as the data arrives.
+PACE_MS = 1.0
+# ... once this many gaps in a row were shorter than pace_ms. 1 measured best for the server
+# (benchmarks/read_pacing.py cost --extra 'after3={"pace_ms":1,"pace_after":3}': at concurrency
+# 64 the server spent 4.95 us per chunk with 3 against 4.34 with 1 and 4.10 with the aiohttp loop)
+PACE_AFTER = 1
 
 
 class HTTPError(Exception):
@@ -45,42 +52,19 @@ class ResponseTooLarge(HTTPError):
     """The response's body went over the caller's cap (`post(max_bytes=)`): cut, connection closed."""
 
 
-class _Naps:
-    """Reads in batches while responses stream fast: after a read that came less than
-    `window_ns` after the previous one, the event loop sleeps `nap_s` (once per loop iteration,
-    however many connections read) before it polls again.
-
-    A sleeping client is not waiting in epoll, so the server's writes in the meantime queue up
-    without waking it; the next poll returns them all and each connection takes its backlog in
-    one read. A client that always waits makes every server write wake it instead: the server
-    pays a wake-up per chunk (see docs/methodology.md for the figures). A read that comes after
-    a quiet spell (a first token, tokens far apart) finds no nap in its way and is stamped on
-    arrival; a read during a nap is stamped when the nap ends, at most `nap_s` late."""
-
-    __slots__ = ("loop", "nap_s", "window_ns", "last", "pending")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, nap_s: float, window_ns: int) -> None:
-        self.loop, self.nap_s, self.window_ns = loop, nap_s, window_ns
-        self.last = 0
-        self.pending = False
-
-    def read(self, ts: int) -> None:
-        if ts - self.last < self.window_ns and not self.pending:
-            self.pending = True
-            self.loop.call_soon(self._nap)
-        self.last = ts
-
-    def _nap(self) -> None:
-        self.pending = False
-        time.sleep(self.nap_s)
-
-
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
-                 "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes", "naps")
+                 "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes", "pace_s",
+                 "pace_ns", "last_read", "close", "held_ns", "complete", "resume", "paused_reads")
 
-    def __init__(self, naps: _Naps | None = None) -> None:
-        self.naps = naps
+    def __init__(self, pace_ms: float = 0.0) -> None:
+        self.pace_s, self.pace_ns = pace_ms / 1e3, int(pace_ms * 1e6)
+        self.last_read = 0
+        self.close = 0  # gaps in a row between reads shorter than pace_ns
+        self.held_ns = 0  # how long the pause before this read held it back
+        self.complete = False  # the current response has ended: no pause after its last read
+        self.resume: asyncio.TimerHandle | None = None
+        self.paused_reads = 0  # pauses so far (each delays the next read's stamp)
         # set by connection_made, which create_connection calls before it returns the protocol
         self.transport: asyncio.Transport
         self.parser = httptools.HttpResponseParser(self)
@@ -108,11 +92,35 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(HTTPError(f"unparsable HTTP response: {exc}"))
             self.transport.close()
-        if self.naps is not None:
-            self.naps.read(ts)
+        if self.pace_ns:  # pacing (module docstring); a pause's own length is not a quiet spell
+            gap = ts - self.last_read - self.held_ns
+            self.close = self.close + 1 if gap < self.pace_ns else 0
+            self.held_ns = 0
+            if self.close >= PACE_AFTER and not self.complete and not self.transport.is_closing():
+                self.transport.pause_reading()
+                self.paused_reads += 1
+                self.resume = asyncio.get_running_loop().call_later(self.pace_s, self._resume)
+        self.last_read = ts
+
+    def _resume(self) -> None:
+        self.resume = None
+        self.held_ns = _now() - self.last_read
+        if not self.transport.is_closing():
+            self.transport.resume_reading()
+
+    def unpause(self) -> None:
+        """Read again now (a new request on this connection: its first chunk is never held)."""
+        if self.resume is not None:
+            self.resume.cancel()
+            self._resume()
+        self.last_read = self.close = self.held_ns = 0
+        self.complete = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
+        if self.resume is not None:
+            self.resume.cancel()
+            self.resume = None
         self._fail(HTTPError("connection closed by the server before the response ended"
                              + (f" ({exc})" if exc else "")))
 
@@ -130,6 +138,7 @@ class _Conn(asyncio.Protocol):
                 self.transport.close()
 
     def on_message_complete(self) -> None:
+        self.complete = True
         w = self.waiter
         if w is not None and not w.done():
             w.set_result(None)
@@ -147,8 +156,7 @@ class StreamingClient:
     """
 
     def __init__(self, base_url: str, keepalive: bool = True, keepalive_expiry_s: float = 2.0,
-                 connect_timeout_s: float = 30.0, nap_us: float = NAP_US,
-                 nap_window_us: float = NAP_WINDOW_US) -> None:
+                 connect_timeout_s: float = 30.0, pace_ms: float = PACE_MS) -> None:
         u = urlsplit(base_url)
         if u.scheme != "http":
             raise ValueError(f"the fast client speaks plain http only, not {u.scheme!r}: {base_url}")
@@ -158,8 +166,9 @@ class StreamingClient:
         self.keepalive = keepalive
         self.expiry_ns = int(keepalive_expiry_s * 1e9)
         self.connect_timeout_s = connect_timeout_s
-        self.nap_us, self.nap_window_us = nap_us, nap_window_us
-        self._naps: _Naps | None = None
+        if not pace_ms >= 0:
+            raise ValueError(f"pace_ms must be >= 0, not {pace_ms!r}")
+        self.pace_ms = pace_ms
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         host_hdr = self.host if self.port == 80 else f"{self.host}:{self.port}"
@@ -183,11 +192,9 @@ class StreamingClient:
 
     async def _connect(self) -> _Conn:
         loop = asyncio.get_running_loop()
-        if self._naps is None and self.nap_us > 0:
-            self._naps = _Naps(loop, self.nap_us / 1e6, int(self.nap_window_us * 1e3))
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Conn(self._naps), self.host, self.port)
+                _, conn = await loop.create_connection(lambda: _Conn(self.pace_ms), self.host, self.port)
         except TimeoutError:
             raise HTTPError(f"connect to {self.host}:{self.port} timed out after "
                             f"{self.connect_timeout_s:g} s") from None
@@ -233,6 +240,7 @@ class StreamingClient:
             conn.raw = raw
             conn.max_bytes, conn.n_bytes = max_bytes, 0
             conn.received = False
+            conn.unpause()
             if on_send is not None:
                 on_send()
             conn.transport.write(data)

@@ -33,7 +33,7 @@ from typing import Any, Protocol
 import httpx
 import orjson
 
-from .fasthttp import HTTPError, ResponseTooLarge, StreamingClient
+from .fasthttp import PACE_MS, HTTPError, ResponseTooLarge, StreamingClient
 from .metrics import request_outcome, request_timing
 from .stream import parse_stream
 
@@ -225,6 +225,7 @@ class LoadGenerator:
         keepalive: bool = True,
         transport: str = "fast",
         max_response_bytes: int | None = None,
+        read_pacing_ms: float = PACE_MS,
     ) -> None:
         if endpoint not in ENDPOINTS:
             raise ValueError(f"endpoint must be one of {sorted(ENDPOINTS)}, not {endpoint!r}")
@@ -242,6 +243,7 @@ class LoadGenerator:
         self.keepalive = keepalive
         # a response over this is cut and failed: memory per request stays bounded (None: no cap)
         self.max_response_bytes = max_response_bytes or 0
+        self.read_pacing_ms = read_pacing_ms
         self._ids = itertools.count()
         self.t0_ns = time.perf_counter_ns()
         self.warmed = False
@@ -276,7 +278,8 @@ class LoadGenerator:
 
     def client(self) -> httpx.AsyncClient | StreamingClient:
         if self.transport == "fast":
-            return StreamingClient(self.base_url, keepalive=self.keepalive, keepalive_expiry_s=2.0)
+            return StreamingClient(self.base_url, keepalive=self.keepalive, keepalive_expiry_s=2.0,
+                                   pace_ms=self.read_pacing_ms)
         # Idle pooled connections are dropped after 2 s, well before servers drop them (5 s is
         # common), so a request never races the server closing its connection. With
         # keepalive=False every request gets a new connection (for servers that close
