@@ -111,6 +111,7 @@ class ClientRun:
     machine_samples: list[tuple[int, float]] = field(default_factory=list)  # all CPUs' busy seconds
     sleep_samples: list[tuple[int, float]] = field(default_factory=list)  # the tree's voluntary switches
     waited_s: float = 0.0  # waited for the machine to be quiet before starting
+    sampled: bool = True  # False: no sampler ran (sample_ms=0); server CPU is the whole run's
 
     def sleeps(self, t0_ns: int, t1_ns: int) -> float | None:
         """How often the client's processes blocked (voluntary context switches) between two
@@ -130,9 +131,13 @@ class ClientRun:
         return max(busy - mine - srv, 0.0) / ((t1_ns - t0_ns) / 1e9)
 
     def server_cpu(self, t0_ns: int, t1_ns: int) -> float | None:
-        """The simulator's CPU seconds between two instants (interpolated), if it was sampled."""
+        """The simulator's CPU seconds between two instants (interpolated), if it was sampled.
+        Without a sampler: the simulator's CPU over the client's whole run (it idles while the
+        client starts and after it is done, apart from accepting and closing connections)."""
         if len(self.server_samples) < 2:
             return None
+        if not self.sampled:
+            return self.server_samples[-1][1] - self.server_samples[0][1]
         return _interp(self.server_samples, t1_ns) - _interp(self.server_samples, t0_ns)
 
     def cpu_since(self, t_ns: int) -> float:
@@ -174,7 +179,12 @@ def wait_quiet(max_wait_s: float, max_busy_cores: float = 0.3) -> float:
 
 
 def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd: Path | None = None,
-               timeout_s: float = 900, server_pid: int | None = None, quiet_wait_s: float = 0.0) -> ClientRun:
+               timeout_s: float = 900, server_pid: int | None = None, quiet_wait_s: float = 0.0,
+               sample_ms: float = 10.0) -> ClientRun:
+    """Run one client to its end, sampling its process tree's CPU (and the server's, and the
+    machine's) every `sample_ms`. The sampler is other work on the machine: on 2 cores it changed
+    what the server spent per chunk serving the aiohttp loop by up to 25 % (docs/methodology.md);
+    `sample_ms=0` runs none and reads the server's CPU once before and once after the client."""
     waited = wait_quiet(quiet_wait_s) if quiet_wait_s > 0 else 0.0
     log(f"{name}: {' '.join(cmd)}" + (f" (after waiting {waited:.0f} s for a quiet machine)" if waited >= 1.5 else ""))
     r0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -188,9 +198,11 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
     sleeps: list[tuple[int, float]] = []
     server = psutil.Process(server_pid) if server_pid else None
     stop = threading.Event()
+    if server is not None and not sample_ms:
+        server_samples.append((time.perf_counter_ns(), _tree_cpu(server)))
 
     def sample() -> None:
-        while not stop.wait(0.01):
+        while not stop.wait(sample_ms / 1e3):
             now = time.perf_counter_ns()
             machine.append((now, _machine_busy_s()))
             if server is not None:
@@ -204,7 +216,8 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
                 return
 
     th = threading.Thread(target=sample, daemon=True)
-    th.start()
+    if sample_ms:
+        th.start()
     try:
         out, _ = proc.communicate(timeout=timeout_s)
     except BaseException:
@@ -213,17 +226,22 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
         raise
     finally:
         stop.set()
-        th.join()
+        if sample_ms:
+            th.join()
+    if server is not None and not sample_ms:
+        server_samples.append((time.perf_counter_ns(), _tree_cpu(server)))
     wall = time.perf_counter() - t0
     r1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)
     if proc.returncode != 0:
         log(f"{name} exited {proc.returncode}; last output:\n{out[-3000:]}")
-    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples, machine, sleeps, waited)
+    return ClientRun(name, proc.returncode, wall, cpu, samples, out, server_samples, machine, sleeps, waited,
+                     sampled=bool(sample_ms))
 
 
 def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, ...]], clients: list[str], builders,
-               measure, sample_server: bool = False, quiet_wait_s: float = 0.0) -> list[dict]:
+               measure, sample_server: bool = False, quiet_wait_s: float = 0.0,
+               sample_ms: float = 10.0) -> list[dict]:
     """Every client at every (concurrency, requests[, repeat]) of `plan`, one after the other,
     against `sim`; `measure(name, conc, out_dir, run, sim_records)` makes a row (it gets a
     "rep" key). Repeat r starts the client order r places later, so that no client always
@@ -238,7 +256,7 @@ def run_matrix(sim: Sim, work: Path, plan: list[tuple[int, ...]], clients: list[
                 out.mkdir(exist_ok=True)
                 cmd, env = builders[name](sim.url, out, n, conc)
                 run = run_client(name, cmd, env, server_pid=sim.proc.pid if sample_server else None,
-                                 quiet_wait_s=quiet_wait_s)
+                                 quiet_wait_s=quiet_wait_s, sample_ms=sample_ms)
                 recs = sim.new_records()
                 if run.rc != 0 or not recs:
                     why = f"exit {run.rc}" if run.rc else "no request reached the simulator"
@@ -314,10 +332,10 @@ def aiohttp_python() -> Path:
 
 
 def almanac_cmd(url: str, out: Path, isl: int, osl: int, n: int, conc: int, transport: str = "fast",
-                phase: str = "burst") -> list[str]:
+                phase: str = "burst", extra: tuple[str, ...] = ()) -> list[str]:
     cmd = [str(Path(PY).parent / "almanac"), "bench", "--base-url", url, "--model", "sim",
            "--tokenizer", str(tokenizer_dir()), "--isl", str(isl), "--osl", str(osl),
-           "--warmup-requests", "0", "--transport", transport, "--out", str(out)]
+           "--warmup-requests", "0", "--transport", transport, "--out", str(out), *extra]
     if phase == "sequential":
         return cmd + ["--phases", "sequential", "--sequential-requests", str(n)]
     return cmd + ["--phases", "burst", "--burst-requests", str(n), "--max-concurrency", str(conc)]

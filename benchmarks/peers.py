@@ -25,10 +25,10 @@ def builders(tok: Path, isl: int, osl: int):
     """name -> f(url, out_dir, n_requests, concurrency) -> (argv, extra env)."""
     offline = {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
 
-    def almanac(transport: str):
+    def almanac(transport: str, *extra: str):
         def build(url, out, n, conc):
             phase = "sequential" if conc == 1 else "burst"
-            return h.almanac_cmd(url, out, isl, osl, n, conc, transport, phase), {}
+            return h.almanac_cmd(url, out, isl, osl, n, conc, transport, phase, extra), {}
         return build
 
     def vllm(url, out, n, conc):
@@ -56,8 +56,17 @@ def builders(tok: Path, isl: int, osl: int):
         return [str(h.aiohttp_python()), str(h.ROOT / "benchmarks/aiohttp_loop.py"), url, str(out),
                 str(n), str(conc), str(osl)], {}
 
-    return {"almanac": almanac("fast"), "almanac-httpx": almanac("httpx"),
-            "vllm": vllm, "guidellm": guidellm, "aiohttp": aiohttp}
+    class Builders(dict):
+        """`almanac-pace<MS>` (e.g. almanac-pace2): the fast transport with --read-pacing-ms MS."""
+
+        def __missing__(self, name: str):
+            if not name.startswith("almanac-pace"):
+                raise KeyError(name)
+            return almanac("fast", "--read-pacing-ms", name.removeprefix("almanac-pace"))
+
+    return Builders({"almanac": almanac("fast"), "almanac-httpx": almanac("httpx"),
+                     "almanac-unpaced": almanac("fast", "--read-pacing-ms", "0"),
+                     "vllm": vllm, "guidellm": guidellm, "aiohttp": aiohttp})
 
 
 def sha1(text: str) -> str:

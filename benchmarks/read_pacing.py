@@ -1,24 +1,27 @@
-"""Where does a server's CPU per chunk go when our client reads, and what does batching reads cost
+"""Where does a server's CPU per chunk go when our client reads, and what does pacing reads cost
 in timestamp precision?
 
-    .venv/bin/python benchmarks/read_naps.py cost      [--naps 0 25 50 100 200] [--extra ...]
-    .venv/bin/python benchmarks/read_naps.py precision [--naps 0 25 50 100 200]
+    .venv/bin/python benchmarks/read_pacing.py cost      [--pace-ms 0 1] [--extra ...] [--interleave]
+    .venv/bin/python benchmarks/read_pacing.py precision [--pace-ms 0 1]
 
 Our fast transport (`llm_almanac.fasthttp.StreamingClient`) runs in a subprocess with one read
-strategy at a time, against the simulator with one process (`--uvloop`, 1 token per chunk):
+pacing at a time (`pace_ms`: a connection that reads twice within it stops reading for it),
+against the simulator with one process (`--uvloop`, 1 token per chunk):
 
 - `cost`: zero delay, 256 tokens, concurrency 64 and 256. Per run: chunks/s and the server's
   CPU per chunk (from the simulator's log and process, as client_ceiling.py takes them), the
   client's CPU per chunk, reads per chunk, how often the client blocked in the kernel (voluntary
-  context switches, naps excluded) and system-wide rescheduling IPIs and TCP segments per chunk
-  (/proc; other load on the machine adds to them). The plain aiohttp loop runs beside as the
-  reference.
-- `precision`: TTFT 50 ms and 10 ms per token, 64 tokens, concurrency 1 and 64. Per chunk, the
-  lateness of our stamp behind the simulator's own log of the write (mean, p99, max), and the
-  TTFT error as timing_truth.py computes it.
+  context switches) and system-wide rescheduling IPIs and TCP segments per chunk (/proc; other
+  load on the machine adds to them). The plain aiohttp loop runs beside as the reference.
+- `precision`: per chunk, the lateness of our stamp behind the simulator's own log of the write
+  (mean, p99, max), the TTFT error as timing_truth.py computes it and the TPOT error, at
+  concurrency 1 and 64, for two streams: an engine's pace (TTFT 50 ms, 10 ms per token, 64
+  tokens; pacing never holds a read back) and a fast one (TTFT 5 ms, 0.1 ms per token, 64
+  tokens; pacing holds reads back, and this is where its price shows).
 
 `--extra` adds variants as name=JSON, e.g. `quickack0={"quickack":0}`, `asyncio={"loop":"asyncio"}`,
-`rcvbuf4k={"rcvbuf":4096}`, `lowat={"rcvlowat":1024}` (socket options set on connect).
+`rcvbuf4k={"rcvbuf":4096}` (socket options set on connect), `after1={"pace_ms":1,"pace_after":1}`
+(pacing once a single gap was short); `pace_ms` defaults to the client's.
 Variants run interleaved, `--repeats` times; compare rows of one run only.
 """
 
@@ -36,22 +39,13 @@ import harness as h
 
 
 # -- the client side (a subprocess) ------------------------------------------------------------
-def _instrument(opts: dict) -> tuple[list[int], list[int]]:
-    """Patch the fast transport for one run: count naps and reads, set the socket options asked
-    for on connect. Returns the (naps, reads) counters."""
+def _instrument(opts: dict) -> list[int]:
+    """Patch the fast transport for one run: count reads, set the socket options asked for on
+    connect. Returns the reads counter."""
     import socket
 
     from llm_almanac import fasthttp
 
-    naps = [0]
-    if "nap_us" in opts:  # count the naps (to tell them from blocking in epoll)
-        orig_nap = fasthttp._Naps._nap
-
-        def counted(self):
-            naps[0] += 1
-            orig_nap(self)
-
-        fasthttp._Naps._nap = counted
     sockopts = [
         (socket.SOL_SOCKET, socket.SO_RCVBUF, opts.get("rcvbuf")),
         (socket.SOL_SOCKET, socket.SO_RCVLOWAT, opts.get("rcvlowat")),
@@ -76,7 +70,7 @@ def _instrument(opts: dict) -> tuple[list[int], list[int]]:
         reads[0] += 1
 
     fasthttp._Conn.data_received = data_received
-    return naps, reads
+    return reads
 
 
 def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None:
@@ -86,13 +80,14 @@ def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None
     from llm_almanac import fasthttp
     from llm_almanac.loadgen import parse_stream
 
-    naps, reads = _instrument(opts)
+    reads = _instrument(opts)
+    if "pace_after" in opts:
+        fasthttp.PACE_AFTER = opts["pace_after"]
     results: dict[str, list[int]] = {}
 
     async def main() -> None:
         sem = asyncio.Semaphore(conc)
-        kw = {k: opts[k] for k in ("nap_us", "nap_window_us") if k in opts}
-        async with fasthttp.StreamingClient(url, **kw) as c:
+        async with fasthttp.StreamingClient(url, pace_ms=opts.get("pace_ms", fasthttp.PACE_MS)) as c:
 
             async def one(i: int) -> None:
                 body = json.dumps(
@@ -127,7 +122,7 @@ def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None
         asyncio.run(main())
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     (out / "result.json").write_text(
-        json.dumps({"reads": reads[0], "naps": naps[0], "vcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "stamps": results})
+        json.dumps({"reads": reads[0], "vcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "stamps": results})
     )
 
 
@@ -162,38 +157,39 @@ def run(
     quiet_wait_s: float = 0.0,
 ) -> list[dict]:
     if mode == "cost":
-        sim_args, osl, plan = (
-            ["--prompt-tokens", "128"] + ["--interleave"] * interleave,
-            256,
-            [(64, n or 1024), (256, n or 1024)],
-        )
+        streams = {"zero-delay": ["--prompt-tokens", "128"] + ["--interleave"] * interleave}
+        osl, plan = 256, [(64, n or 1024), (256, n or 1024)]
     else:
-        sim_args, osl, plan = (
-            ["--prompt-tokens", "128", "--ttft-ms", "50", "--tpot-ms", "10"],
-            64,
-            [(1, n or 30), (64, n or 256)],
-        )
-    sim = h.Sim(work, *sim_args)
+        streams = {
+            "engine": ["--prompt-tokens", "128", "--ttft-ms", "50", "--tpot-ms", "10"],
+            "fast": ["--prompt-tokens", "128", "--ttft-ms", "5", "--tpot-ms", "0.1"],
+        }
+        osl, plan = 64, [(1, n or 30), (64, n or 256)]
     rows = []
     names = list(variants)
-    try:
-        for rep in range(repeats):
-            for conc, nreq in plan:
-                k = rep % len(names)
-                for name in names[k:] + names[:k]:
-                    out = work / f"{name}-c{conc}-r{rep}"
-                    out.mkdir(parents=True, exist_ok=True)
-                    cmd = _command(name, variants[name], sim.url, out, nreq, conc, osl)
-                    c0 = _proc_counters()
-                    r = h.run_client(name, cmd, server_pid=sim.proc.pid, quiet_wait_s=quiet_wait_s)
-                    c1 = _proc_counters()
-                    recs = sim.new_records()
-                    if r.rc != 0:
-                        rows.append({"client": name, "conc": conc, "rep": rep, "error": f"exit {r.rc}"})
-                        continue
-                    rows.append({"rep": rep, **measure(mode, name, conc, out, r, recs, c0, c1)})
-    finally:
-        sim.stop()
+    for stream, sim_args in streams.items():
+        d = work / stream
+        d.mkdir(parents=True, exist_ok=True)
+        sim = h.Sim(d, *sim_args)
+        try:
+            for rep in range(repeats):
+                for conc, nreq in plan:
+                    k = rep % len(names)
+                    for name in names[k:] + names[:k]:
+                        out = d / f"{name}-c{conc}-r{rep}"
+                        out.mkdir(parents=True, exist_ok=True)
+                        cmd = _command(name, variants[name], sim.url, out, nreq, conc, osl)
+                        c0 = _proc_counters()
+                        r = h.run_client(name, cmd, server_pid=sim.proc.pid, quiet_wait_s=quiet_wait_s)
+                        c1 = _proc_counters()
+                        recs = sim.new_records()
+                        base = {"stream": stream, "client": name, "conc": conc, "rep": rep}
+                        if r.rc != 0:
+                            rows.append({**base, "error": f"exit {r.rc}"})
+                            continue
+                        rows.append({**base, **measure(mode, name, conc, out, r, recs, c0, c1)})
+        finally:
+            sim.stop()
     return rows
 
 
@@ -213,17 +209,16 @@ def measure(mode, name, conc, out, r, recs, c0, c1) -> dict:
     }
     sleeps = r.sleeps(start, end)
     res = out / "result.json"
-    if sleeps is not None:  # blocked in the kernel, naps not counted (for ours: see below)
+    if sleeps is not None:  # blocked in the kernel
         row["blocks_per_chunk"] = sleeps / chunks
     if res.exists():
         d = json.loads(res.read_text())
         row |= {
             "reads_per_chunk": d["reads"] / chunks,
-            "naps_per_chunk": d["naps"] / chunks,
-            "blocks_per_chunk": ((sleeps if sleeps is not None else d["vcsw"]) - d["naps"]) / chunks,
+            "blocks_per_chunk": (sleeps if sleeps is not None else d["vcsw"]) / chunks,
         }
         if mode == "precision":
-            late, ttft_err = [], []
+            late, ttft_err, tpot_err = [], [], []
             for x in recs:
                 got = d["stamps"].get(x["x_request_id"])
                 if not got or len(got) - 1 != len(x["event_ns"]):
@@ -231,11 +226,16 @@ def measure(mode, name, conc, out, r, recs, c0, c1) -> dict:
                 sent, *tok = got
                 late += [(a - b) / 1e3 for a, b in zip(tok, x["event_ns"])]
                 ttft_err.append(((tok[0] - sent) - (x["event_ns"][0] - x["arrived_ns"])) / 1e6)
+                ev = x["event_ns"]
+                if len(ev) > 1:
+                    tpot_err.append(((tok[-1] - tok[0]) - (ev[-1] - ev[0])) / (len(ev) - 1) / 1e6)
             row |= {
                 "late_mean_us": statistics.fmean(late),
                 "late_p99_us": h.percentile(late, 99),
                 "late_max_us": max(late),
                 "ttft_err_ms": statistics.fmean(ttft_err),
+                "tpot_err_ms": statistics.fmean(tpot_err),
+                "tpot_err_max_ms": max(abs(e) for e in tpot_err),
             }
     h.log(f"{name} c={conc}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
     return row
@@ -248,8 +248,7 @@ def main() -> int:
         return 0
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("mode", choices=("cost", "precision"))
-    ap.add_argument("--naps", type=float, nargs="+", default=[0, 25, 50, 100, 200])
-    ap.add_argument("--window-us", type=float, default=1000.0)
+    ap.add_argument("--pace-ms", type=float, nargs="+", default=[0, 1])
     ap.add_argument("--extra", nargs="*", default=[], help="name=JSON client options")
     ap.add_argument("--no-aiohttp", action="store_true")
     ap.add_argument(
@@ -262,11 +261,11 @@ def main() -> int:
     ap.add_argument("--quiet-wait", type=float, default=60.0, help="see client_ceiling.py")
     ap.add_argument("--workdir")
     a = ap.parse_args()
-    variants = {f"nap{x:g}": {"nap_us": x, "nap_window_us": a.window_us} for x in a.naps}
+    variants = {f"pace{x:g}": {"pace_ms": x} for x in a.pace_ms}
     variants |= {k: json.loads(v) for k, v in (e.split("=", 1) for e in a.extra)}
     if not a.no_aiohttp:
         variants["aiohttp"] = {}
-    work = Path(a.workdir or tempfile.mkdtemp(prefix=f"read-naps-{a.mode}-"))
+    work = Path(a.workdir or tempfile.mkdtemp(prefix=f"read-pacing-{a.mode}-"))
     work.mkdir(parents=True, exist_ok=True)
     rows = run(a.mode, variants, a.repeats, a.requests, work, a.interleave, a.quiet_wait)
     cols = (
@@ -276,7 +275,6 @@ def main() -> int:
             ("client us", "client_us", 10, ".2f"),
             ("reads", "reads_per_chunk", 7, ".3f"),
             ("blocks", "blocks_per_chunk", 7, ".3f"),
-            ("naps", "naps_per_chunk", 7, ".3f"),
             ("IPIs", "ipi_per_chunk", 7, ".3f"),
             ("segs", "segs_per_chunk", 7, ".3f"),
             ("others", "others", 7, ".2f"),
@@ -287,8 +285,9 @@ def main() -> int:
             ("p99", "late_p99_us", 8, ".1f"),
             ("max", "late_max_us", 9, ".1f"),
             ("TTFT err ms", "ttft_err_ms", 12, "+.3f"),
+            ("TPOT err ms", "tpot_err_ms", 12, "+.4f"),
+            ("|max|", "tpot_err_max_ms", 7, ".4f"),
             ("reads", "reads_per_chunk", 7, ".3f"),
-            ("naps", "naps_per_chunk", 7, ".3f"),
             ("others", "others", 7, ".2f"),
         ]
     )
@@ -296,7 +295,8 @@ def main() -> int:
         for _, key, _, _ in cols:
             r.setdefault(key, None)
     h.print_table(
-        sorted(rows, key=lambda r: (r["conc"], r["client"], r["rep"])), [("rep", "rep", 4, "d"), *cols], note="   (per chunk)"
+        sorted(rows, key=lambda r: (r["stream"], r["conc"], r["client"], r["rep"])),
+        [("stream", "stream", 11, "s"), ("rep", "rep", 4, "d"), *cols], note="   (per chunk)"
     )
     return 0
 
