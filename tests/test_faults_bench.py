@@ -60,6 +60,7 @@ BAD = {
     "timeout-0": (["--request-timeout", "0"], "almanac bench: --request-timeout 0.0: must be greater than 0"),
     "cap-0": (["--max-response-bytes", "0"], "almanac bench: --max-response-bytes 0: must be at least 1"),
     "pacing-negative": (["--read-pacing-ms", "-1"], "almanac bench: --read-pacing-ms -1.0: must be at least 0"),
+    "pacing-nan": (["--read-pacing-ms", "nan"], "almanac bench: --read-pacing-ms nan: must be a finite number"),
     "pacing-too-long": (["--read-pacing-ms", "500"], "almanac bench: --read-pacing-ms 500.0: must be at most 100"),
     "sweep-without-anchors": (["--phases", "burst,sweep"], "the sweep needs both anchors"),
     "unknown-phase": (["--phases", "sequentail"], "unknown phases ['sequentail']"),
@@ -240,3 +241,24 @@ def test_bench_shows_the_failure_rate_beside_rps(tok, tmp_path):
     assert ph.select("phase", "n_ok", "n_failed", "fail_rate").rows() == [
         ("sequential", 2, 1, pytest.approx(1 / 3)), ("burst", 0, 6, 1.0)]
     assert "rps (ok only)" in stdout and "failed %" in stdout and "33%" in stdout and "100%" in stdout
+
+
+def test_read_pacing_reaches_the_client_and_is_recorded(server, tok, tmp_path, monkeypatch):
+    """--read-pacing-ms goes to every fast client of the run, and into the settings a rerun is
+    checked against (another pacing is another measurement)."""
+    from llm_almanac import loadgen
+
+    seen = []
+
+    class Recording(loadgen.StreamingClient):
+        def __init__(self, *a, **kw):
+            super().__init__(*a, **kw)
+            seen.append(self.pace_ms)
+
+    monkeypatch.setattr(loadgen, "StreamingClient", Recording)
+    out = tmp_path / "out"
+    rc, _, err = almanac(*bench(server.url, tok, out, "--read-pacing-ms", "3"))
+    assert rc == 0, err
+    assert seen and set(seen) == {3.0}
+    rc, _, err = almanac(*bench(server.url, tok, out, "--read-pacing-ms", "0"))
+    assert rc != 0 and "read_pacing_ms" in err, err

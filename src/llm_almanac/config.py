@@ -8,6 +8,7 @@ are the only place bench and analysis defaults are written down: code reads them
 from __future__ import annotations
 
 import functools
+import math
 import re
 from importlib.resources import files
 from pathlib import Path
@@ -92,8 +93,10 @@ def bench_problems(bench: dict[str, Any]) -> list[tuple[str, str]]:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(_schema(str(SCHEMA_PATH))["properties"]["bench"])
-    return [(".".join(map(str, e.absolute_path)), _bench_message(e))
-            for e in sorted(validator.iter_errors(bench), key=lambda e: list(map(str, e.absolute_path)))]
+    # NaN passes every minimum and maximum: name it here
+    nan = [(k, "must be a finite number") for k, v in bench.items() if isinstance(v, float) and not math.isfinite(v)]
+    return nan + [(".".join(map(str, e.absolute_path)), _bench_message(e))
+                  for e in sorted(validator.iter_errors(bench), key=lambda e: list(map(str, e.absolute_path)))]
 
 
 def _where(err: jsonschema.ValidationError) -> str:

@@ -11,22 +11,25 @@ The timestamp is taken first thing in `data_received`, before any parsing, so th
 can never delay it. Connections are pooled per client (keep-alive, idle expiry like httpx's)
 and are reused only after a complete response whose server allowed keep-alive.
 
-Read pacing (`pace_ms`, 1 ms by default): a connection that reads twice within `pace_ms` stops
-reading for `pace_ms` after the second read, and again after each read while the stream stays
-that fast, so its chunks queue in the kernel and come in one read. A reader that always waits in
-epoll makes every server write wake it, and an emptied socket makes the kernel acknowledge and
-send smaller segments: the server pays for both, per chunk, and a one-process HTTP front end
-delivers fewer chunks per second for it (docs/methodology.md, "What reading costs the server").
-A first chunk and any chunk after a quiet spell (every token of a stream at an engine's pace,
-the last one included) are stamped on arrival; a chunk that arrives during a pause (a usage
-chunk or [DONE] right behind the last token, or any chunk of a stream faster than one per
-`pace_ms`) is stamped when the pause ends, late by at most the pause plus the event loop's timer
-granularity (1 ms on uvloop).
+Read pacing (`pace_ms`, 1 ms by default): once a response has brought its first PACE_FROM_EVENT
+SSE events, a connection that reads within `pace_ms` of its previous read (or finds data waiting
+when a pause ends) stops reading for `pace_ms` after that read, so a fast stream's chunks queue
+in the kernel and come in one read. A reader that always waits in epoll makes every server write
+wake it, and an emptied socket makes the kernel acknowledge and send smaller segments: the
+server pays for both, per chunk, and a one-process HTTP front end delivers fewer chunks per
+second for it (docs/methodology.md, "What reading costs the server"). Never held: a response's
+first three events (a role chunk, an empty chunk and the first token may come within a
+millisecond: TTFT is on arrival), and any chunk more than 2 ms after its connection's previous
+read (every token of a stream at an engine's pace, the last one included). A chunk that arrives
+during a pause (the usage chunk or [DONE] right behind the last token, a chunk of a stream
+faster than one per `pace_ms`) is stamped when the pause ends, at most `pace_ms` rounded up to
+whole milliseconds (uvloop's timers) plus 1 ms late.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from urllib.parse import urlsplit
 
@@ -38,7 +41,10 @@ _now = time.perf_counter_ns
 # benchmarks/read_pacing.py and client_ceiling.py (docs/methodology.md, "What reading costs the
 # server"). 0 turns it off: every read as soon as the data arrives.
 PACE_MS = 1.0
-# ... once this many gaps in a row were shorter than pace_ms. 1 measured best for the server
+# A response's first SSE events are never held (a role chunk, an empty first chunk and the first
+# token can come within a millisecond): pausing starts once this many have arrived.
+PACE_FROM_EVENT = 3
+# ... and once this many gaps in a row were shorter than pace_ms. 1 measured best for the server
 # (benchmarks/read_pacing.py cost --extra 'after3={"pace_ms":1,"pace_after":3}': at concurrency
 # 64 the server spent 4.95 us per chunk with 3 against 4.34 with 1 and 4.10 with the aiohttp loop)
 PACE_AFTER = 1
@@ -55,16 +61,18 @@ class ResponseTooLarge(HTTPError):
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
                  "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes", "pace_s",
-                 "pace_ns", "last_read", "close", "held_ns", "complete", "resume", "paused_reads")
+                 "pace_ns", "last_read", "fast_gaps", "resumed", "events", "complete", "resume", "pauses")
 
     def __init__(self, pace_ms: float = 0.0) -> None:
-        self.pace_s, self.pace_ns = pace_ms / 1e3, int(pace_ms * 1e6)
+        # uvloop's timers count whole milliseconds: a pause lasts pace_ms rounded up
+        self.pace_s, self.pace_ns = math.ceil(pace_ms) / 1e3, int(pace_ms * 1e6)
         self.last_read = 0
-        self.close = 0  # gaps in a row between reads shorter than pace_ns
-        self.held_ns = 0  # how long the pause before this read held it back
+        self.fast_gaps = 0  # gaps in a row between reads shorter than pace_ns
+        self.resumed = 0  # when the pause before this read ended (0: no pause)
+        self.events = 0  # SSE event ends (blank lines) in the current response so far
         self.complete = False  # the current response has ended: no pause after its last read
         self.resume: asyncio.TimerHandle | None = None
-        self.paused_reads = 0  # pauses so far (each delays the next read's stamp)
+        self.pauses = 0  # pauses so far
         # set by connection_made, which create_connection calls before it returns the protocol
         self.transport: asyncio.Transport
         self.parser = httptools.HttpResponseParser(self)
@@ -92,19 +100,22 @@ class _Conn(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(HTTPError(f"unparsable HTTP response: {exc}"))
             self.transport.close()
-        if self.pace_ns:  # pacing (module docstring); a pause's own length is not a quiet spell
-            gap = ts - self.last_read - self.held_ns
-            self.close = self.close + 1 if gap < self.pace_ns else 0
-            self.held_ns = 0
-            if self.close >= PACE_AFTER and not self.complete and not self.transport.is_closing():
+        if self.pace_ns:  # pacing (module docstring)
+            # after a pause the stream is still fast if data was waiting when it ended, not if
+            # the next chunk merely came soon after it (a stream 1-2 ms per token stays unpaced)
+            fast = (ts - self.resumed < self.pace_ns // 2) if self.resumed else (ts - self.last_read < self.pace_ns)
+            self.fast_gaps = self.fast_gaps + 1 if fast else 0
+            self.resumed = 0
+            if (self.fast_gaps >= PACE_AFTER and self.events >= PACE_FROM_EVENT and not self.complete
+                    and not self.transport.is_closing()):
                 self.transport.pause_reading()
-                self.paused_reads += 1
+                self.pauses += 1
                 self.resume = asyncio.get_running_loop().call_later(self.pace_s, self._resume)
         self.last_read = ts
 
     def _resume(self) -> None:
         self.resume = None
-        self.held_ns = _now() - self.last_read
+        self.resumed = _now()
         if not self.transport.is_closing():
             self.transport.resume_reading()
 
@@ -113,7 +124,7 @@ class _Conn(asyncio.Protocol):
         if self.resume is not None:
             self.resume.cancel()
             self._resume()
-        self.last_read = self.close = self.held_ns = 0
+        self.last_read = self.fast_gaps = self.resumed = self.events = 0
         self.complete = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
@@ -131,6 +142,8 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.raw.append((self._ts, body))
+        if self.pace_ns:  # a blank line split across two pieces is missed: pacing starts later
+            self.events += body.count(b"\n\n")
         if self.max_bytes:
             self.n_bytes += len(body)
             if self.n_bytes > self.max_bytes:
@@ -166,8 +179,8 @@ class StreamingClient:
         self.keepalive = keepalive
         self.expiry_ns = int(keepalive_expiry_s * 1e9)
         self.connect_timeout_s = connect_timeout_s
-        if not pace_ms >= 0:
-            raise ValueError(f"pace_ms must be >= 0, not {pace_ms!r}")
+        if not 0 <= pace_ms <= 100:
+            raise ValueError(f"pace_ms must be between 0 and 100, not {pace_ms!r}")
         self.pace_ms = pace_ms
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
