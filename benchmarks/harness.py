@@ -183,7 +183,7 @@ def run_client(name: str, cmd: list[str], env: dict[str, str] | None = None, cwd
                sample_ms: float = 10.0) -> ClientRun:
     """Run one client to its end, sampling its process tree's CPU (and the server's, and the
     machine's) every `sample_ms`. The sampler is other work on the machine: on 2 cores it changed
-    what the server spent per chunk serving the aiohttp loop by up to 25 % (docs/methodology.md);
+    what the server spent per chunk serving the aiohttp loop by 20-43 % (docs/methodology.md);
     `sample_ms=0` runs none and reads the server's CPU once before and once after the client."""
     waited = wait_quiet(quiet_wait_s) if quiet_wait_s > 0 else 0.0
     log(f"{name}: {' '.join(cmd)}" + (f" (after waiting {waited:.0f} s for a quiet machine)" if waited >= 1.5 else ""))

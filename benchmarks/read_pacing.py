@@ -21,7 +21,8 @@ against the simulator with one process (`--uvloop`, 1 token per chunk):
 
 `--extra` adds variants as name=JSON, e.g. `quickack0={"quickack":0}`, `asyncio={"loop":"asyncio"}`,
 `rcvbuf4k={"rcvbuf":4096}` (socket options set on connect), `after1={"pace_ms":1,"pace_after":1}`
-(pacing once a single gap was short); `pace_ms` defaults to the client's.
+(pacing once a single gap was short), `deferred={"defer_parse":1}` (decode the streams after the
+run, as `almanac bench` does, instead of after each response); `pace_ms` defaults to the client's.
 Variants run interleaved, `--repeats` times; compare rows of one run only.
 """
 
@@ -84,6 +85,7 @@ def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None
     if "pace_after" in opts:
         fasthttp.PACE_AFTER = opts["pace_after"]
     results: dict[str, list[int]] = {}
+    deferred: list[tuple[str, int, list]] = []
 
     async def main() -> None:
         sem = asyncio.Semaphore(conc)
@@ -109,9 +111,14 @@ def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None
                         on_send=lambda: sent.__setitem__(0, time.perf_counter_ns()),
                         request_id=f"rn-{i}",
                     )
-                    results[f"rn-{i}"] = [sent[0], *parse_stream(raw)[0]]
+                    if opts.get("defer_parse"):  # as almanac bench does: decode after the phase
+                        deferred.append((f"rn-{i}", sent[0], raw))
+                    else:
+                        results[f"rn-{i}"] = [sent[0], *parse_stream(raw)[0]]
 
             await asyncio.gather(*(one(i) for i in range(n)))
+        for key, t_sent, raw in deferred:
+            results[key] = [t_sent, *parse_stream(raw)[0]]
 
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     if opts.get("loop", "uvloop") == "uvloop":
