@@ -219,10 +219,13 @@ class _FakeTransport:
     def close(self):
         self.closing = True
 
+    def get_extra_info(self, name):
+        return type("Sock", (), {"fileno": lambda self: 99})() if name == "socket" else None
+
 
 def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
-    """A connection pauses after a read that came within pace_ms of the one before (or found data
-    waiting when a pause ended), once its response has brought PACE_FROM_EVENT events: never
+    """A connection pauses after a read that came within pace_ms of the one before (or that took
+    data found waiting when a pause ended), once its response has brought PACE_FROM_EVENT events: never
     before the first token (a role chunk and the first token 0.2 ms apart are both stamped on
     arrival), after a quiet spell, after the response's last read, or for a stream 1.5 ms per
     token that met one pause; a new request reads at once."""
@@ -231,6 +234,8 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
     assert (fasthttp.PACE_AFTER, fasthttp.PACE_FROM_EVENT) == (1, 3)
     now = [0]
     monkeypatch.setattr(fasthttp, "_now", lambda: now[0])
+    queued = [0]  # bytes in the socket's receive queue when a pause ends
+    monkeypatch.setattr(fasthttp, "_bytes_waiting", lambda fd: fd == 99 and queued[0])
     head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     ev = b"9\r\ndata: x\n\n\r\n"  # one SSE event in one HTTP chunk
 
@@ -245,8 +250,8 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
             conn.data_received(data)
             return t.log[-1:] == ["pause"] and t.log.pop() == "pause"
 
-        def resume(at_ms):
-            now[0] = int(at_ms * MS)
+        def resume(at_ms, waiting):
+            now[0], queued[0] = int(at_ms * MS), waiting
             assert conn.resume is not None
             conn.resume.cancel()
             conn._resume()
@@ -255,17 +260,18 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
         assert not read(10, head + ev)  # headers and a role chunk
         assert not read(10.2)  # the first token 0.2 ms later: on arrival
         assert read(10.4)  # the third event, 0.2 ms later again: held back after it
-        resume(11.4)
-        assert read(11.45)  # data was waiting when the pause ended: still fast
-        resume(12.45)
+        resume(11.4, waiting=30)
+        assert read(12.2)  # data was waiting when the pause ended: still fast, however late it is read
+        resume(13.2, waiting=0)
+        assert not read(13.3)  # nothing was waiting: a new chunk soon after the pause is not "fast"
         assert not read(15)  # a quiet spell
         assert not read(15.3, b"0\r\n\r\n")  # the response ended: no pause after its last read
         assert conn.pauses == 2 and t.log == []
-        assert [ts for ts, _ in conn.raw] == [int(x * MS) for x in (10, 10.2, 10.4, 11.45, 15)]
+        assert [ts for ts, _ in conn.raw] == [int(x * MS) for x in (10, 10.2, 10.4, 12.2, 13.3, 15)]
 
         conn.unpause()  # a new request on the connection: counters reset
         assert [read(20, head + ev), read(20.1), read(20.2)] == [False, False, True]
-        resume(21.2)
+        resume(21.2, waiting=0)
         assert not read(21.7)  # 1.5 ms after the last token, nothing was waiting: not fast
         assert not read(23.2)
         assert [read(33.2), read(43.2)] == [False, False]  # tokens 10 ms apart: each on arrival
@@ -283,6 +289,22 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
         assert fasthttp._Conn(pace_ms=0.5).pace_s == 0.001  # uvloop counts whole milliseconds
 
     asyncio.run(go())
+
+
+def test_bytes_waiting_reads_a_real_sockets_queue():
+    import socket
+
+    from llm_almanac.fasthttp import _bytes_waiting
+
+    a, b = socket.socketpair()
+    with a, b:
+        assert _bytes_waiting(b.fileno()) == 0
+        a.sendall(b"12345")
+        deadline = time.monotonic() + 2
+        while _bytes_waiting(b.fileno()) < 5 and time.monotonic() < deadline:
+            time.sleep(0.001)
+        assert _bytes_waiting(b.fileno()) == 5
+    assert _bytes_waiting(-1) == 0  # no descriptor: cannot be asked
 
 
 @pytest.mark.parametrize("pace_ms", [0, 1])

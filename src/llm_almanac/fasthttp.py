@@ -29,7 +29,10 @@ whole milliseconds (uvloop's timers) plus 1 ms late.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import math
+import sys
+import termios
 import time
 from urllib.parse import urlsplit
 
@@ -50,6 +53,14 @@ PACE_FROM_EVENT = 3
 PACE_AFTER = 1
 
 
+def _bytes_waiting(fd: int) -> int:
+    """Bytes in a socket's receive queue (FIONREAD); 0 if it cannot be asked."""
+    try:
+        return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+    except (OSError, ValueError):
+        return 0
+
+
 class HTTPError(Exception):
     """A transport-level failure: refused, reset, closed mid-response, unparsable."""
 
@@ -61,14 +72,17 @@ class ResponseTooLarge(HTTPError):
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
                  "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes", "pace_s",
-                 "pace_ns", "last_read", "fast_gaps", "resumed", "events", "complete", "resume", "pauses")
+                 "pace_ns", "last_read", "fast_gaps", "resumed", "waiting", "events", "complete", "resume",
+                 "pauses", "fd")
 
     def __init__(self, pace_ms: float = 0.0) -> None:
         # uvloop's timers count whole milliseconds: a pause lasts pace_ms rounded up
         self.pace_s, self.pace_ns = math.ceil(pace_ms) / 1e3, int(pace_ms * 1e6)
         self.last_read = 0
         self.fast_gaps = 0  # gaps in a row between reads shorter than pace_ns
-        self.resumed = 0  # when the pause before this read ended (0: no pause)
+        self.resumed = False  # a pause ended since the last read ...
+        self.waiting = False  # ... and data was waiting when it did
+        self.fd = -1
         self.events = 0  # SSE event ends (blank lines) in the current response so far
         self.complete = False  # the current response has ended: no pause after its last read
         self.resume: asyncio.TimerHandle | None = None
@@ -91,6 +105,8 @@ class _Conn(asyncio.Protocol):
     # -- asyncio.Protocol -----------------------------------------------------------------
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
+        sock = transport.get_extra_info("socket")
+        self.fd = sock.fileno() if sock is not None else -1
 
     def data_received(self, data: bytes) -> None:
         ts = self._ts = _now()
@@ -103,9 +119,9 @@ class _Conn(asyncio.Protocol):
         if self.pace_ns:  # pacing (module docstring)
             # after a pause the stream is still fast if data was waiting when it ended, not if
             # the next chunk merely came soon after it (a stream 1-2 ms per token stays unpaced)
-            fast = (ts - self.resumed < self.pace_ns // 2) if self.resumed else (ts - self.last_read < self.pace_ns)
+            fast = self.waiting if self.resumed else ts - self.last_read < self.pace_ns
             self.fast_gaps = self.fast_gaps + 1 if fast else 0
-            self.resumed = 0
+            self.resumed = self.waiting = False
             if (self.fast_gaps >= PACE_AFTER and self.events >= PACE_FROM_EVENT and not self.complete
                     and not self.transport.is_closing()):
                 self.transport.pause_reading()
@@ -115,17 +131,19 @@ class _Conn(asyncio.Protocol):
 
     def _resume(self) -> None:
         self.resume = None
-        self.resumed = _now()
-        if not self.transport.is_closing():
-            self.transport.resume_reading()
+        if self.transport.is_closing():  # its descriptor may be gone: ask nothing
+            return
+        self.resumed = True
+        self.waiting = _bytes_waiting(self.fd) > 0
+        self.transport.resume_reading()
 
     def unpause(self) -> None:
         """Read again now (a new request on this connection: its first chunk is never held)."""
         if self.resume is not None:
             self.resume.cancel()
             self._resume()
-        self.last_read = self.fast_gaps = self.resumed = self.events = 0
-        self.complete = False
+        self.last_read = self.fast_gaps = self.events = 0
+        self.complete = self.resumed = self.waiting = False
 
     def connection_lost(self, exc: BaseException | None) -> None:
         self.closed = True
