@@ -160,7 +160,9 @@ class _Conn(asyncio.Protocol):
 
     def on_body(self, body: bytes) -> None:
         self.raw.append((self._ts, body))
-        if self.pace_ns:  # a blank line split across two pieces is missed: pacing starts later
+        # counted until pacing may start (a blank line split across two pieces is missed: it
+        # starts a little later)
+        if self.pace_ns and self.events < PACE_FROM_EVENT:
             self.events += body.count(b"\n\n")
         if self.max_bytes:
             self.n_bytes += len(body)
