@@ -239,8 +239,16 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
     head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     ev = b"9\r\ndata: x\n\n\r\n"  # one SSE event in one HTTP chunk
 
+    class Naps:  # records which reads may start a loop-wide nap
+        def __init__(self):
+            self.may = []
+
+        def read(self, ts, may_nap):
+            self.may.append(may_nap)
+
     async def go():
-        conn = fasthttp._Conn(pace_ms=1.0)
+        naps = Naps()
+        conn = fasthttp._Conn(pace_ms=1.0, naps=naps)
         t = _FakeTransport()
         conn.connection_made(t)
         conn.raw = []
@@ -268,6 +276,8 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
         assert not read(15.3, b"0\r\n\r\n")  # the response ended: no pause after its last read
         assert conn.pauses == 2 and t.log == []
         assert [ts for ts, _ in conn.raw] == [int(x * MS) for x in (10, 10.2, 10.4, 12.2, 13.3, 15)]
+        # a nap may start from the third event on, and not from the response's last read
+        assert naps.may == [False, False, True, True, True, True, False]
 
         conn.unpause()  # a new request on the connection: counters reset
         assert [read(20, head + ev), read(20.1), read(20.2)] == [False, False, True]
@@ -287,6 +297,56 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
             off.data_received(head + ev if i == 0 else ev)
         assert t2.log == [] and off.pauses == 0 and len(off.raw) == 10
         assert fasthttp._Conn(pace_ms=0.5).pace_s == 0.001  # uvloop counts whole milliseconds
+
+    asyncio.run(go())
+
+
+def test_loop_naps_poll_at_most_once_per_pace_while_reads_are_fast(monkeypatch):
+    """The client's event loop naps (a blocking sleep: no server write wakes it) after a read
+    that came within pace_ms of the previous read or of the last nap's end, at most once per
+    loop iteration, sleeping only what is left of pace_ms since the last nap ended; reads that
+    may not start a nap (a response's first events or last read) and reads after a quiet spell
+    do not."""
+    from llm_almanac import fasthttp
+
+    now = [0]
+    slept = []
+
+    def sleep(s):
+        slept.append(round(s * 1e3, 3))
+        now[0] += int(s * 1e9)
+
+    monkeypatch.setattr(fasthttp, "_now", lambda: now[0])
+    monkeypatch.setattr(fasthttp.time, "sleep", sleep)
+
+    async def go():
+        naps = fasthttp._Naps(1.0)
+
+        def read(at_ms, may=True):
+            now[0] = int(at_ms * MS)
+            naps.read(now[0], may)
+            return naps.pending
+
+        async def iteration(at_ms):  # the loop runs what read() scheduled
+            now[0] = int(at_ms * MS)
+            await asyncio.sleep(0)
+
+        assert not read(10)  # the first read after a quiet spell
+        assert not read(10.2, may=False)  # a response's first events: no nap from them
+        assert read(10.4)  # within 1 ms of the previous read: a nap is due
+        assert read(10.5)  # ... once per iteration
+        await iteration(10.6)
+        assert slept == [] and naps.count == 1  # the last nap ended long ago: poll at once
+        assert read(10.65)  # data was waiting: the loop is still busy
+        await iteration(10.7)
+        assert slept == [0.9] and naps.count == 2  # sleeps until 1 ms after the last nap ended
+        assert naps.end == int(11.6 * MS)
+        assert read(12.4)  # 0.8 ms after the nap ended: still fast
+        await iteration(12.45)
+        assert slept == [0.9, 0.15]
+        assert not read(14)  # 1.4 ms after the last read and nap: a quiet spell
+        await iteration(14.1)
+        assert naps.count == 3 and not naps.pending
 
     asyncio.run(go())
 
@@ -323,6 +383,7 @@ def test_fast_client_with_and_without_pacing_gets_every_byte(pace_ms):
                     body = orjson.dumps({"prompt": f"p{i} a b", "max_tokens": 2000, "stream": True})
                     assert await c.post("/v1/completions", body, raw) == 200
                     out.append(raw)
+                assert (c._naps is None) == (pace_ms == 0)
                 return out, sum(conn.pauses for conn in c._all)
 
         responses, paused = asyncio.run(go())

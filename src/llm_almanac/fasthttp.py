@@ -24,6 +24,15 @@ read (every token of a stream at an engine's pace, the last one included). A chu
 during a pause (the usage chunk or [DONE] right behind the last token, a chunk of a stream
 faster than one per `pace_ms`) is stamped when the pause ends, at most `pace_ms` rounded up to
 whole milliseconds (uvloop's timers) plus 1 ms late.
+
+Across connections (`_Naps`): while the client's reads come less than `pace_ms` apart, as they do
+when many streams each bring a chunk now and then (an engine's front end writes one chunk per
+stream in turn, so no one connection reads twice within a millisecond), its event loop polls at
+most once per `pace_ms` and sleeps in between, so that the server's writes wake nobody. A chunk
+that arrives while the loop sleeps is stamped when it wakes: up to `pace_ms` (plus the kernel's
+timer slack, about 0.06 ms) late, and this can hold any stream's chunks, its first token
+included, once other streams keep the loop busy. A single stream slower than one chunk per
+`pace_ms` is never held.
 """
 
 from __future__ import annotations
@@ -69,13 +78,52 @@ class ResponseTooLarge(HTTPError):
     """The response's body went over the caller's cap (`post(max_bytes=)`): cut, connection closed."""
 
 
+class _Naps:
+    """Read pacing across a client's connections: while its reads come less than `pace_ms` apart
+    (the time it napped not counted), its event loop polls at most once per `pace_ms`: it sleeps
+    until `pace_ms` after its previous nap ended before it polls again.
+
+    A loop that is asleep is not waiting in epoll, so the server's writes in the meantime wake
+    nobody; the next poll returns them all. This is what holds when many streams each bring a
+    chunk now and then (an engine's front end writes one chunk per stream in turn): no one
+    connection reads twice within a millisecond, so per-connection pauses never start, yet the
+    loop would be woken for nearly every chunk (docs/methodology.md). Only a read of a response
+    past its first PACE_FROM_EVENT events and not at its end may start a nap, so a response's
+    first token is never held by a nap its own stream started."""
+
+    __slots__ = ("window_ns", "last", "end", "pending", "count")
+
+    def __init__(self, pace_ms: float) -> None:
+        self.window_ns = int(pace_ms * 1e6)
+        self.last = self.end = 0  # the last read; the end of the last nap
+        self.pending = False  # a nap is scheduled for this loop iteration
+        self.count = 0  # naps so far
+
+    def read(self, ts: int, may_nap: bool) -> None:
+        if may_nap and not self.pending and ts - max(self.last, self.end) < self.window_ns:
+            self.pending = True
+            asyncio.get_running_loop().call_soon(self._nap)
+        self.last = ts
+
+    def _nap(self) -> None:
+        # the loop polls at most once per pace_ms: a loop that took that long to handle what
+        # its last poll brought does not sleep at all (data is waiting; nobody has to wake it)
+        delay = self.end + self.window_ns - _now()
+        if delay > 0:
+            time.sleep(delay / 1e9)  # blocks the loop on purpose: see the class docstring
+        self.pending = False
+        self.count += 1
+        self.end = _now()
+
+
 class _Conn(asyncio.Protocol):
     __slots__ = ("transport", "parser", "raw", "waiter", "status", "keep_alive", "closed",
                  "idle_since", "_ts", "received", "lost_exc", "max_bytes", "n_bytes", "pace_s",
                  "pace_ns", "last_read", "fast_gaps", "resumed", "waiting", "events", "complete", "resume",
-                 "pauses", "fd")
+                 "pauses", "fd", "naps")
 
-    def __init__(self, pace_ms: float = 0.0) -> None:
+    def __init__(self, pace_ms: float = 0.0, naps: _Naps | None = None) -> None:
+        self.naps = naps  # the client's loop-wide pacing, shared by its connections
         # uvloop's timers count whole milliseconds: a pause lasts pace_ms rounded up
         self.pace_s, self.pace_ns = math.ceil(pace_ms) / 1e3, int(pace_ms * 1e6)
         self.last_read = 0
@@ -127,6 +175,8 @@ class _Conn(asyncio.Protocol):
                 self.transport.pause_reading()
                 self.pauses += 1
                 self.resume = asyncio.get_running_loop().call_later(self.pace_s, self._resume)
+            if self.naps is not None:
+                self.naps.read(ts, self.events >= PACE_FROM_EVENT and not self.complete)
         self.last_read = ts
 
     def _resume(self) -> None:
@@ -202,6 +252,7 @@ class StreamingClient:
         if not 0 <= pace_ms <= 100:
             raise ValueError(f"pace_ms must be between 0 and 100, not {pace_ms!r}")
         self.pace_ms = pace_ms
+        self._naps = _Naps(pace_ms) if pace_ms else None
         self._idle: list[_Conn] = []
         self._all: set[_Conn] = set()
         host_hdr = self.host if self.port == 80 else f"{self.host}:{self.port}"
@@ -227,7 +278,7 @@ class StreamingClient:
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(self.connect_timeout_s):
-                _, conn = await loop.create_connection(lambda: _Conn(self.pace_ms), self.host, self.port)
+                _, conn = await loop.create_connection(lambda: _Conn(self.pace_ms, self._naps), self.host, self.port)
         except TimeoutError:
             raise HTTPError(f"connect to {self.host}:{self.port} timed out after "
                             f"{self.connect_timeout_s:g} s") from None
