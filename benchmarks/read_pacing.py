@@ -14,7 +14,8 @@ against the simulator with one process (`--uvloop`, 1 token per chunk):
   context switches) and system-wide rescheduling IPIs and TCP segments per chunk (/proc; other
   load on the machine adds to them). The plain aiohttp loop runs beside as the reference.
 - `precision`: per chunk, the lateness of our stamp behind the simulator's own log of the write
-  (mean, p99, max), the TTFT error as timing_truth.py computes it and the TPOT error, at
+  (mean, p99, max), the TTFT error as timing_truth.py computes it, the TPOT error and the error
+  of the per-token gaps' p99 (ours minus the simulator's, over all gaps of a run), at
   concurrency 1 and 64, for two streams: an engine's pace (TTFT 50 ms, 10 ms per token, 64
   tokens; pacing never holds a read back) and a fast one (TTFT 5 ms, 0.1 ms per token, 64
   tokens; pacing holds reads back, and this is where its price shows).
@@ -242,7 +243,7 @@ def measure(mode, name, conc, out, r, recs, c0, c1) -> dict:
             "blocks_per_chunk": (sleeps if sleeps is not None else d["vcsw"]) / chunks,
         }
         if mode == "precision":
-            late, ttft_err, tpot_err = [], [], []
+            late, ttft_err, tpot_err, itl, itl_true = [], [], [], [], []
             for x in recs:
                 got = d["stamps"].get(x["x_request_id"])
                 if not got or len(got) - 1 != len(x["event_ns"]):
@@ -251,6 +252,8 @@ def measure(mode, name, conc, out, r, recs, c0, c1) -> dict:
                 late += [(a - b) / 1e3 for a, b in zip(tok, x["event_ns"])]
                 ttft_err.append(((tok[0] - sent) - (x["event_ns"][0] - x["arrived_ns"])) / 1e6)
                 ev = x["event_ns"]
+                itl += [(b - a) / 1e6 for a, b in zip(tok, tok[1:])]
+                itl_true += [(b - a) / 1e6 for a, b in zip(ev, ev[1:])]
                 if len(ev) > 1:
                     tpot_err.append(((tok[-1] - tok[0]) - (ev[-1] - ev[0])) / (len(ev) - 1) / 1e6)
             row |= {
@@ -260,6 +263,8 @@ def measure(mode, name, conc, out, r, recs, c0, c1) -> dict:
                 "ttft_err_ms": statistics.fmean(ttft_err),
                 "tpot_err_ms": statistics.fmean(tpot_err),
                 "tpot_err_max_ms": max(abs(e) for e in tpot_err),
+                # the per-token gaps' p99 as we measured them minus as the simulator wrote them
+                "itl_p99_err_ms": h.percentile(itl, 99) - h.percentile(itl_true, 99),
             }
     h.log(f"{name} c={conc}: " + ", ".join(f"{k} {v:.3f}" for k, v in row.items() if isinstance(v, float)))
     return row
@@ -312,6 +317,7 @@ def main() -> int:
             ("TTFT err ms", "ttft_err_ms", 12, "+.3f"),
             ("TPOT err ms", "tpot_err_ms", 12, "+.4f"),
             ("|max|", "tpot_err_max_ms", 7, ".4f"),
+            ("ITL p99 err", "itl_p99_err_ms", 12, "+.3f"),
             ("reads", "reads_per_chunk", 7, ".3f"),
             ("others", "others", 7, ".2f"),
         ]
