@@ -688,8 +688,10 @@ def _bench_parser(sub: argparse._SubParsersAction) -> None:
                    help="HTTP client: fast (asyncio + llhttp, plain http) or httpx (also https)")
     b.add_argument("--read-pacing-ms", type=float, default=BENCH_DEFAULTS["read_pacing_ms"],
                    help="fast transport: a connection that reads twice within this many ms stops reading "
-                        "for as long (the server is not made to wake the client per chunk; such chunks are "
-                        "stamped up to this late, a first token never); 0 = read at once")
+                        "for as long, and while the client's reads come closer than this its event loop "
+                        "polls at most once per this many ms (the server is not made to wake the client "
+                        "per chunk; chunks held are stamped up to this late; a stream's first token is "
+                        "never held by its own pace); 0 = read at once")
     b.add_argument("--engine-metrics", choices=list(enginemetrics.ENGINES), default=None,
                    help="scrape this engine's Prometheus metrics around and during each phase "
                         "(writes engine_metrics.parquet; adds the engine columns to phases) (default: off)")
