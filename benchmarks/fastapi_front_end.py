@@ -10,7 +10,9 @@ and after the client (no sampler runs; the server idles while a client starts); 
 CPU per chunk and how often it blocked in the kernel per chunk (voluntary context switches: a
 client blocked in epoll is woken by the server's next write), both from the client process's
 rusage, start-up included. 256 tokens per request, concurrency 64 and 256, clients interleaved
-across repeats. `--extra` adds runs of the bare fast transport (read_pacing.py's client, which
+across repeats. Exits 0 only if `almanac bench` meets issue 18's targets against the aiohttp loop
+at each concurrency (server CPU per chunk no higher, within the run's noise; chunks/s at least
+0.95x). `--extra` adds runs of the bare fast transport (read_pacing.py's client, which
 also counts reads and loop-wide naps) with options as read_pacing.py takes them, e.g.
 `conn-only={"naps":0}`.
 """
@@ -73,7 +75,33 @@ def main() -> int:
         print(f"| {name} | {conc} | {mean('cps', ',.0f')} | {mean('server_us', '.2f')} "
               f"({min(us):.2f}–{max(us):.2f}) | {mean('client_us', '.2f')} | {mean('blocks', '.3f')} | "
               f"{mean('reads', '.3f')} | {mean('naps', '.3f')} |")
-    return 0
+    return verdict(rows)
+
+
+def verdict(rows: dict) -> int:
+    """Issue 18's targets for `almanac bench` against the aiohttp loop, per concurrency: the
+    server's CPU per chunk no higher (within the run's noise: the median over rows of (max - min)
+    / mean between repeats), chunks/s at least 0.95x. 0 if every one is met."""
+    def spread(v: list[dict], k: str) -> float:
+        xs = [r[k] for r in v]
+        return (max(xs) - min(xs)) / statistics.fmean(xs)
+
+    multi = [v for v in rows.values() if len(v) > 1]
+    noise = {k: statistics.median(spread(v, k) for v in multi) if multi else 0.0 for k in ("cps", "server_us")}
+    print(f"\nrun-to-run noise: chunks/s {noise['cps']:.1%}, server CPU {noise['server_us']:.1%}")
+    missed = 0
+    for conc in sorted({c for c, _ in rows}):
+        ours, ref = rows.get((conc, "almanac")), rows.get((conc, "aiohttp"))
+        if not ours or not ref:
+            continue
+        us, ref_us = (statistics.fmean(r["server_us"] for r in v) for v in (ours, ref))
+        cps, ref_cps = (statistics.fmean(r["cps"] for r in v) for v in (ours, ref))
+        for ok, what in ((us <= ref_us * (1 + noise["server_us"]),
+                          f"server CPU/chunk {us:.2f} vs the aiohttp loop's {ref_us:.2f} (+noise)"),
+                         (cps >= 0.95 * ref_cps, f"chunks/s {cps:,.0f} vs 0.95x the aiohttp loop's {ref_cps:,.0f}")):
+            print(f"{'MET ' if ok else 'MISSED'}  c={conc} {what}")
+            missed += not ok
+    return 1 if missed else 0
 
 
 def run(url: str, pid: int, work: Path, clients: dict[str, dict | None], n: int, repeats: int) -> dict:
