@@ -398,6 +398,28 @@ def test_fast_client_with_and_without_pacing_gets_every_byte(pace_ms):
         sim.close()
 
 
+def test_a_phase_keeps_what_existed_before_it_out_of_garbage_collections():
+    """A full collection mid-phase would stall every read for milliseconds: the objects that
+    exist when the traffic starts are frozen for the phase, and only for it, even if it fails."""
+    import gc
+
+    gen = LoadGenerator("http://127.0.0.1:9", "m", 4, 4, str)
+    seen = []
+
+    async def traffic():
+        seen.append(gc.get_freeze_count())
+
+    async def failing():
+        raise RuntimeError("the phase failed")
+
+    assert gc.get_freeze_count() == 0
+    asyncio.run(gen._timed([], traffic))
+    assert seen[0] > 1000 and gc.get_freeze_count() == 0
+    with pytest.raises(RuntimeError):
+        asyncio.run(gen._timed([], failing))
+    assert gc.get_freeze_count() == 0
+
+
 def test_pacing_is_a_setting_that_reaches_the_client_and_is_checked():
     for bad in (-1, 101, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="pace_ms must be between 0 and 100"):
