@@ -239,12 +239,16 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
     head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
     ev = b"9\r\ndata: x\n\n\r\n"  # one SSE event in one HTTP chunk
 
-    class Naps:  # records which reads may start a loop-wide nap
+    class Naps:  # records which reads may start a loop-wide nap, and ended pauses
         def __init__(self):
             self.may = []
+            self.resumes = 0
 
         def read(self, ts, may_nap):
             self.may.append(may_nap)
+
+        def resume(self):
+            self.resumes += 1
 
     async def go():
         naps = Naps()
@@ -279,6 +283,7 @@ def test_pacing_holds_reads_back_only_while_a_stream_is_fast(monkeypatch):
         # a nap may start from the third event on, from a read that did not follow a short gap
         # (a fast connection is left to its pauses), and not from the response's last read
         assert naps.may == [False, False, False, False, True, True, False]
+        assert naps.resumes == 2  # each ended pause tells the naps (the nap due then is skipped)
 
         conn.unpause()  # a new request on the connection: counters reset
         assert [read(20, head + ev), read(20.1), read(20.2)] == [False, False, True]
@@ -348,6 +353,16 @@ def test_loop_naps_poll_at_most_once_per_pace_while_reads_are_fast(monkeypatch):
         assert not read(14)  # 1.4 ms after the last read and nap: a quiet spell
         await iteration(14.1)
         assert naps.count == 3 and not naps.pending
+        assert read(14.3)
+        await iteration(14.35)  # the last nap ended long ago: no sleep
+        assert slept == [0.9, 0.15] and naps.end == int(14.35 * MS)
+        assert read(14.4)
+        naps.resume()  # a connection's pause ended in this iteration: its data is not held longer
+        await iteration(14.45)
+        assert slept == [0.9, 0.15] and naps.count == 5 and naps.end == int(14.45 * MS)
+        assert read(14.5)  # the next nap sleeps again
+        await iteration(14.55)
+        assert slept == [0.9, 0.15, 0.9]
 
     asyncio.run(go())
 
@@ -418,6 +433,13 @@ def test_a_phase_keeps_what_existed_before_it_out_of_garbage_collections():
     with pytest.raises(RuntimeError):
         asyncio.run(gen._timed([], failing))
     assert gc.get_freeze_count() == 0
+    gc.freeze()  # frozen by someone else before the phase: left as it was
+    try:
+        n = gc.get_freeze_count()
+        asyncio.run(gen._timed([], traffic))
+        assert gc.get_freeze_count() == n
+    finally:
+        gc.unfreeze()
 
 
 def test_pacing_is_a_setting_that_reaches_the_client_and_is_checked():

@@ -17,13 +17,15 @@ when a pause ends) stops reading for `pace_ms` after that read, so a fast stream
 in the kernel and come in one read. A reader that always waits in epoll makes every server write
 wake it, and an emptied socket makes the kernel acknowledge and send smaller segments: the
 server pays for both, per chunk, and a one-process HTTP front end delivers fewer chunks per
-second for it (docs/methodology.md, "What reading costs the server"). Never held: a response's
-first three events (a role chunk, an empty chunk and the first token may come within a
-millisecond: TTFT is on arrival), and any chunk more than 2 ms after its connection's previous
-read (every token of a stream at an engine's pace, the last one included). A chunk that arrives
-during a pause (the usage chunk or [DONE] right behind the last token, a chunk of a stream
-faster than one per `pace_ms`) is stamped when the pause ends, at most `pace_ms` rounded up to
-whole milliseconds (uvloop's timers) plus 1 ms late.
+second for it (docs/methodology.md, "What reading costs the server"). A connection's own pauses
+never hold a response's first three events (a role chunk, an empty chunk and the first token may
+come within a millisecond: TTFT is on arrival), nor any chunk more than 2 ms after the
+connection's previous read (every token of a stream at an engine's pace, the last one included);
+loop-wide naps (below) can hold any chunk. A chunk that arrives during a pause (the usage chunk
+or [DONE] right behind the last token, a chunk of a stream faster than one per `pace_ms`) is
+stamped when the pause ends: at most `pace_ms` rounded up to whole milliseconds plus 1 ms late
+(uvloop's timers), plus a loop-wide nap that was under way when the pause fell due (the nap due
+in the iteration where a pause ends is skipped).
 
 Across connections (`_Naps`): while the client's reads come less than `pace_ms` apart, as they do
 when many streams each bring a chunk now and then (an engine's front end writes one chunk per
@@ -32,7 +34,9 @@ most once per `pace_ms` and sleeps in between, so that the server's writes wake 
 that arrives while the loop sleeps is stamped when it wakes: up to `pace_ms` (plus the kernel's
 timer slack, about 0.06 ms) late, and this can hold any stream's chunks, its first token
 included, once other streams keep the loop busy. A single stream slower than one chunk per
-`pace_ms` is never held.
+`pace_ms` is never held. Every read counts towards "reads less than `pace_ms` apart", but only
+a read of a connection that is not pausing by itself may start a nap. The naps are per client;
+`almanac bench` runs one client per event loop at a time.
 """
 
 from __future__ import annotations
@@ -90,18 +94,25 @@ class _Naps:
     loop would be woken for nearly every chunk (docs/methodology.md). Only a read of a response
     past its first PACE_FROM_EVENT events and not at its end may start a nap, so a response's
     first token is never held by a nap its own stream started; and only a read of a connection
-    that is not pausing by itself (its own previous read was not within `pace_ms`): a fast
+    that is not pausing by itself (its own read was not "fast": within `pace_ms` of its previous
+    read, or of data found waiting when a pause ended): a fast
     stream's chunks are already batched by its pauses, and naps on top of them made a
     one-process server spend 4-15 % more per chunk (benchmarks/read_pacing.py cost, 64 streams
     each written in one go)."""
 
-    __slots__ = ("window_ns", "last", "end", "pending", "count")
+    __slots__ = ("window_ns", "last", "end", "pending", "count", "resumed")
 
     def __init__(self, pace_ms: float) -> None:
         self.window_ns = int(pace_ms * 1e6)
         self.last = self.end = 0  # the last read; the end of the last nap
         self.pending = False  # a nap is scheduled for this loop iteration
         self.count = 0  # naps so far
+        self.resumed = False  # a connection's pause ended since the last nap
+
+    def resume(self) -> None:
+        """A connection's pause just ended: the nap due in this loop iteration does not sleep, so
+        that a paused connection's data is not held for a nap on top of its pause."""
+        self.resumed = True
 
     def read(self, ts: int, may_nap: bool) -> None:
         if may_nap and not self.pending and ts - max(self.last, self.end) < self.window_ns:
@@ -110,12 +121,13 @@ class _Naps:
         self.last = ts
 
     def _nap(self) -> None:
+        self.pending = False  # first: a sleep cut short by a signal must not stop all later naps
         # the loop polls at most once per pace_ms: a loop that took that long to handle what
         # its last poll brought does not sleep at all (data is waiting; nobody has to wake it)
         delay = self.end + self.window_ns - _now()
-        if delay > 0:
+        if delay > 0 and not self.resumed:
             time.sleep(delay / 1e9)  # blocks the loop on purpose: see the class docstring
-        self.pending = False
+        self.resumed = False
         self.count += 1
         self.end = _now()
 
@@ -191,6 +203,8 @@ class _Conn(asyncio.Protocol):
         self.resumed = True
         self.waiting = _bytes_waiting(self.fd) > 0
         self.transport.resume_reading()
+        if self.naps is not None:
+            self.naps.resume()
 
     def unpause(self) -> None:
         """Read again now (a new request on this connection: its first chunk is never held)."""

@@ -386,15 +386,19 @@ class LoadGenerator:
         # for what an `almanac bench` process holds after start-up (measured), late by as much
         # for every chunk that arrives meanwhile. So collect once before the traffic and keep
         # what exists then out of the collections until the phase ends (gc.freeze); what the
-        # phase allocates is still collected.
-        gc.collect()
-        gc.freeze()
+        # phase allocates is still collected. Phases run one after another; if something had
+        # frozen objects already, they are left as they are.
+        freeze = gc.get_freeze_count() == 0
+        if freeze:
+            gc.collect()
+            gc.freeze()
         try:
             c0, w0 = time.process_time(), time.perf_counter()
             await traffic()
             return Measured(reqs, time.process_time() - c0, time.perf_counter() - w0)
         finally:
-            gc.unfreeze()
+            if freeze:
+                gc.unfreeze()
 
     async def warmup(self, n: int) -> list[Req]:
         """Requests whose results are thrown away (they still must succeed)."""

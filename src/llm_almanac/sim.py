@@ -381,7 +381,10 @@ def _serve_one(a: argparse.Namespace, cfg: SimConfig, sock: socket.socket | None
     # The simulator's log is the timing reference, and a full garbage collection stalls its loop
     # while it scans everything it holds (the records grow with every request): requests that
     # arrived during one were stamped 20-25 ms after the client wrote them (timing_truth.py,
-    # always in the first run of a stage). Young collections still run; full ones never do.
+    # always in the first run of a stage). Young collections still run; full ones never do, so
+    # cyclic garbage that reaches the oldest generation stays until the simulator exits (it is a
+    # test instrument, run for one benchmark or test). On Python 3.11 (the project's), the third
+    # threshold is what starts a full collection.
     gc.set_threshold(gc.get_threshold()[0], gc.get_threshold()[1], 2**31 - 1)
 
     async def run() -> None:
